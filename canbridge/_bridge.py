@@ -1,0 +1,144 @@
+"""The bridge object handed to plugins: the whole public surface of the core.
+
+Plugins (built-in or third party) see only this class and the types in :mod:`canbridge`;
+they never import :mod:`canbridge.core`. A test enforces that layering.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+
+from canbridge._model import (
+    BridgeStats,
+    BusInfo,
+    BusStatus,
+    Caller,
+    Frame,
+    MessageInfo,
+    MessageStatus,
+    SignalInfo,
+    SignalValue,
+    Value,
+    WriteReceipt,
+)
+
+
+class Subscription(ABC):
+    """Coalesced batches of changed signals, delivered at most once per ``interval``.
+
+    Use as ``async with bridge.subscribe(...) as sub: async for batch in sub: ...``. The first batch
+    holds every subscribed signal (the initial state); later batches hold the signals whose value or
+    quality changed since the previous batch, each once, with its newest value. A subscriber that
+    falls behind loses nothing but intermediate values: its pending set never outgrows the signal table.
+    """
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[list[SignalValue]]:
+        """Iterate over batches until the subscription or the bridge is closed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the subscription; a waiting iteration ends."""
+
+    @property
+    @abstractmethod
+    def lag_s(self) -> float:
+        """Age of the oldest change not yet delivered (0 when none waits)."""
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FrameSubscription(ABC):
+    """Raw frames as received, in batches, from a bounded buffer: when the subscriber is slow the
+    oldest frames are dropped (and counted in ``dropped``), the bridge never waits."""
+
+    dropped: int = 0
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[list[Frame]]:
+        """Iterate over batches of frames until closed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the subscription."""
+
+    async def __aenter__(self) -> FrameSubscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Bridge(ABC):
+    """What a plugin may use: the mapping table, latest values, bus health and the write path."""
+
+    @property
+    @abstractmethod
+    def signals(self) -> Mapping[str, SignalInfo]:
+        """Every mapped signal by its stable name ``<bus>.<message>.<signal>``, in table order."""
+
+    @property
+    @abstractmethod
+    def messages(self) -> Mapping[str, MessageInfo]:
+        """Every mapped message by ``<bus>.<message>``."""
+
+    @property
+    @abstractmethod
+    def buses(self) -> Mapping[str, BusInfo]:
+        """Every configured bus by name."""
+
+    @property
+    @abstractmethod
+    def state_dir(self) -> Path:
+        """A directory the bridge keeps across restarts (certificates, register maps); it exists."""
+
+    @property
+    @abstractmethod
+    def config_path(self) -> Path | None:
+        """The configuration file in use, or None for a built-in configuration."""
+
+    @abstractmethod
+    def read(self, name: str) -> SignalValue:
+        """The latest value of one signal; raises :class:`UnknownSignal`."""
+
+    @abstractmethod
+    def read_many(self, names: Iterable[str] | None = None) -> list[SignalValue]:
+        """The latest values of the named signals (all when None), in table order."""
+
+    @abstractmethod
+    def subscribe(self, names: Iterable[str] | None = None, interval: float = 0.05) -> Subscription:
+        """Subscribe to changes of the named signals (all when None), batched every ``interval`` s."""
+
+    @abstractmethod
+    def subscribe_frames(self, bus: str | None = None, maxlen: int = 1000) -> FrameSubscription:
+        """Subscribe to raw received frames of one bus (all when None), bounded to ``maxlen``."""
+
+    @abstractmethod
+    def bus_status(self, name: str) -> BusStatus:
+        """State and counters of one bus; raises KeyError for an unknown bus."""
+
+    @abstractmethod
+    def message_status(self, bus: str | None = None) -> list[MessageStatus]:
+        """Per-message frame counts and ages."""
+
+    @abstractmethod
+    async def write(self, name: str, value: Value | str, caller: Caller) -> WriteReceipt:
+        """Write a signal through the write path; raises :class:`WriteRefused` with a reason.
+
+        ``value`` may be a choice text for signals with choices. Nothing is sent when refused.
+        """
+
+    @abstractmethod
+    async def send_frame(self, bus: str, frame: Frame | str | Mapping[str, object], caller: Caller) -> Frame:
+        """Send one raw frame (a :class:`Frame`, cansend string or frame object) through the write
+        path; needs :attr:`Permission.RAW`. Raises :class:`WriteRefused` or :class:`FrameFormatError`."""
+
+    @abstractmethod
+    def stats(self) -> BridgeStats:
+        """Write counters, store update time and subscriber lag, for metrics."""

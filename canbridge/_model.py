@@ -1,0 +1,287 @@
+"""Plain data types of the public API: what a plugin reads from and hands to the bridge."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum, IntFlag
+from typing import Literal
+
+Value = bool | int | float
+"""A signal's physical value: ``bool`` for one-bit flags, ``int`` when scaling keeps integers, else ``float``."""
+
+
+class Quality(str, Enum):
+    """How much a signal's value can be trusted."""
+
+    GOOD = "good"
+    """Received within its timeout (or, for a transmitted signal, what the bridge sends)."""
+    STALE = "stale"
+    """No frame within the signal's timeout; the value is the last one received."""
+    BAD = "bad"
+    """The bus is off or the interface is down."""
+    WAITING = "waiting"
+    """Nothing received yet."""
+
+    @property
+    def code(self) -> int:
+        """A small integer for register-based protocols: good 0, stale 1, bad 2, waiting 3."""
+        return _QUALITY_CODES[self]
+
+
+_QUALITY_CODES = {Quality.GOOD: 0, Quality.STALE: 1, Quality.BAD: 2, Quality.WAITING: 3}
+
+
+class BusState(str, Enum):
+    """The state of a bus, from the CAN controller's error state and the interface's link state."""
+
+    STARTING = "starting"
+    ACTIVE = "active"  # error-active: all is well
+    WARNING = "warning"  # an error counter passed 96
+    PASSIVE = "passive"  # error-passive: an error counter passed 127
+    BUS_OFF = "bus_off"
+    DOWN = "down"  # interface down, missing, or the socket failed; reconnecting
+    STOPPED = "stopped"
+
+    @property
+    def code(self) -> int:
+        """A small integer for register-based protocols (see docs/architecture.md)."""
+        return _BUS_STATE_CODES[self]
+
+    @property
+    def usable(self) -> bool:
+        """Whether frames can be sent and received in this state."""
+        return self in (BusState.ACTIVE, BusState.WARNING, BusState.PASSIVE)
+
+
+_BUS_STATE_CODES = {
+    BusState.ACTIVE: 0,
+    BusState.WARNING: 1,
+    BusState.PASSIVE: 2,
+    BusState.BUS_OFF: 3,
+    BusState.DOWN: 4,
+    BusState.STOPPED: 5,
+    BusState.STARTING: 6,
+}
+
+
+class FrameFlags(IntFlag):
+    """Flags of a raw frame in a receive batch."""
+
+    NONE = 0
+    EXTENDED = 1
+    RTR = 2
+    FD = 4
+    BRS = 8
+    ERROR = 16
+    ESI = 32
+
+
+RawFrame = tuple[int, int, bytes, int]
+"""One received frame in a batch: ``(can_id, FrameFlags, data, timestamp_ns)``.
+
+``can_id`` has no flag bits; ``timestamp_ns`` is the kernel receive time (nanoseconds since the epoch)
+where the interface gives one. Tuples, not objects: the receive path handles tens of thousands a second.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A CAN or CAN FD frame as plugins see it (raw frames sent or streamed)."""
+
+    can_id: int
+    data: bytes = b""
+    extended: bool = False
+    rtr: bool = False
+    fd: bool = False
+    brs: bool = False
+    error: bool = False
+    dlc: int | None = None  # for RTR frames, the requested length; else len(data)
+    timestamp_ns: int | None = None
+    bus: str | None = None
+
+    @property
+    def length(self) -> int:
+        """The data length code as a byte count."""
+        return self.dlc if self.dlc is not None else len(self.data)
+
+    def to_cansend(self) -> str:
+        """The frame as a can-utils ``cansend`` string (``123#DEADBEEF``)."""
+        from canbridge._frames import format_cansend
+
+        return format_cansend(self)
+
+    def to_nodered(self) -> dict[str, object]:
+        """The frame as a node-red-contrib-socketcan frame object."""
+        from canbridge._frames import to_nodered
+
+        return to_nodered(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SignalInfo:
+    """Everything static about one signal of the mapping table."""
+
+    name: str  # "<bus>.<message>.<signal>", stable: plugins use it as is
+    bus: str
+    message: str
+    signal: str
+    index: int  # position in the mapping table; stable for one loaded configuration
+    frame_id: int
+    extended: bool
+    direction: Literal["rx", "tx"]
+    value_type: type  # bool, int or float
+    bit_length: int
+    signed: bool
+    is_float: bool
+    scale: float
+    offset: float
+    minimum: float  # effective limits: the DBC's where given, else what the raw bits can carry
+    maximum: float
+    unit: str | None = None
+    initial: Value | None = None
+    choices: Mapping[int, str] | None = None
+    comment: str | None = None
+    writable: bool = False
+    timeout_s: float | None = None  # staleness timeout; None: never stale
+    cycle_time_ms: int | None = None
+    multiplexer: str | None = None  # name of the multiplexer signal this one depends on
+    multiplexer_ids: tuple[int, ...] | None = None
+    is_multiplexer: bool = False
+    max_write_rate: float | None = None  # writes per second allowed; None: unbounded
+
+    def choice_value(self, text: str) -> int | None:
+        """The raw value of a choice text, or None when the signal has no such choice."""
+        if not self.choices:
+            return None
+        for k, v in self.choices.items():
+            if v == text:
+                return k
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """A mapped CAN message (frame) and its signals."""
+
+    name: str  # "<bus>.<message>"
+    bus: str
+    message: str
+    frame_id: int
+    extended: bool
+    fd: bool
+    length: int
+    direction: Literal["rx", "tx"]
+    signals: tuple[str, ...]
+    cycle_time_ms: int | None = None
+    period_ms: int | None = None  # cyclic transmission period for tx messages, if configured
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalValue:
+    """A signal's latest value with its quality and source timestamp."""
+
+    name: str
+    value: Value | None
+    quality: Quality
+    timestamp_ns: int | None  # receive time of the newest frame carrying it (kernel time where known)
+
+    @property
+    def timestamp(self) -> float | None:
+        """The source timestamp in seconds since the epoch."""
+        return None if self.timestamp_ns is None else self.timestamp_ns / 1e9
+
+    def age(self, now_ns: int | None = None) -> float | None:
+        """Seconds since the source timestamp."""
+        if self.timestamp_ns is None:
+            return None
+        return ((now_ns if now_ns is not None else time.time_ns()) - self.timestamp_ns) / 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class BusInfo:
+    """A configured bus."""
+
+    name: str
+    interface: str
+    channel: str
+    fd: bool
+    bitrate: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BusStatus:
+    """A bus's state and counters at one moment."""
+
+    name: str
+    state: BusState
+    rx_frames: int = 0  # frames that reached the bridge (after kernel filters)
+    tx_frames: int = 0
+    error_frames: int = 0
+    decode_errors: int = 0
+    unmapped_frames: int = 0  # frames that reached user space with no mapping (0 with kernel filters)
+    dropped_frames: int = 0  # frames the kernel dropped for a full receive queue
+    rx_error_counter: int | None = None  # the controller's REC
+    tx_error_counter: int | None = None  # the controller's TEC
+    bus_off_count: int = 0
+    restarts: int = 0  # controller restarts after bus-off
+    reconnects: int = 0  # times the bridge reopened the interface
+    bus_load: float = 0.0  # percent of the bitrate used, over the last second
+    last_error: str | None = None
+    since_ns: int = 0  # when the state was entered
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus:
+    """Reception statistics of one message."""
+
+    name: str  # "<bus>.<message>"
+    frames: int
+    age_s: float | None  # seconds since the last frame; None if never received
+    quality: Quality
+
+
+class Permission(str, Enum):
+    """What a caller may do through the write path."""
+
+    WRITE = "write"  # write signals
+    RAW = "raw"  # send raw frames
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is writing: recorded in the audit log and checked against permissions."""
+
+    plugin: str  # "opcua", "modbus", "rest", ...
+    user: str | None = None
+    address: str | None = None
+    permissions: frozenset[Permission] = field(default_factory=lambda: frozenset({Permission.WRITE}))
+
+    def __str__(self) -> str:
+        who = self.plugin + (f":{self.user}" if self.user else "")
+        return who + (f"@{self.address}" if self.address else "")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteReceipt:
+    """What an accepted write did."""
+
+    name: str
+    value: Value
+    raw: int
+    frame: Frame  # the frame as sent (or as now transmitted cyclically)
+    cyclic: bool  # True when the write updated a cyclic transmission instead of sending once
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeStats:
+    """Counters of the bridge as a whole, for metrics."""
+
+    writes_accepted: int
+    writes_refused: Mapping[str, int]  # by RefusalReason value
+    store_batches: int
+    store_update_seconds_total: float  # time spent applying batches to the store
+    subscribers: int
+    max_subscriber_lag_s: float  # oldest undelivered change among subscribers

@@ -1,0 +1,273 @@
+"""The configuration file: pydantic models (unknown keys are errors) and a YAML loader that
+reports every problem with its file, line and key path."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from canbridge._errors import ConfigError, Problem
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+
+
+class Strict(BaseModel):
+    """Base of every configuration model: unknown keys are errors, values are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReplayOptions(Strict):
+    """Options of the ``replay`` bus kind."""
+
+    file: Path = Field(description="candump -L, ASC, BLF, CSV or TRC log that python-can reads")
+    speed: Literal["recorded", "fast"] = Field("recorded", description="recorded timing, or as fast as possible")
+    loop: bool = Field(False, description="start again at the end of the log")
+
+
+class NetlinkSettings(Strict):
+    """Interface settings the bridge applies through netlink before opening (needs CAP_NET_ADMIN)."""
+
+    bitrate: int | None = Field(None, gt=0, le=1_000_000)
+    sample_point: float | None = Field(None, gt=0, lt=1)
+    data_bitrate: int | None = Field(None, gt=0, le=15_000_000, description="CAN FD data phase")
+    data_sample_point: float | None = Field(None, gt=0, lt=1)
+    restart_ms: int | None = Field(None, ge=0, description="automatic restart after bus-off")
+    fd: bool | None = None
+
+
+class BusConfig(Strict):
+    """One CAN bus."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="used in signal names <bus>.<message>.<signal>")
+    interface: str = Field(
+        "socketcan", description="socketcan, virtual, replay or any python-can interface name"
+    )
+    channel: str = Field("can0", description="interface channel (can0, vcan0, a virtual bus name)")
+    fd: bool = Field(False, description="CAN FD frames (up to 64 bytes)")
+    bitrate: int | None = Field(None, gt=0, description="nominal bitrate, for the bus load estimate")
+    receive_buffer: int = Field(4 * 1024 * 1024, ge=65536, description="socket receive buffer in bytes")
+    kernel_filters: bool = Field(True, description="let the kernel drop frames of unmapped ids")
+    reconnect_min_s: float = Field(0.2, gt=0, description="first reconnect delay; doubles up to the max")
+    reconnect_max_s: float = Field(5.0, gt=0)
+    replay: ReplayOptions | None = Field(None, description="for interface: replay")
+    netlink: NetlinkSettings | None = Field(None, description="configure the interface itself (socketcan)")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for python-can")
+
+    @model_validator(mode="after")
+    def _replay_needs_file(self) -> BusConfig:
+        if self.interface == "replay" and self.replay is None:
+            raise ValueError("interface 'replay' needs a 'replay: {file: ...}' section")
+        if self.replay is not None and self.interface != "replay":
+            raise ValueError("'replay' options are only for interface 'replay'")
+        if self.netlink is not None and self.interface != "socketcan":
+            raise ValueError("'netlink' settings are only for interface 'socketcan'")
+        return self
+
+
+class TransmitConfig(Strict):
+    """How the bridge transmits one message it owns."""
+
+    period_ms: int | None = Field(
+        None, ge=1, description="cyclic transmission period (kernel broadcast manager); None: on write"
+    )
+    seed: Literal["initial", "received"] = Field(
+        "initial",
+        description="initial: frame starts from DBC initial values; received: writes wait for a received frame",
+    )
+    start: Literal["immediately", "first_write"] = Field(
+        "immediately", description="when cyclic transmission begins"
+    )
+    writer_timeout_ms: int | None = Field(
+        None, ge=1, description="if no write arrives for this long, apply on_writer_timeout"
+    )
+    on_writer_timeout: Literal["stop", "initial", "keep"] = Field(
+        "keep", description="stop the cyclic frame, fall back to initial values, or keep sending"
+    )
+
+
+class MappingConfig(Strict):
+    """A mapping file (DBC/KCD/SYM/ARXML or YAML signals) attached to one bus."""
+
+    bus: str = Field(description="name of a configured bus")
+    dbc: Path | None = Field(None, description="signal database: .dbc, .kcd, .sym, .arxml")
+    signals: Path | None = Field(None, description="hand-written signal definitions (YAML)")
+    format: str | None = Field(None, description="mapping format; default: from the file suffix")
+    strict: bool = Field(True, description="false: lenient mode for real-world files strict mode rejects")
+    messages: list[str] | None = Field(None, description="only these messages (glob patterns)")
+    writable: list[str] = Field(default_factory=list, description="writable signals, 'Message.Signal' globs")
+    transmit: dict[str, TransmitConfig] = Field(default_factory=dict, description="messages the bridge sends")
+    stale_factor: float = Field(3.0, gt=0, description="stale after this many cycle times without a frame")
+    stale_after_ms: dict[str, int] = Field(
+        default_factory=dict, description="per message (glob) staleness timeout by hand"
+    )
+    write_rate: float | None = Field(10.0, gt=0, description="writes per second per signal; null: unbounded")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MappingConfig:
+        if (self.dbc is None) == (self.signals is None):
+            raise ValueError("give exactly one of 'dbc' or 'signals'")
+        return self
+
+    @property
+    def file(self) -> Path:
+        path = self.dbc if self.dbc is not None else self.signals
+        assert path is not None
+        return path
+
+
+class AuditConfig(Strict):
+    """Where the audit log of writes goes (JSON lines)."""
+
+    file: Path | None = Field(None, description="default: <state_dir>/audit.jsonl")
+    enabled: bool = True
+
+
+class SimulatorConfig(Strict):
+    """An in-process ECU simulator (used by the demo)."""
+
+    bus: str
+    follow: dict[str, str] = Field(
+        default_factory=dict, description="status signal -> command signal it follows (Message.Signal)"
+    )
+
+
+class Config(Strict):
+    """The whole configuration file."""
+
+    buses: list[BusConfig] = Field(min_length=1)
+    mappings: list[MappingConfig] = Field(default_factory=list)
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict, description="northbound plugins by name")
+    state_dir: Path | None = Field(None, description="default: .canbridge-state next to the config file")
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    simulators: list[SimulatorConfig] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    gc_freeze: bool = Field(True, description="freeze start-up objects out of the garbage collector")
+
+    @field_validator("buses")
+    @classmethod
+    def _unique_bus_names(cls, v: list[BusConfig]) -> list[BusConfig]:
+        seen: set[str] = set()
+        for b in v:
+            if b.name in seen:
+                raise ValueError(f"bus name {b.name!r} is used twice")
+            seen.add(b.name)
+        return v
+
+    @model_validator(mode="after")
+    def _refs(self) -> Config:
+        names = {b.name for b in self.buses}
+        for m in self.mappings:
+            if m.bus not in names:
+                raise ValueError(f"mapping for {m.file} names bus {m.bus!r}, which is not configured")
+        for s in self.simulators:
+            if s.bus not in names:
+                raise ValueError(f"simulator names bus {s.bus!r}, which is not configured")
+        return self
+
+
+# --- YAML with line numbers ---------------------------------------------------------------------
+
+LineMap = dict[tuple[str | int, ...], int]
+
+
+def _build(node: yaml.Node, path: tuple[str | int, ...], lines: LineMap, file: str) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for k_node, v_node in node.value:
+            key = _build(k_node, (*path, "<key>"), {}, file)
+            if isinstance(key, (dict, list)):
+                raise ConfigError([Problem("a key must be a plain value", file, k_node.start_mark.line + 1)])
+            if key in out:
+                raise ConfigError(
+                    [Problem(f"key {key!r} appears twice", file, k_node.start_mark.line + 1, _fmt(path))]
+                )
+            out[key] = _build(v_node, (*path, key), lines, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(v, (*path, i), lines, file) for i, v in enumerate(node.value)]
+    return yaml.SafeLoader.construct_object(_LOADER, node, deep=True)  # type: ignore[arg-type]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_LOADER = _Loader("")
+
+
+def load_yaml(path: Path) -> tuple[Any, LineMap]:
+    """Load a YAML file, returning the data and a map from key paths to line numbers."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([Problem(f"cannot read: {e.strerror or e}", str(path))]) from e
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else None
+        raise ConfigError([Problem(f"YAML syntax: {e.problem}", str(path), line)]) from e
+    lines: LineMap = {}
+    if node is None:
+        return {}, lines
+    return _build(node, (), lines, str(path)), lines
+
+
+def _fmt(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _line_for(loc: Sequence[str | int], lines: LineMap) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())
+
+
+def problems_from_validation(
+    err: ValidationError, file: str | None, lines: LineMap, prefix: Sequence[str | int] = ()
+) -> list[Problem]:
+    """Turn pydantic's errors into problems with file, line and key path."""
+    out = []
+    for e in err.errors():
+        loc = [p for p in (*prefix, *e["loc"]) if isinstance(p, (str, int))]
+        # pydantic puts the failing union/tagged member in loc; keep only real keys
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key {loc[-1]!r}" if loc else "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        out.append(Problem(msg, file, _line_for(loc, lines), _fmt(loc) or None))
+    return out
+
+
+def parse_config(data: Any, file: str | None = None, lines: LineMap | None = None) -> Config:
+    """Validate configuration data; raise ConfigError listing every problem."""
+    lines = lines or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError([Problem("the configuration must be a mapping with 'buses:'", file, 1)])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(problems_from_validation(e, file, lines)) from None
+
+
+def load_config(path: Path) -> tuple[Config, LineMap]:
+    """Load and validate a configuration file (relative paths inside stay relative to it)."""
+    data, lines = load_yaml(path)
+    return parse_config(data, str(path), lines), lines

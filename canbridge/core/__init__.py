@@ -1,0 +1,1 @@
+"""The core: bus access, mapping, codec, store and write path. Internal: plugins use canbridge."""

@@ -1,0 +1,1 @@
+"""canbridge opcua plugin."""

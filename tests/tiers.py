@@ -1,0 +1,81 @@
+"""Test tiers whose tools may be missing on a developer's machine.
+
+A test marked ``@pytest.mark.tier("name")`` runs only where its tools are present; otherwise it
+is skipped with the reason and the command that installs them. With ``CANBRIDGE_REQUIRE_TIERS=1``
+(what ``.ci/run`` sets) a missing tier is a failure, never a skip.
+Each tier's tools are installed by ``tools/tiers/<name>.sh``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_MODULES = ROOT / "tools" / "node" / "node_modules"
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    what: str
+    missing: Callable[[], str | None]  # None when present, else what is missing
+
+    @property
+    def install(self) -> str:
+        return f"sudo bash tools/tiers/{self.name}.sh   (or: make deps)"
+
+
+def _cmd(*names: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        absent = [n for n in names if shutil.which(n) is None]
+        return f"command(s) not found: {', '.join(absent)}" if absent else None
+
+    return check
+
+
+def _node_pkg(pkg: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        if shutil.which("node") is None:
+            return "node not found"
+        if not (NODE_MODULES / pkg).is_dir():
+            return f"npm package {pkg} not installed in {NODE_MODULES.relative_to(ROOT)}"
+        return None
+
+    return check
+
+
+def _py(mod: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        return None if importlib.util.find_spec(mod) else f"python package {mod} not installed"
+
+    return check
+
+
+def _all(*checks: Callable[[], str | None]) -> Callable[[], str | None]:
+    def check() -> str | None:
+        msgs = [m for c in checks if (m := c())]
+        return "; ".join(msgs) or None
+
+    return check
+
+
+TIERS: dict[str, Tier] = {
+    t.name: t
+    for t in (
+        Tier("opcua-interop", "OPC UA against node-opcua (independent client)", _node_pkg("node-opcua-client")),
+        Tier("modbus-interop", "Modbus TCP against mbpoll (independent client)", _cmd("mbpoll")),
+        Tier("modbus-rtu", "Modbus RTU over a socat pseudo-terminal pair", _cmd("socat")),
+        Tier("browser", "web dashboard in headless Chromium", _all(_cmd("chromium"), _py("playwright"))),
+        Tier("schemathesis", "OpenAPI document checked by schemathesis", _py("schemathesis")),
+        Tier("can-utils", "can-utils log files replayed (canplayer formats)", _cmd("candump")),
+    )
+}
+
+
+def require_all() -> bool:
+    return os.environ.get("CANBRIDGE_REQUIRE_TIERS") == "1"
