@@ -37,13 +37,13 @@ class NetlinkSettings(Strict):
     data_bitrate: int | None = Field(None, gt=0, le=15_000_000, description="CAN FD data phase")
     data_sample_point: float | None = Field(None, gt=0, lt=1)
     restart_ms: int | None = Field(None, ge=0, description="automatic restart after bus-off")
-    fd: bool | None = None
+    fd: bool | None = Field(None, description="switch CAN FD on or off")
 
 
 class BusConfig(Strict):
     """One CAN bus."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="used in signal names <bus>.<message>.<signal>")
+    name: str = Field(pattern=NAME_PATTERN, description="used in signal names `<bus>.<message>.<signal>`")
     interface: str = Field(
         "socketcan", description="socketcan, virtual, replay or any python-can interface name"
     )
@@ -53,7 +53,7 @@ class BusConfig(Strict):
     receive_buffer: int = Field(4 * 1024 * 1024, ge=65536, description="socket receive buffer in bytes")
     kernel_filters: bool = Field(True, description="let the kernel drop frames of unmapped ids")
     reconnect_min_s: float = Field(0.2, gt=0, description="first reconnect delay; doubles up to the max")
-    reconnect_max_s: float = Field(5.0, gt=0)
+    reconnect_max_s: float = Field(5.0, gt=0, description="longest reconnect delay")
     replay: ReplayOptions | None = Field(None, description="for interface: replay")
     netlink: NetlinkSettings | None = Field(None, description="configure the interface itself (socketcan)")
     options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for python-can")
@@ -124,28 +124,33 @@ class AuditConfig(Strict):
     """Where the audit log of writes goes (JSON lines)."""
 
     file: Path | None = Field(None, description="default: <state_dir>/audit.jsonl")
-    enabled: bool = True
+    enabled: bool = Field(True, description="write the audit log")
 
 
 class SimulatorConfig(Strict):
     """An in-process ECU simulator (used by the demo)."""
 
-    bus: str
+    bus: str = Field(description="name of a configured bus whose received messages it plays")
     follow: dict[str, str] = Field(
-        default_factory=dict, description="status signal -> command signal it follows (Message.Signal)"
+        default_factory=dict, description="status signal -> command signal whose value it shows (Message.Signal)"
+    )
+    ramp: dict[str, str] = Field(
+        default_factory=dict, description="status signal -> command signal it moves towards (Message.Signal)"
     )
 
 
 class Config(Strict):
     """The whole configuration file."""
 
-    buses: list[BusConfig] = Field(min_length=1)
-    mappings: list[MappingConfig] = Field(default_factory=list)
+    buses: list[BusConfig] = Field(min_length=1, description="the CAN buses, at least one")
+    mappings: list[MappingConfig] = Field(default_factory=list, description="mapping files attached to buses")
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict, description="northbound plugins by name")
     state_dir: Path | None = Field(None, description="default: .canbridge-state next to the config file")
-    audit: AuditConfig = Field(default_factory=AuditConfig)
-    simulators: list[SimulatorConfig] = Field(default_factory=list)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    audit: AuditConfig = Field(default_factory=lambda: AuditConfig(), description="audit log of writes")
+    simulators: list[SimulatorConfig] = Field(
+        default_factory=list, description="in-process ECU simulators (demo, development)"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log verbosity")
     gc_freeze: bool = Field(True, description="freeze start-up objects out of the garbage collector")
 
     @field_validator("buses")

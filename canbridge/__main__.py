@@ -1,0 +1,5 @@
+import sys
+
+from canbridge.cli import main
+
+sys.exit(main())

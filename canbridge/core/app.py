@@ -1,0 +1,88 @@
+"""Assembling a bridge: configuration file (or data) + plugin registry → Runtime, plus the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import can
+
+from canbridge._errors import ConfigError
+from canbridge.config import Config, LineMap, load_config, parse_config
+from canbridge.core.host import Registry, load_registry
+from canbridge.core.runtime import Runtime
+from canbridge.core.simulator import Simulator
+
+DEMO_DBC = Path(__file__).resolve().parent.parent / "demo" / "demo.dbc"
+
+
+def demo_config(channel: str | None = None, plugins: dict[str, Any] | None = None,
+                state_dir: Path | None = None) -> dict[str, Any]:
+    """The demo: a virtual bus with the demo DBC, MotorCommand writable and sent every 100 ms."""
+    return {
+        "buses": [{"name": "demo", "interface": "virtual", "channel": channel or "canbridge-demo"}],
+        "mappings": [{
+            "bus": "demo", "dbc": str(DEMO_DBC), "writable": ["MotorCommand.*"],
+            "transmit": {"MotorCommand": {"period_ms": 100}}, "write_rate": 20,
+        }],
+        "simulators": [{
+            "bus": "demo",
+            "follow": {"MotorStatus.SetpointEcho": "MotorCommand.SpeedSetpoint",
+                       "MotorStatus.MotorEnabled": "MotorCommand.Enable"},
+            "ramp": {"MotorStatus.MotorSpeed": "MotorCommand.SpeedSetpoint"},
+        }],
+        "plugins": plugins or {},
+        **({"state_dir": str(state_dir)} if state_dir else {}),
+    }
+
+
+def build_runtime(config: Config, registry: Registry | None = None, *, base_dir: Path | None = None,
+                  config_path: Path | None = None, lines: LineMap | None = None) -> Runtime:
+    if registry is None:
+        _, registry = load_registry()
+    base = base_dir or (config_path.parent if config_path else Path.cwd())
+    return Runtime(config, registry, base, config_path=config_path, lines=lines)
+
+
+def runtime_from_file(path: Path, registry: Registry | None = None) -> Runtime:
+    config, lines = load_config(path)
+    return build_runtime(config, registry, config_path=path.resolve(), lines=lines)
+
+
+def runtime_from_data(data: dict[str, Any], registry: Registry | None = None,
+                      base_dir: Path | None = None) -> Runtime:
+    return build_runtime(parse_config(data), registry, base_dir=base_dir)
+
+
+@contextlib.asynccontextmanager
+async def simulators(runtime: Runtime) -> AsyncIterator[list[Simulator]]:
+    """Run the configuration's simulators, each on its own python-can bus beside the bridge's."""
+    sims: list[Simulator] = []
+    buses: list[can.BusABC] = []
+    tasks = []
+    try:
+        for sc in runtime.config.simulators:
+            bcfg = next(b for b in runtime.config.buses if b.name == sc.bus)
+            if bcfg.interface == "replay":
+                raise ConfigError([])
+            bus = can.Bus(interface=bcfg.interface, channel=bcfg.channel, fd=bcfg.fd, receive_own_messages=False)
+            buses.append(bus)
+            sim = Simulator(runtime.table, sc.bus, bus, sc.follow, sc.ramp)
+            sims.append(sim)
+            tasks.append(asyncio.create_task(sim.run(), name=f"simulator-{sc.bus}"))
+        yield sims
+    finally:
+        for s in sims:
+            s.stop()
+        if tasks:
+            await asyncio.wait(tasks, timeout=3)
+        for b in buses:
+            b.shutdown()
+
+
+def unique_channel(prefix: str = "canbridge") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,348 @@
+"""One bus at run time: supervises its driver (open, read, reconnect with backoff), runs the receive
+path (batch → decoder → store), keeps the bus's counters and state, and owns its cyclic transmissions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from canbridge._errors import BusError, BusUnavailable
+from canbridge._model import BusState, BusStatus, Frame, FrameFlags, Quality, RawFrame
+from canbridge._plugin import BusDriver, BusKind, PeriodicHandle
+from canbridge.config import BusConfig
+from canbridge.core.errorframes import classify_error_frame
+from canbridge.core.store import SignalStore
+from canbridge.core.table import EXT_KEY, MappingTable
+
+log = logging.getLogger("canbridge.bus")
+
+GOOD = Quality.GOOD
+_ERR = int(FrameFlags.ERROR)
+_EXT = int(FrameFlags.EXTENDED)
+_RTR = int(FrameFlags.RTR)
+# Bits on the wire besides the data field, interframe space included (no stuffing): 47 standard, 67 extended.
+_OVERHEAD_STD = 47
+_OVERHEAD_EXT = 67
+
+
+@dataclass
+class _Cyclic:
+    frame: Frame
+    period_s: float
+    handle: PeriodicHandle | None = None
+
+
+class BusRunner:
+    """Runs one configured bus."""
+
+    def __init__(self, cfg: BusConfig, kind: BusKind, table: MappingTable, store: SignalStore,
+                 on_state: Callable[[BusRunner, BusState], None]) -> None:
+        self.cfg = cfg
+        self.kind = kind
+        self.table = table
+        self.store = store
+        self._on_state = on_state
+        entries = table.by_bus.get(cfg.name, {})
+        self._lookup: dict[int, tuple[int, Any]] = {k: (e.index, e.decoder) for k, e in entries.items()}
+        self._msg_signals = {e.index: e.signal_indices for e in entries.values()}
+        self._filter_ids = [(e.info.frame_id, e.info.extended) for e in entries.values()]
+        self.last_payload: dict[int, bytes] = {}
+        self.driver: BusDriver | None = None
+        self.state = BusState.STARTING
+        self.since_ns = time.time_ns()
+        self.last_error: str | None = None
+        self.rx_frames = 0
+        self.tx_frames = 0
+        self.error_frames = 0
+        self.decode_errors = 0
+        self.unmapped_frames = 0
+        self.rtr_frames = 0
+        self.bus_off_count = 0
+        self.reconnects = 0
+        self.rx_error_counter: int | None = None
+        self.tx_error_counter: int | None = None
+        self.kernel: dict[str, Any] = {}
+        self.bus_load = 0.0
+        self._bits = 0
+        self._bits_mark = (time.monotonic(), 0)
+        self.cyclic: dict[int, _Cyclic] = {}
+        self._failed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._opened_once = asyncio.Event()
+        self._last_logged: str | None = None
+
+    # --- state ---
+    def set_state(self, state: BusState, error: str | None = None) -> None:
+        if error is not None:
+            self.last_error = error
+        if state is self.state:
+            return
+        log.info("bus %s: %s -> %s%s", self.cfg.name, self.state.value, state.value, f" ({error})" if error else "")
+        self.state = state
+        self.since_ns = time.time_ns()
+        self._on_state(self, state)
+
+    @property
+    def usable(self) -> bool:
+        return self.driver is not None and self.state.usable
+
+    # --- receive path: once per batch, never an await per frame ---
+    def on_frames(self, batch: list[RawFrame]) -> None:
+        t0 = time.perf_counter()
+        store = self.store
+        lookup = self._lookup
+        last = self.last_payload
+        values = store.values
+        msg_ts = store.msg_ts
+        msg_mono = store.msg_mono
+        counts = store.msg_count
+        mq = store.msg_quality
+        changed: list[int] = []
+        revived: list[int] = []
+        mono = time.monotonic()
+        nbytes = 0
+        n_ext = 0
+        unmapped = 0
+        decode_errors = 0
+        n_err = 0
+        for frame in batch:
+            can_id, flags, data, ts = frame
+            if flags & _ERR:
+                n_err += 1
+                self._error_frame(can_id, data)
+                continue
+            nbytes += len(data)
+            if flags & _EXT:
+                n_ext += 1
+                key = can_id | EXT_KEY
+            else:
+                key = can_id
+            entry = lookup.get(key)
+            if entry is None:
+                unmapped += 1
+                continue
+            mi, dec = entry
+            if flags & _RTR:  # a remote request carries no data: it must not make old values look fresh
+                self.rtr_frames += 1
+                continue
+            if last.get(key) != data:
+                try:
+                    dec(data, values, changed)
+                except ValueError:  # nor does a malformed frame
+                    decode_errors += 1
+                    continue
+                last[key] = data
+            msg_ts[mi] = ts
+            msg_mono[mi] = mono
+            counts[mi] += 1
+            if mq[mi] is not GOOD:
+                mq[mi] = GOOD
+                revived.append(mi)
+        n = len(batch)
+        self.rx_frames += n - n_err
+        self.unmapped_frames += unmapped
+        self.decode_errors += decode_errors
+        self._bits += (n - n_err) * _OVERHEAD_STD + n_ext * (_OVERHEAD_EXT - _OVERHEAD_STD) + nbytes * 8
+        for mi in revived:
+            changed.extend(self._msg_signals[mi])
+        taps = store.frame_taps
+        if taps:
+            name = self.cfg.name
+            frames = None
+            for tap in taps:
+                if tap.bus is None or tap.bus == name:
+                    if frames is None:
+                        frames = [_to_frame(f, name) for f in batch]
+                    tap.push(frames)
+        if changed:
+            store.publish(changed)
+        store.batches += 1
+        store.update_seconds += time.perf_counter() - t0
+
+    def _error_frame(self, can_id: int, data: bytes) -> None:
+        self.error_frames += 1
+        info = classify_error_frame(can_id, data)
+        if info.tx_error_counter is not None:
+            self.tx_error_counter = info.tx_error_counter
+        if info.rx_error_counter is not None:
+            self.rx_error_counter = info.rx_error_counter
+        if info.bus_off:
+            self.bus_off_count += 1
+        if info.state is not None:
+            self.set_state(info.state, info.description)
+        elif info.restarted:
+            self.set_state(BusState.ACTIVE, info.description)
+
+    def on_error(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._failed.set()
+
+    # --- transmit ---
+    def send(self, frame: Frame) -> None:
+        """Send now; raises BusError when the bus is not usable."""
+        driver = self.driver
+        if driver is None or not self.state.usable:
+            raise BusError(f"bus {self.cfg.name} is {self.state.value}" +
+                           (f": {self.last_error}" if self.last_error else ""))
+        driver.send(frame)
+        self.tx_frames += 1
+        self._bits += _OVERHEAD_STD + (20 if frame.extended else 0) + len(frame.data) * 8
+
+    def set_cyclic(self, msg_index: int, frame: Frame, period_s: float) -> None:
+        """Start or update the cyclic transmission of a message (atomic data update)."""
+        cyc = self.cyclic.get(msg_index)
+        if cyc is None:
+            cyc = self.cyclic[msg_index] = _Cyclic(frame, period_s)
+        else:
+            cyc.frame = frame
+        if cyc.handle is not None:
+            cyc.handle.modify(frame)
+        elif self.driver is not None and self.state.usable:
+            cyc.handle = self.driver.send_periodic(frame, period_s)
+
+    def stop_cyclic(self, msg_index: int) -> None:
+        cyc = self.cyclic.pop(msg_index, None)
+        if cyc is not None and cyc.handle is not None:
+            cyc.handle.stop()
+
+    def _restart_cyclic(self) -> None:
+        assert self.driver is not None
+        for cyc in self.cyclic.values():
+            try:
+                cyc.handle = self.driver.send_periodic(cyc.frame, cyc.period_s)
+            except BusError as e:
+                log.warning("bus %s: cannot start cyclic transmission: %s", self.cfg.name, e)
+
+    def _drop_cyclic_handles(self) -> None:
+        for cyc in self.cyclic.values():
+            if cyc.handle is not None:
+                cyc.handle.stop()
+                cyc.handle = None
+
+    # --- supervision ---
+    async def run(self) -> None:
+        """Open, read, and reopen with backoff until stopped."""
+        delay = self.cfg.reconnect_min_s
+        first = True
+        while not self._stopping.is_set():
+            driver = self.kind.open(self.cfg)
+            try:
+                await driver.open()
+            except Exception as e:
+                msg = str(e) if isinstance(e, BusUnavailable) else f"{type(e).__name__}: {e}"
+                if msg != self._last_logged:
+                    log.error("bus %s: %s; retrying every %.1f s at most", self.cfg.name, msg,
+                              self.cfg.reconnect_max_s)
+                    self._last_logged = msg
+                self.set_state(BusState.DOWN, msg)
+                self._opened_once.set()  # start-up does not wait for a missing interface
+                await self._sleep(delay)
+                delay = min(delay * 2, self.cfg.reconnect_max_s)
+                continue
+            self._last_logged = None
+            try:
+                driver.set_filters(self._filter_ids if self.cfg.kernel_filters else None)
+                self._failed.clear()
+                self.driver = driver
+                driver.start_reading(self.on_frames, self.on_error)
+            except Exception as e:
+                self.driver = None
+                await _close_quietly(driver)
+                self.set_state(BusState.DOWN, f"{type(e).__name__}: {e}")
+                await self._sleep(delay)
+                delay = min(delay * 2, self.cfg.reconnect_max_s)
+                continue
+            if not first:
+                self.reconnects += 1
+            first = False
+            self.set_state(BusState.ACTIVE)
+            self._restart_cyclic()
+            self._opened_once.set()
+            delay = self.cfg.reconnect_min_s
+            stop_w = asyncio.ensure_future(self._stopping.wait())
+            fail_w = asyncio.ensure_future(self._failed.wait())
+            try:
+                await asyncio.wait({stop_w, fail_w}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_w.cancel()
+                fail_w.cancel()
+            self.driver = None
+            self._drop_cyclic_handles()
+            await _close_quietly(driver)
+            if not self._stopping.is_set():
+                log.error("bus %s: %s; reconnecting", self.cfg.name, self.last_error)
+                self.set_state(BusState.DOWN, self.last_error)
+                await self._sleep(delay)
+        self.set_state(BusState.STOPPED)
+
+    async def wait_opened(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._opened_once.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _sleep(self, delay: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        except TimeoutError:
+            pass
+
+    def stop(self) -> None:
+        for idx in list(self.cyclic):
+            self.stop_cyclic(idx)
+        self._stopping.set()
+
+    def poll(self) -> None:
+        """Once a second: kernel diagnostics and the bus load estimate."""
+        now = time.monotonic()
+        t_prev, bits_prev = self._bits_mark
+        self._bits_mark = (now, self._bits)
+        bitrate = self.kernel.get("bitrate") or self.cfg.bitrate
+        if bitrate and now > t_prev:
+            self.bus_load = min(100.0, (self._bits - bits_prev) / (now - t_prev) / bitrate * 100)
+        driver = self.driver
+        if driver is None:
+            return
+        try:
+            self.kernel = driver.kernel_status() or {}
+        except Exception as e:
+            log.debug("bus %s: kernel status: %s", self.cfg.name, e)
+            return
+        k = self.kernel
+        if isinstance(k.get("rx_error_counter"), int):
+            self.rx_error_counter = k["rx_error_counter"]
+        if isinstance(k.get("tx_error_counter"), int):
+            self.tx_error_counter = k["tx_error_counter"]
+        state = k.get("bus_state")
+        if isinstance(state, BusState) and state is not self.state and self.state is not BusState.DOWN:
+            self.set_state(state, "reported by the kernel")
+
+    def status(self) -> BusStatus:
+        k = self.kernel
+        return BusStatus(
+            name=self.cfg.name, state=self.state, rx_frames=self.rx_frames, tx_frames=self.tx_frames,
+            error_frames=self.error_frames, decode_errors=self.decode_errors,
+            unmapped_frames=self.unmapped_frames, dropped_frames=int(k.get("dropped_frames", 0) or 0),
+            rx_error_counter=self.rx_error_counter, tx_error_counter=self.tx_error_counter,
+            bus_off_count=max(self.bus_off_count, int(k.get("bus_off_count", 0) or 0)),
+            restarts=int(k.get("restarts", 0) or 0), reconnects=self.reconnects,
+            bus_load=round(self.bus_load, 2), last_error=self.last_error, since_ns=self.since_ns,
+        )
+
+
+def _to_frame(f: RawFrame, bus: str) -> Frame:
+    can_id, flags, data, ts = f
+    return Frame(can_id, data, extended=bool(flags & _EXT), rtr=bool(flags & _RTR),
+                 fd=bool(flags & FrameFlags.FD), brs=bool(flags & FrameFlags.BRS),
+                 error=bool(flags & _ERR), timestamp_ns=ts, bus=bus)
+
+
+async def _close_quietly(driver: BusDriver) -> None:
+    try:
+        await asyncio.wait_for(driver.close(), 5.0)
+    except Exception as e:
+        log.debug("closing driver: %s", e)

@@ -1,0 +1,347 @@
+"""The running bridge: buses, store, write path and plugins inside one TaskGroup.
+
+``Runtime`` implements the public :class:`canbridge.Bridge` facade. ``run(shutdown_trigger)`` serves
+until the trigger completes (hypercorn's pattern: tests pass an event and stop it deterministically),
+then stops plugins in reverse order and closes the buses, each step bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from canbridge._bridge import Bridge, FrameSubscription, Subscription
+from canbridge._errors import ConfigError, PluginError, Problem, UnknownSignal
+from canbridge._model import (
+    BridgeStats,
+    BusInfo,
+    BusState,
+    BusStatus,
+    Caller,
+    Frame,
+    MessageInfo,
+    MessageStatus,
+    Quality,
+    SignalInfo,
+    SignalValue,
+    Value,
+    WriteReceipt,
+)
+from canbridge._plugin import NorthboundPlugin, Service
+from canbridge.config import Config, LineMap, problems_from_validation
+from canbridge.core.audit import AuditLog
+from canbridge.core.busrunner import BusRunner
+from canbridge.core.host import Registry
+from canbridge.core.store import SignalStore
+from canbridge.core.table import MappingTable, build_table
+from canbridge.core.writepath import WritePath
+
+log = logging.getLogger("canbridge")
+
+STOP_TIMEOUT_S = 5.0
+START_TIMEOUT_S = 30.0
+
+
+def validate_plugins(config: Config, registry: Registry, file: str | None = None,
+                     lines: LineMap | None = None) -> dict[str, tuple[NorthboundPlugin, Any]]:
+    """Validate each enabled plugin's section with its config model; ConfigError lists every problem."""
+    problems: list[Problem] = []
+    out: dict[str, tuple[NorthboundPlugin, Any]] = {}
+    for name, section in config.plugins.items():
+        spec = registry.northbound.get(name)
+        line = (lines or {}).get(("plugins", name))
+        if spec is None:
+            installed = ", ".join(sorted(registry.northbound)) or "none"
+            problems.append(Problem(f"no plugin named {name!r} is installed (installed: {installed})", file, line,
+                                    f"plugins.{name}"))
+            continue
+        try:
+            out[name] = (spec, spec.config_model.model_validate(section or {}))
+        except ValidationError as e:
+            problems.extend(problems_from_validation(e, file, lines or {}, ("plugins", name)))
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def check_bus_kinds(config: Config, registry: Registry, file: str | None = None,
+                    lines: LineMap | None = None) -> list[Problem]:
+    problems = []
+    for i, b in enumerate(config.buses):
+        if registry.bus_kind(b.interface) is None:
+            known = ", ".join(sorted(registry.bus_kinds))
+            problems.append(Problem(
+                f"unknown interface {b.interface!r}: not a canbridge bus kind ({known}) nor a python-can interface",
+                file, (lines or {}).get(("buses", i, "interface")), f"buses[{i}].interface"))
+    return problems
+
+
+class Runtime(Bridge):
+    """The bridge at run time."""
+
+    def __init__(self, config: Config, registry: Registry, base_dir: Path, *, config_path: Path | None = None,
+                 table: MappingTable | None = None, lines: LineMap | None = None) -> None:
+        file = str(config_path) if config_path else None
+        problems = check_bus_kinds(config, registry, file, lines)
+        if problems:
+            raise ConfigError(problems)
+        self.config = config
+        self.registry = registry
+        self.base_dir = base_dir
+        self._config_path = config_path
+        self.table = table or build_table(config, base_dir, registry.formats, file, lines)
+        self._plugins = validate_plugins(config, registry, file, lines)
+        state = config.state_dir or Path(".canbridge-state")
+        self._state_dir = state if state.is_absolute() else base_dir / state
+        self.store = SignalStore(self.table)
+        self.runners: dict[str, BusRunner] = {}
+        for b in config.buses:
+            kind = registry.bus_kind(b.interface)
+            assert kind is not None
+            self.runners[b.name] = BusRunner(b, kind, self.table, self.store, self._bus_state_changed)
+        self._bus_info = {b.name: BusInfo(b.name, b.interface, b.channel, b.fd, b.bitrate) for b in config.buses}
+        self._msg_infos = {name: e.info for name, e in self.table.messages.items()}
+        self.audit: AuditLog | None = None
+        self.writes: WritePath | None = None
+        self.services: dict[str, Service] = {}
+        self._started: list[tuple[str, Service]] = []
+        self.ready = False
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # --- Bridge facade ---
+    @property
+    def signals(self) -> Mapping[str, SignalInfo]:
+        return self.table.signals
+
+    @property
+    def messages(self) -> Mapping[str, MessageInfo]:
+        return self._msg_infos
+
+    @property
+    def buses(self) -> Mapping[str, BusInfo]:
+        return self._bus_info
+
+    @property
+    def state_dir(self) -> Path:
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        return self._state_dir
+
+    @property
+    def config_path(self) -> Path | None:
+        return self._config_path
+
+    def read(self, name: str) -> SignalValue:
+        info = self.table.signals.get(name)
+        if info is None:
+            raise UnknownSignal(f"no signal named {name!r}")
+        return self.store.value(info.index)
+
+    def read_many(self, names: Iterable[str] | None = None) -> list[SignalValue]:
+        if names is None:
+            return [self.store.value(i) for i in range(len(self.table.signal_list))]
+        return [self.read(n) for n in names]
+
+    def _indices(self, names: Iterable[str] | None) -> list[int] | None:
+        if names is None:
+            return None
+        out = []
+        for n in names:
+            info = self.table.signals.get(n)
+            if info is None:
+                raise UnknownSignal(f"no signal named {n!r}")
+            out.append(info.index)
+        return out
+
+    def subscribe(self, names: Iterable[str] | None = None, interval: float = 0.05) -> Subscription:
+        return self.store.subscribe(self._indices(names), interval)
+
+    def subscribe_frames(self, bus: str | None = None, maxlen: int = 1000) -> FrameSubscription:
+        if bus is not None and bus not in self.runners:
+            raise KeyError(f"no bus named {bus!r}")
+        return self.store.subscribe_frames(bus, maxlen)
+
+    def bus_status(self, name: str) -> BusStatus:
+        return self.runners[name].status()
+
+    def message_status(self, bus: str | None = None) -> list[MessageStatus]:
+        now = time.monotonic()
+        out = []
+        for e in self.table.message_list:
+            if bus is not None and e.info.bus != bus:
+                continue
+            count = self.store.msg_count[e.index]
+            mono = self.store.msg_mono[e.index]
+            age = (now - mono) if mono else None
+            out.append(MessageStatus(e.info.name, count, age, self.store.msg_quality[e.index]))
+        return out
+
+    async def write(self, name: str, value: Value | str, caller: Caller) -> WriteReceipt:
+        if self.writes is None:
+            raise PluginError("the bridge is not running")
+        return await self.writes.write(name, value, caller)
+
+    async def send_frame(self, bus: str, frame: Frame | str | Mapping[str, object], caller: Caller) -> Frame:
+        if self.writes is None:
+            raise PluginError("the bridge is not running")
+        return await self.writes.send_frame(bus, frame, caller)
+
+    def stats(self) -> BridgeStats:
+        w = self.writes
+        return BridgeStats(
+            writes_accepted=w.accepted if w else 0,
+            writes_refused=dict(w.refused) if w else {},
+            store_batches=self.store.batches,
+            store_update_seconds_total=self.store.update_seconds,
+            subscribers=self.store.subscriber_count,
+            max_subscriber_lag_s=self.store.max_lag(),
+        )
+
+    # --- state changes ---
+    def _bus_state_changed(self, runner: BusRunner, state: BusState) -> None:
+        msgs = self.table.messages_of(runner.cfg.name)
+        if not state.usable:
+            for e in msgs:
+                self.store.set_message_quality(e.index, Quality.BAD)
+        elif self.writes is not None:
+            for e in msgs:
+                if e.transmit is not None and (e.index in self.writes.written or e.index in runner.cyclic):
+                    # what the bridge transmits is good again once the bus carries it
+                    self.store.set_message_quality(e.index, Quality.GOOD)
+                elif self.store.msg_quality[e.index] is Quality.BAD:
+                    # the bus is back but nothing arrived since: "bad" would blame a bus that works
+                    # (and, for a message without a timeout, stay so until its next frame)
+                    seen = self.store.msg_count[e.index] > 0
+                    self.store.set_message_quality(e.index, Quality.STALE if seen else Quality.WAITING)
+
+    async def _supervise(self) -> None:
+        """Staleness, writer timeouts and bus polling, a few times a second."""
+        tick = 0
+        while True:
+            await asyncio.sleep(0.1)
+            tick += 1
+            now = time.monotonic()
+            store = self.store
+            for e in self.table.message_list:
+                if e.timeout_s is not None and store.msg_quality[e.index] is Quality.GOOD and \
+                        now - store.msg_mono[e.index] > e.timeout_s:
+                    store.set_message_quality(e.index, Quality.STALE)
+            self._writer_timeouts(now)
+            if tick % 10 == 0:
+                for r in self.runners.values():
+                    r.poll()
+
+    def _writer_timeouts(self, now: float) -> None:
+        w = self.writes
+        if w is None:
+            return
+        for e in self.table.message_list:
+            t = e.transmit
+            if t is None or t.writer_timeout_ms is None or t.on_writer_timeout == "keep":
+                continue
+            last = w.last_write.get(e.index)
+            if last is None or now - last < t.writer_timeout_ms / 1000:
+                continue
+            runner = self.runners[e.info.bus]
+            del w.last_write[e.index]
+            log.warning("%s: no write for %d ms; %s", e.info.name, t.writer_timeout_ms,
+                        "stopping its transmission" if t.on_writer_timeout == "stop" else "back to initial values")
+            if t.on_writer_timeout == "stop":
+                runner.stop_cyclic(e.index)
+                self.store.set_message_quality(e.index, Quality.STALE)
+            else:
+                w.shadow[e.index] = e.initial
+                if t.period_ms and e.index in runner.cyclic:
+                    runner.set_cyclic(e.index, _frame(e, e.initial), t.period_ms / 1000)
+                w.publish_payload(e, e.initial)
+
+    # --- lifecycle ---
+    async def start(self) -> None:
+        """Open buses, start cyclic frames and supervision, then start plugins in order."""
+        audit_path = None
+        if self.config.audit.enabled:
+            audit_path = self.config.audit.file or (self.state_dir / "audit.jsonl")
+            if not audit_path.is_absolute():
+                audit_path = self.base_dir / audit_path
+        self.audit = AuditLog(audit_path)
+        self.writes = WritePath(self.table, self.store, self.runners, self.audit)
+        for r in self.runners.values():
+            self._tasks.append(asyncio.create_task(r.run(), name=f"bus-{r.cfg.name}"))
+        await asyncio.gather(*(r.wait_opened(5.0) for r in self.runners.values()))
+        for e in self.table.message_list:  # transmitted messages start from their shadow
+            t = e.transmit
+            if t is None:
+                continue
+            if t.seed == "initial":
+                self.writes.publish_payload(e, e.initial)
+                if not t.period_ms:
+                    self.store.set_message_quality(e.index, Quality.WAITING)
+            if t.period_ms and t.start == "immediately" and t.seed == "initial":
+                self.runners[e.info.bus].set_cyclic(e.index, _frame(e, e.initial), t.period_ms / 1000)
+                if not self.runners[e.info.bus].usable:
+                    self.store.set_message_quality(e.index, Quality.BAD)
+        self._tasks.append(asyncio.create_task(self._supervise(), name="supervisor"))
+        ordered = sorted(self._plugins.items(), key=lambda kv: (kv[1][0].order, kv[0]))
+        for name, (spec, cfg) in ordered:
+            try:
+                service = spec.factory(self, cfg)
+                await asyncio.wait_for(service.start(), START_TIMEOUT_S)
+            except BaseException as e:
+                log.error("plugin %s failed to start: %s", name, e)
+                await self.stop()
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                raise PluginError(f"plugin {name!r} failed to start: {type(e).__name__}: {e}") from e
+            self.services[name] = service
+            self._started.append((name, service))
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Stop plugins in reverse order, then cyclic frames and buses; every step bounded."""
+        self.ready = False
+        for name, service in reversed(self._started):
+            try:
+                await asyncio.wait_for(service.stop(), STOP_TIMEOUT_S)
+            except Exception as e:  # one plugin failing to stop must not keep the others running
+                log.error("plugin %s did not stop cleanly: %s", name, e)
+        self._started.clear()
+        self.store.close()
+        for r in self.runners.values():
+            r.stop()
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            if t.get_name() == "supervisor":
+                t.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S + 1)
+            for t in pending:
+                t.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*tasks, return_exceptions=True)
+        if self.audit is not None:
+            self.audit.close()
+
+    async def run(self, shutdown_trigger: Callable[[], Awaitable[Any]]) -> None:
+        """Serve until ``shutdown_trigger()`` completes, then stop."""
+        await self.start()
+        if self.config.gc_freeze:
+            gc.collect()
+            gc.freeze()  # start-up objects never need collecting: shorter GC pauses on the receive path
+        try:
+            await shutdown_trigger()
+        finally:
+            await self.stop()
+
+    def endpoints(self) -> dict[str, list[str]]:
+        return {name: list(s.endpoints()) for name, s in self.services.items()}
+
+
+def _frame(e: Any, payload: bytes) -> Frame:
+    return Frame(e.info.frame_id, payload, extended=e.info.extended, fd=e.info.fd, bus=e.info.bus)

@@ -1,0 +1,261 @@
+"""The signal mapping table: every mapped message and signal of every bus, built once from the
+configuration and the mapping files, with a decoder per message and an encoder per writable signal."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from canbridge._errors import ConfigError, MappingError, Problem
+from canbridge._model import MessageInfo, SignalInfo
+from canbridge._plugin import MappingFormat
+from canbridge.config import Config, MappingConfig, TransmitConfig
+from canbridge.core.codec import Decoder, SignalEncoder, compile_decoder, compile_encoder, initial_payload
+
+log = logging.getLogger("canbridge.mapping")
+
+EXT_KEY = 0x80000000  # added to a 29-bit id to form the lookup key
+
+
+def frame_key(can_id: int, extended: bool) -> int:
+    """The key under which a frame id is looked up (standard and extended ids never collide)."""
+    return can_id | EXT_KEY if extended else can_id
+
+
+@dataclass
+class MessageEntry:
+    """A mapped message with everything the receive and write paths need."""
+
+    info: MessageInfo
+    index: int  # position in MappingTable.message_list
+    key: int
+    db_message: Any  # cantools Message
+    signal_indices: list[int]
+    decoder: Decoder
+    timeout_s: float | None
+    transmit: TransmitConfig | None
+    encoders: dict[str, SignalEncoder] = field(default_factory=dict)
+    initial: bytes = b""
+
+
+@dataclass
+class MappingTable:
+    signals: dict[str, SignalInfo]
+    signal_list: list[SignalInfo]
+    messages: dict[str, MessageEntry]
+    message_list: list[MessageEntry]
+    signal_message: list[int]  # signal index -> message index
+    by_bus: dict[str, dict[int, MessageEntry]]  # bus -> frame key -> entry
+
+    def messages_of(self, bus: str) -> list[MessageEntry]:
+        return [m for m in self.message_list if m.info.bus == bus]
+
+
+def _value_type(sig: Any) -> type:
+    if sig.is_float:
+        return float
+    if sig.choices:
+        return int
+    if sig.length == 1 and sig.scale == 1 and sig.offset == 0:
+        return bool
+    if isinstance(sig.scale, int) and isinstance(sig.offset, int):
+        return int
+    return float
+
+
+def _raw_limits(sig: Any) -> tuple[float, float]:
+    if sig.is_float:
+        big = 3.4028234663852886e38 if sig.length == 32 else 1.7976931348623157e308
+        return -big, big
+    if sig.is_signed:
+        lo, hi = -(1 << (sig.length - 1)), (1 << (sig.length - 1)) - 1
+    else:
+        lo, hi = 0, (1 << sig.length) - 1
+    a, b = lo * sig.scale + sig.offset, hi * sig.scale + sig.offset
+    return (a, b) if a <= b else (b, a)
+
+
+def _limits(sig: Any) -> tuple[float, float]:
+    lo, hi = _raw_limits(sig)
+    mn, mx = sig.minimum, sig.maximum
+    if mn is None and mx is None or (mn == 0 and mx == 0):  # DBC [0|0] means "not given"
+        return lo, hi
+    return (max(lo, mn) if mn is not None else lo, min(hi, mx) if mx is not None else hi)
+
+
+def _comment(obj: Any) -> str | None:
+    c = getattr(obj, "comment", None)
+    if isinstance(c, dict):  # cantools keeps per-language comments in some formats
+        c = next(iter(c.values()), None)
+    return str(c) if c else None
+
+
+def _match(patterns: Sequence[str], name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def load_mapping_file(
+    mc: MappingConfig, base_dir: Path, formats: Mapping[str, MappingFormat]
+) -> Sequence[Any]:
+    """Load one mapping file through its format; MappingError/ConfigError on failure."""
+    path = mc.file if mc.file.is_absolute() else base_dir / mc.file
+    fmt_name = mc.format
+    if fmt_name is None:
+        if mc.signals is not None:
+            fmt_name = "yaml"
+        else:
+            suffix = path.suffix.lower()
+            fmt_name = next((f.name for f in formats.values() if suffix in f.suffixes), None)
+            if fmt_name is None:
+                known = ", ".join(sorted(s for f in formats.values() for s in f.suffixes))
+                raise MappingError(f"unknown mapping file type {suffix!r}; known: {known}", file=str(path))
+    fmt = formats.get(fmt_name)
+    if fmt is None:
+        raise MappingError(f"unknown mapping format {fmt_name!r}; installed: {', '.join(sorted(formats))}",
+                           file=str(path))
+    if not path.exists():
+        raise MappingError("file not found", file=str(path))
+    return fmt.load(path, mc.strict)
+
+
+def build_table(
+    config: Config,
+    base_dir: Path,
+    formats: Mapping[str, MappingFormat],
+    file: str | None = None,
+    lines: Mapping[tuple[str | int, ...], int] | None = None,
+) -> MappingTable:
+    """Build the mapping table; raise ConfigError listing every problem found."""
+    lines = lines or {}
+    problems: list[Problem] = []
+    signals: dict[str, SignalInfo] = {}
+    signal_list: list[SignalInfo] = []
+    message_list: list[MessageEntry] = []
+    messages: dict[str, MessageEntry] = {}
+    by_bus: dict[str, dict[int, MessageEntry]] = {b.name: {} for b in config.buses}
+    signal_message: list[int] = []
+
+    def where(i: int, *key: str | int) -> tuple[int | None, str]:
+        loc: tuple[str | int, ...] = ("mappings", i, *key)
+        path = "mappings[%d]" % i + "".join(f".{k}" if isinstance(k, str) else f"[{k}]" for k in key)
+        return lines.get(loc, lines.get(("mappings", i))), path
+
+    for mi, mc in enumerate(config.mappings):
+        try:
+            db_messages = load_mapping_file(mc, base_dir, formats)
+        except MappingError as e:
+            problems.append(Problem(e.detail, e.file, e.line))
+            continue
+        except ConfigError as e:
+            problems.extend(e.problems)
+            continue
+        selected = [m for m in db_messages if mc.messages is None or _match(mc.messages, m.name)]
+        if mc.messages is not None:
+            for pat in mc.messages:
+                if not any(fnmatch.fnmatchcase(m.name, pat) for m in db_messages):
+                    ln, p = where(mi, "messages")
+                    problems.append(Problem(f"message pattern {pat!r} matches no message", file, ln, p))
+        for pat in mc.writable:
+            if not any(_match([pat], f"{m.name}.{s.name}") for m in selected for s in m.signals):
+                ln, p = where(mi, "writable")
+                problems.append(Problem(f"writable pattern {pat!r} matches no signal", file, ln, p))
+        names = {m.name for m in selected}
+        for tname in mc.transmit:
+            if tname not in names:
+                ln, p = where(mi, "transmit", tname)
+                problems.append(Problem(f"transmit names message {tname!r}, which is not mapped", file, ln, p))
+        for pat in mc.stale_after_ms:
+            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+                ln, p = where(mi, "stale_after_ms", pat)
+                problems.append(Problem(f"stale_after_ms pattern {pat!r} matches no message", file, ln, p))
+        for m in selected:
+            mname = f"{mc.bus}.{m.name}"
+            key = frame_key(m.frame_id, m.is_extended_frame)
+            if mname in messages:
+                problems.append(Problem(f"message {mname} is mapped twice", file, where(mi)[0], where(mi)[1]))
+                continue
+            if key in by_bus[mc.bus]:
+                other = by_bus[mc.bus][key].info.name
+                problems.append(Problem(
+                    f"frame id 0x{m.frame_id:X} of {m.name} is already mapped by {other}", file,
+                    where(mi)[0], where(mi)[1]))
+                continue
+            writable_sigs = {s.name for s in m.signals if _match(mc.writable, f"{m.name}.{s.name}")}
+            tx = m.name in mc.transmit or bool(writable_sigs)
+            direction = "tx" if tx else "rx"
+            cycle = m.cycle_time if m.cycle_time else None
+            timeout: float | None = None
+            if not tx:
+                hand = next((v for p, v in mc.stale_after_ms.items() if fnmatch.fnmatchcase(m.name, p)), None)
+                if hand is not None:
+                    timeout = hand / 1000
+                elif cycle:
+                    timeout = cycle * mc.stale_factor / 1000
+            tcfg = mc.transmit.get(m.name) if tx else None
+            if tx and tcfg is None:
+                tcfg = TransmitConfig()
+            idx = len(message_list)
+            sig_indices = []
+            sig_names = []
+            bools = set()
+            for s in m.signals:
+                vt = _value_type(s)
+                if vt is bool:
+                    bools.add(s.name)
+                lo, hi = _limits(s)
+                sname = f"{mname}.{s.name}"
+                info = SignalInfo(
+                    name=sname, bus=mc.bus, message=m.name, signal=s.name, index=len(signal_list),
+                    frame_id=m.frame_id, extended=m.is_extended_frame, direction=direction, value_type=vt,
+                    bit_length=s.length, signed=s.is_signed, is_float=s.is_float, scale=s.scale,
+                    offset=s.offset, minimum=lo, maximum=hi, unit=s.unit or None,
+                    initial=(bool(s.initial) if vt is bool and s.initial is not None else s.initial),
+                    choices={int(k): str(v) for k, v in s.choices.items()} if s.choices else None,
+                    comment=_comment(s), writable=s.name in writable_sigs, timeout_s=timeout,
+                    cycle_time_ms=cycle, multiplexer=_mux_of(m, s),
+                    multiplexer_ids=tuple(s.multiplexer_ids) if s.multiplexer_ids else None,
+                    is_multiplexer=bool(s.is_multiplexer), max_write_rate=mc.write_rate,
+                )
+                signals[sname] = info
+                signal_list.append(info)
+                signal_message.append(idx)
+                sig_indices.append(info.index)
+                sig_names.append(sname)
+            try:
+                decoder = compile_decoder(m, {s.name: i for s, i in zip(m.signals, sig_indices, strict=True)},
+                                          bools)
+                encoders = {s.name: compile_encoder(m, s) for s in m.signals} if tx else {}
+                init = initial_payload(m) if tx else b""
+            except Exception as e:  # a codec that cannot be built is a mapping problem, not a crash
+                problems.append(Problem(f"message {m.name}: cannot build codec: {e}", str(mc.file)))
+                continue
+            info_m = MessageInfo(
+                name=mname, bus=mc.bus, message=m.name, frame_id=m.frame_id, extended=m.is_extended_frame,
+                fd=bool(getattr(m, "is_fd", False)), length=m.length, direction=direction,
+                signals=tuple(sig_names), cycle_time_ms=cycle,
+                period_ms=tcfg.period_ms if tcfg else None, comment=_comment(m),
+            )
+            entry = MessageEntry(info_m, idx, key, m, sig_indices, decoder, timeout, tcfg, encoders, init)
+            message_list.append(entry)
+            messages[mname] = entry
+            by_bus[mc.bus][key] = entry
+    if problems:
+        raise ConfigError(problems)
+    return MappingTable(signals, signal_list, messages, message_list, signal_message, by_bus)
+
+
+def _mux_of(message: Any, signal: Any) -> str | None:
+    if not signal.multiplexer_ids:
+        return None
+    name = getattr(signal, "multiplexer_signal", None)
+    if name:
+        return str(name)
+    mux = next((s.name for s in message.signals if s.is_multiplexer), None)
+    return str(mux) if mux else None
+
+
+Loader = Callable[[Path, bool], Sequence[Any]]
