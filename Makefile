@@ -1,0 +1,52 @@
+# canbridge: the two commands a new user runs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.canbridge-installed
+export VENV
+
+.PHONY: all setup demo test test-python test-socketcan lint bench deps clean help
+
+all: help
+
+help:
+	@echo "make demo            run the demo bridge (virtual bus, simulated ECUs, OPC UA, Modbus, REST)"
+	@echo "make test            lint + every test tier whose tools are present (says what it skipped)"
+	@echo "make test-socketcan  the real-kernel SocketCAN tier (in a QEMU micro-VM when the kernel has no CAN)"
+	@echo "make bench           benchmarks, each against a baseline in the same run"
+	@echo "make deps            install the tools of every test tier (root; Debian 12)"
+
+# Set-up: a venv with the project (and its built-in plugins) installed editable.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/canbridge demo
+
+lint: setup
+	$(BIN)/ruff check canbridge plugins tests bench tools
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: setup lint test-python test-socketcan
+
+test-python: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-socketcan: setup
+	@bash tools/vm/run-tier.sh
+
+bench: setup
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Tools of every tier (apt, npm, pip into the venv). Needs root.
+deps: setup
+	@for t in tools/tiers/*.sh; do echo "== $$t"; bash $$t || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info tools/node/node_modules
