@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
 class CanbridgeError(Exception):
@@ -79,7 +79,7 @@ class UnknownSignal(CanbridgeError, KeyError):
         return str(self.args[0]) if self.args else "unknown signal"
 
 
-class RefusalReason(str, Enum):
+class RefusalReason(StrEnum):
     """Why the write path refused a write; plugins map these to their protocol's error codes."""
 
     UNKNOWN_SIGNAL = "unknown_signal"

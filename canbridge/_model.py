@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum, IntFlag
+from enum import IntFlag, StrEnum
 from typing import Literal
 
 Value = bool | int | float
 """A signal's physical value: ``bool`` for one-bit flags, ``int`` when scaling keeps integers, else ``float``."""
 
 
-class Quality(str, Enum):
+class Quality(StrEnum):
     """How much a signal's value can be trusted."""
 
     GOOD = "good"
@@ -33,7 +33,7 @@ class Quality(str, Enum):
 _QUALITY_CODES = {Quality.GOOD: 0, Quality.STALE: 1, Quality.BAD: 2, Quality.WAITING: 3}
 
 
-class BusState(str, Enum):
+class BusState(StrEnum):
     """The state of a bus, from the CAN controller's error state and the interface's link state."""
 
     STARTING = "starting"
@@ -243,7 +243,7 @@ class MessageStatus:
     quality: Quality
 
 
-class Permission(str, Enum):
+class Permission(StrEnum):
     """What a caller may do through the write path."""
 
     WRITE = "write"  # write signals

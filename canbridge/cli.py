@@ -58,7 +58,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         path = Path(args.dbc)
         data: dict[str, Any] = {"buses": [{"name": "bus", "interface": "virtual", "channel": "check"}],
                                 "mappings": [{"bus": "bus", "dbc": str(path.resolve()), "strict": not args.lenient}]}
-        config, lines, file = parse_config(data), {}, None
+        config, file = parse_config(data), None
+        lines: dict[Any, int] = {}
     else:
         if not args.config:
             print("canbridge check: give CONFIG or --dbc FILE", file=sys.stderr)
@@ -84,6 +85,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.no_interfaces:
         problems += _interface_problems(config, file, lines)
     if problems:
+        problems.sort(key=lambda p: (p.file or "", p.line or 0))
         _print_problems(ConfigError(problems))
         return 1
     assert table is not None

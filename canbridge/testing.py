@@ -86,7 +86,7 @@ class BridgeHarness:
             self._sent[b.name] = q
 
             def on_msg(msg: can.Message, q: asyncio.Queue[Frame] = q, bus: str = b.name) -> None:
-                can_id, flags, data, ts = message_to_raw(msg)
+                can_id, _flags, data, ts = message_to_raw(msg)
                 q.put_nowait(Frame(can_id, data, extended=msg.is_extended_id, rtr=msg.is_remote_frame,
                                    fd=msg.is_fd, timestamp_ns=ts, bus=bus))
 

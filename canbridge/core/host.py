@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
+from pluggy._compat import DistFacade
 
 from canbridge import hookspecs
 from canbridge._errors import PluginError
@@ -66,8 +67,8 @@ def make_plugin_manager(load_entry_points: bool = True,
                 continue
             pm.register(plugin, name=ep.name)
             dist = getattr(ep, "dist", None)
-            if dist is not None:
-                pm._plugin_distinfo.append((plugin, pluggy._manager.DistFacade(dist)))  # as pluggy's own loader
+            if dist is not None:  # what pluggy's own loader records, so list_plugin_distinfo() works
+                pm._plugin_distinfo.append((plugin, DistFacade(dist)))  # type: ignore[arg-type]
     return pm
 
 
@@ -75,13 +76,14 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     """Call every register_* hook and build the registries; duplicate names are errors."""
     reg = Registry()
 
-    def registrar(kind: str, target: dict[str, Any], cls: type) -> Any:
-        def register(item: Any) -> None:
+    def registrar(kind: str, target: dict[str, Any], cls: type[Any]) -> Any:
+        def register(item: Any) -> None:  # items are the frozen dataclasses of canbridge._plugin
             if not isinstance(item, cls):
                 raise PluginError(f"register_{kind} expects a {cls.__name__}, got {type(item).__name__}")
-            if item.name in target:
-                raise PluginError(f"two plugins register the {kind} {item.name!r}")
-            target[item.name] = item
+            name: str = item.name
+            if name in target:
+                raise PluginError(f"two plugins register the {kind} {name!r}")
+            target[name] = item
 
         return register
 

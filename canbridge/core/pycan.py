@@ -81,7 +81,7 @@ class PythonCanDriver(BusDriver):
         try:
             self.bus = can.Bus(
                 interface=cfg.interface, channel=cfg.channel, fd=cfg.fd, receive_own_messages=False,
-                can_filters=self._filters, **cfg.options,
+                can_filters=self._filters, **cfg.options,  # type: ignore[arg-type]
             )
         except (can.CanInterfaceNotImplementedError, ImportError) as e:
             raise BusUnavailable(f"python-can interface {cfg.interface!r} is not available: {e}") from e
@@ -96,7 +96,7 @@ class PythonCanDriver(BusDriver):
                 {"can_id": i, "can_mask": 0x1FFFFFFF if ext else 0x7FF, "extended": ext} for i, ext in ids
             ]
         if self.bus is not None:
-            self.bus.set_filters(self._filters)
+            self.bus.set_filters(self._filters)  # type: ignore[arg-type]
 
     def start_reading(
         self, on_frames: Callable[[list[RawFrame]], None], on_error: Callable[[BaseException], None]

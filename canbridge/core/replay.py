@@ -81,9 +81,9 @@ class ReplayDriver(BusDriver):
         t0 = time.monotonic()
         try:
             for msg in self._messages():
-                if self._filter is not None and (msg.arbitration_id, msg.is_extended_id) not in self._filter:
-                    if not msg.is_error_frame:
-                        continue
+                if (self._filter is not None and not msg.is_error_frame
+                        and (msg.arbitration_id, msg.is_extended_id) not in self._filter):
+                    continue
                 if fast:
                     msg.timestamp = time.time()
                     batch.append(message_to_raw(msg))

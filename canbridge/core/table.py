@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from canbridge._errors import ConfigError, MappingError, Problem
 from canbridge._model import MessageInfo, SignalInfo
@@ -82,7 +82,7 @@ def _raw_limits(sig: Any) -> tuple[float, float]:
 def _limits(sig: Any) -> tuple[float, float]:
     lo, hi = _raw_limits(sig)
     mn, mx = sig.minimum, sig.maximum
-    if mn is None and mx is None or (mn == 0 and mx == 0):  # DBC [0|0] means "not given"
+    if (mn is None and mx is None) or (mn == 0 and mx == 0):  # DBC [0|0] means "not given"
         return lo, hi
     return (max(lo, mn) if mn is not None else lo, min(hi, mx) if mx is not None else hi)
 
@@ -141,7 +141,7 @@ def build_table(
 
     def where(i: int, *key: str | int) -> tuple[int | None, str]:
         loc: tuple[str | int, ...] = ("mappings", i, *key)
-        path = "mappings[%d]" % i + "".join(f".{k}" if isinstance(k, str) else f"[{k}]" for k in key)
+        path = f"mappings[{i}]" + "".join(f".{k}" if isinstance(k, str) else f"[{k}]" for k in key)
         return lines.get(loc, lines.get(("mappings", i))), path
 
     for mi, mc in enumerate(config.mappings):
@@ -186,7 +186,7 @@ def build_table(
                 continue
             writable_sigs = {s.name for s in m.signals if _match(mc.writable, f"{m.name}.{s.name}")}
             tx = m.name in mc.transmit or bool(writable_sigs)
-            direction = "tx" if tx else "rx"
+            direction: Literal["rx", "tx"] = "tx" if tx else "rx"
             cycle = m.cycle_time if m.cycle_time else None
             timeout: float | None = None
             if not tx:

@@ -88,15 +88,16 @@ class WritePath:
             raise TypeError(f"expects a boolean (true/false or 0/1), got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"expects a {info.value_type.__name__}, got {type(value).__name__} {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise TypeError(f"expects a finite number, got {value!r}")
+        number: int | float = value
+        if isinstance(number, float) and not math.isfinite(number):
+            raise TypeError(f"expects a finite number, got {number!r}")
         if info.value_type is int:
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise TypeError(f"expects an integer, got {value!r}")
-                value = int(value)
-            return value
-        return float(value) if info.value_type is float and not isinstance(value, float) else value
+            if isinstance(number, float):
+                if not number.is_integer():
+                    raise TypeError(f"expects an integer, got {number!r}")
+                number = int(number)
+            return number
+        return float(number)
 
     # --- signals ---
     async def write(self, name: str, value: Any, caller: Caller) -> WriteReceipt:
