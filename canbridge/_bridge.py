@@ -103,6 +103,11 @@ class Bridge(ABC):
     def config_path(self) -> Path | None:
         """The configuration file in use, or None for a built-in configuration."""
 
+    @property
+    @abstractmethod
+    def ready(self) -> bool:
+        """True once every bus has been opened (or found missing) and every plugin has started."""
+
     @abstractmethod
     def read(self, name: str) -> SignalValue:
         """The latest value of one signal; raises :class:`UnknownSignal`."""

@@ -126,6 +126,8 @@ def parse_frame_object(obj: Mapping[str, object]) -> Frame:
         )
     if flags["canfd"] and len(data) not in FD_LENGTHS:
         raise FrameFormatError(f"'data' has {len(data)} bytes; CAN FD lengths are {FD_LENGTHS}")
+    if flags["brs"] and not flags["canfd"]:
+        raise FrameFormatError("'brs' (bit rate switch) needs canfd: true")
     if flags["rtr"] and flags["canfd"]:
         raise FrameFormatError("CAN FD frames cannot be remote (rtr) frames")
     dlc = obj.get("dlc")

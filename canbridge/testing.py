@@ -1,6 +1,6 @@
 """Test helpers for canbridge and for plugin authors: a running bridge on an in-process virtual bus.
 
-    async with BridgeHarness(plugins={"rest": {"listen": "127.0.0.1:0"}}) as h:
+    async with BridgeHarness(plugins={"rest": {"host": "127.0.0.1", "port": 0}}) as h:
         h.inject("100#E803000000000000")           # a peer node sends a frame
         await h.until(lambda: h.bridge.read("demo.MotorStatus.MotorSpeed").value == 1000)
         await h.bridge.write("demo.MotorCommand.SpeedSetpoint", 1500, Caller("test"))

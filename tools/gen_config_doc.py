@@ -33,8 +33,8 @@ mappings:
     transmit: {MotorCommand: {period_ms: 100}}
 plugins:
   opcua: {}
-  modbus: {listen: "127.0.0.1:5020"}
-  rest: {listen: "127.0.0.1:8080"}
+  modbus: {host: 127.0.0.1, port: 5020}
+  rest: {host: 127.0.0.1, port: 8080}
 ```
 
 Signals are named `<bus>.<message>.<signal>` everywhere (OPC UA NodeIds, Modbus map, REST paths).

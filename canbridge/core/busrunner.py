@@ -34,6 +34,11 @@ class _Cyclic:
     frame: Frame
     period_s: float
     handle: PeriodicHandle | None = None
+    since: float = 0.0  # monotonic time the running handle started
+
+    def sent(self, now: float) -> int:
+        """Frames the running handle has sent (the driver, often the kernel, sends them, not us)."""
+        return int((now - self.since) / self.period_s) + 1 if self.handle is not None else 0
 
 
 class BusRunner:
@@ -70,6 +75,7 @@ class BusRunner:
         self._bits = 0
         self._bits_mark = (time.monotonic(), 0)
         self.cyclic: dict[int, _Cyclic] = {}
+        self._cyclic_sent = 0  # frames sent by cyclic transmissions that have ended
         self._failed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._opened_once = asyncio.Event()
@@ -203,10 +209,12 @@ class BusRunner:
             cyc.handle.modify(frame)
         elif self.driver is not None and self.state.usable:
             cyc.handle = self.driver.send_periodic(frame, period_s)
+            cyc.since = time.monotonic()
 
     def stop_cyclic(self, msg_index: int) -> None:
         cyc = self.cyclic.pop(msg_index, None)
         if cyc is not None and cyc.handle is not None:
+            self._cyclic_sent += cyc.sent(time.monotonic())
             cyc.handle.stop()
 
     def _restart_cyclic(self) -> None:
@@ -214,12 +222,15 @@ class BusRunner:
         for cyc in self.cyclic.values():
             try:
                 cyc.handle = self.driver.send_periodic(cyc.frame, cyc.period_s)
+                cyc.since = time.monotonic()
             except BusError as e:
                 log.warning("bus %s: cannot start cyclic transmission: %s", self.cfg.name, e)
 
     def _drop_cyclic_handles(self) -> None:
+        now = time.monotonic()
         for cyc in self.cyclic.values():
             if cyc.handle is not None:
+                self._cyclic_sent += cyc.sent(now)
                 cyc.handle.stop()
                 cyc.handle = None
 
@@ -321,10 +332,15 @@ class BusRunner:
         if isinstance(state, BusState) and state is not self.state and self.state is not BusState.DOWN:
             self.set_state(state, "reported by the kernel")
 
+    def tx_frames_total(self) -> int:
+        """Frames sent once plus those sent by cyclic transmissions (counted from their periods)."""
+        now = time.monotonic()
+        return self.tx_frames + self._cyclic_sent + sum(c.sent(now) for c in self.cyclic.values())
+
     def status(self) -> BusStatus:
         k = self.kernel
         return BusStatus(
-            name=self.cfg.name, state=self.state, rx_frames=self.rx_frames, tx_frames=self.tx_frames,
+            name=self.cfg.name, state=self.state, rx_frames=self.rx_frames, tx_frames=self.tx_frames_total(),
             error_frames=self.error_frames, decode_errors=self.decode_errors,
             unmapped_frames=self.unmapped_frames, dropped_frames=int(k.get("dropped_frames", 0) or 0),
             rx_error_counter=self.rx_error_counter, tx_error_counter=self.tx_error_counter,

@@ -113,7 +113,7 @@ class Runtime(Bridge):
         self.writes: WritePath | None = None
         self.services: dict[str, Service] = {}
         self._started: list[tuple[str, Service]] = []
-        self.ready = False
+        self._ready = False
         self._tasks: list[asyncio.Task[Any]] = []
 
     # --- Bridge facade ---
@@ -137,6 +137,10 @@ class Runtime(Bridge):
     @property
     def config_path(self) -> Path | None:
         return self._config_path
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
 
     def read(self, name: str) -> SignalValue:
         info = self.table.signals.get(name)
@@ -301,11 +305,11 @@ class Runtime(Bridge):
                 raise PluginError(f"plugin {name!r} failed to start: {type(e).__name__}: {e}") from e
             self.services[name] = service
             self._started.append((name, service))
-        self.ready = True
+        self._ready = True
 
     async def stop(self) -> None:
         """Stop plugins in reverse order, then cyclic frames and buses; every step bounded."""
-        self.ready = False
+        self._ready = False
         for name, service in reversed(self._started):
             try:
                 await asyncio.wait_for(service.stop(), STOP_TIMEOUT_S)

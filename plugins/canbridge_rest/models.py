@@ -1,0 +1,297 @@
+"""The JSON the API speaks: pydantic models that the OpenAPI document is generated from, and the
+fast functions that build the same JSON from the bridge's objects (a test checks they agree)."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import canbridge
+
+Scalar = float | int | bool
+
+# --- models (documentation and validation of what the handlers build) --------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SignalUpdate(_Out):
+    """A signal's current value with quality and source timestamp (what streams carry)."""
+
+    name: str = Field(description="<bus>.<message>.<signal>")
+    value: Scalar | None = Field(description="physical value; null when nothing was received yet")
+    choice: str | None = Field(description="the choice text of the value, for signals with choices")
+    quality: Literal["good", "stale", "bad", "waiting"]
+    timestamp: str | None = Field(description="source timestamp, ISO 8601 UTC")
+    timestamp_ns: int | None = Field(description="source timestamp, nanoseconds since the epoch")
+
+
+class Signal(SignalUpdate):
+    """A signal with its static description."""
+
+    bus: str
+    message: str
+    signal: str
+    unit: str | None
+    age_s: float | None = Field(description="seconds since the source timestamp")
+    type: Literal["bool", "int", "float"]
+    minimum: float | None = Field(description="lowest value a write may use (DBC or raw-bit limit)")
+    maximum: float | None
+    choices: dict[str, str] | None = Field(description="raw value -> text")
+    writable: bool
+    direction: Literal["rx", "tx"] = Field(description="rx: received from the bus; tx: sent by the bridge")
+    comment: str | None
+    frame_id: int
+    extended: bool
+    timeout_s: float | None = Field(description="stale after this long without a frame")
+    max_write_rate: float | None = Field(description="writes per second allowed")
+
+
+class SignalList(_Out):
+    count: int
+    signals: list[Signal]
+
+
+class WriteRequest(BaseModel):
+    """A signal write. ``value`` may be the choice text for signals with choices."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: float | int | bool | str
+
+
+class FrameOut(_Out):
+    """A frame in node-red-contrib-socketcan's format, plus its cansend string."""
+
+    timestamp: int | None = Field(description="milliseconds since the epoch")
+    ext: bool
+    canid: int
+    dlc: int
+    rtr: bool
+    canfd: bool
+    data: list[int]
+    err: bool
+    bus: str | None
+    cansend: str
+
+
+class WriteResult(_Out):
+    name: str
+    value: Scalar
+    raw: int
+    cyclic: bool = Field(description="true when the write changed a cyclically transmitted frame")
+    frame: FrameOut
+
+
+class FrameObjectIn(BaseModel):
+    """A frame as node-red-contrib-socketcan sends it (``timestamp``, ``err``, ``rawData`` and ``bus``
+    are accepted, as in the frames this API sends, and ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+    canid: int = Field(ge=0, le=0x1FFFFFFF, description="up to 0x7FF unless ext is true")
+    data: list[Annotated[int, Field(ge=0, le=255)]] | str | None = Field(
+        None, max_length=128, description="bytes, or a hex string"
+    )
+    ext: bool | None = None
+    rtr: bool | None = None
+    canfd: bool | None = None
+    brs: bool | None = None
+    dlc: int | None = Field(None, ge=0, le=8, description="for rtr frames: the requested length")
+    timestamp: Any = None
+    err: Any = None
+    rawData: Any = None  # node-red spells it so
+    bus: Any = None
+
+
+class CansendIn(BaseModel):
+    """A frame as a can-utils cansend string."""
+
+    model_config = ConfigDict(extra="forbid")
+    cansend: str = Field(examples=["123#DEADBEEF"])
+
+
+class FrameSent(_Out):
+    bus: str
+    frame: FrameOut
+
+
+class Bus(_Out):
+    name: str
+    interface: str
+    channel: str
+    fd: bool
+    bitrate: int | None
+    state: Literal["starting", "active", "warning", "passive", "bus_off", "down", "stopped"]
+    state_code: int
+    since: str | None = Field(description="when the state was entered, ISO 8601 UTC")
+    rx_frames: int
+    tx_frames: int
+    error_frames: int
+    decode_errors: int
+    unmapped_frames: int
+    dropped_frames: int
+    rx_error_counter: int | None
+    tx_error_counter: int | None
+    bus_off_count: int
+    restarts: int
+    reconnects: int
+    bus_load: float = Field(description="percent of the bitrate used over the last second")
+    last_error: str | None
+
+
+class MessageAge(_Out):
+    name: str
+    frames: int
+    age_s: float | None
+    quality: Literal["good", "stale", "bad", "waiting"]
+
+
+class BusDetail(Bus):
+    messages: list[MessageAge]
+
+
+class BusList(_Out):
+    buses: list[Bus]
+
+
+class Error(_Out):
+    """Every error response."""
+
+    status: int
+    error: str = Field(description="a stable code: unknown_signal, not_writable, rate_limited, ...")
+    detail: str = Field(description="what is wrong, for people")
+    target: str | None = None
+
+
+class Health(_Out):
+    status: Literal["ok"]
+
+
+class Ready(_Out):
+    ready: bool
+    buses: dict[str, str]
+    problems: list[str]
+
+
+# --- fast builders ------------------------------------------------------------------------------
+
+
+def iso(ns: int | None) -> str | None:
+    if ns is None or ns <= 0:
+        return None
+    dt = datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(microsecond=(ns // 1000) % 1_000_000)
+    return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def finite(v: Any) -> Any:
+    """JSON has no NaN or infinity: a float32 signal can carry them, so they become null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _type_name(t: type) -> str:
+    return "bool" if t is bool else "int" if t is int else "float"
+
+
+def static_signal(info: canbridge.SignalInfo) -> dict[str, Any]:
+    """The parts of a signal's JSON that never change: computed once per signal."""
+    return {
+        "name": info.name,
+        "bus": info.bus,
+        "message": info.message,
+        "signal": info.signal,
+        "unit": info.unit or None,
+        "type": _type_name(info.value_type),
+        "minimum": finite(float(info.minimum)),
+        "maximum": finite(float(info.maximum)),
+        "choices": {str(k): str(v) for k, v in info.choices.items()} if info.choices else None,
+        "writable": info.writable,
+        "direction": info.direction,
+        "comment": info.comment or None,
+        "frame_id": info.frame_id,
+        "extended": info.extended,
+        "timeout_s": info.timeout_s,
+        "max_write_rate": info.max_write_rate,
+    }
+
+
+def choice_text(info: canbridge.SignalInfo, value: object) -> str | None:
+    if not info.choices or value is None or (isinstance(value, float) and not value.is_integer()):
+        return None
+    text = info.choices.get(int(value))  # type: ignore[call-overload]
+    return None if text is None else str(text)
+
+
+def update(info: canbridge.SignalInfo, sv: canbridge.SignalValue) -> dict[str, Any]:
+    return {
+        "name": sv.name,
+        "value": finite(sv.value),
+        "choice": choice_text(info, sv.value),
+        "quality": sv.quality.value,
+        "timestamp": iso(sv.timestamp_ns),
+        "timestamp_ns": sv.timestamp_ns,
+    }
+
+
+def signal(
+    static: dict[str, Any], info: canbridge.SignalInfo, sv: canbridge.SignalValue, now_ns: int | None = None
+) -> dict[str, Any]:
+    out = dict(static)
+    out.update(update(info, sv))
+    ts = sv.timestamp_ns
+    out["age_s"] = None if ts is None else round(((now_ns or time.time_ns()) - ts) / 1e9, 6)
+    return out
+
+
+def frame(f: canbridge.Frame) -> dict[str, Any]:
+    out = f.to_nodered()
+    out["cansend"] = f.to_cansend()
+    return out
+
+
+def bus(info: canbridge.BusInfo | None, st: canbridge.BusStatus) -> dict[str, Any]:
+    return {
+        "name": st.name,
+        "interface": info.interface if info else "",
+        "channel": info.channel if info else "",
+        "fd": info.fd if info else False,
+        "bitrate": info.bitrate if info else None,
+        "state": st.state.value,
+        "state_code": st.state.code,
+        "since": iso(st.since_ns),
+        "rx_frames": st.rx_frames,
+        "tx_frames": st.tx_frames,
+        "error_frames": st.error_frames,
+        "decode_errors": st.decode_errors,
+        "unmapped_frames": st.unmapped_frames,
+        "dropped_frames": st.dropped_frames,
+        "rx_error_counter": st.rx_error_counter,
+        "tx_error_counter": st.tx_error_counter,
+        "bus_off_count": st.bus_off_count,
+        "restarts": st.restarts,
+        "reconnects": st.reconnects,
+        "bus_load": finite(float(st.bus_load)) or 0.0,
+        "last_error": st.last_error,
+    }
+
+
+def message_age(ms: canbridge.MessageStatus) -> dict[str, Any]:
+    return {
+        "name": ms.name,
+        "frames": ms.frames,
+        "age_s": None if ms.age_s is None else round(ms.age_s, 6),
+        "quality": ms.quality.value,
+    }
+
+
+def error(status: int, code: str, detail: str, target: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": status, "error": code, "detail": detail}
+    if target is not None:
+        out["target"] = target
+    return out
