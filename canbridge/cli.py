@@ -47,48 +47,120 @@ def _interface_problems(config: Config, file: str | None, lines: dict[Any, int] 
 
 
 # --- check ---
-def cmd_check(args: argparse.Namespace) -> int:
-    from canbridge.core.host import load_registry
+def _partial_problems(data: Any, file: str | None, lines: dict[Any, int], registry: Any) -> list[Problem]:
+    """When the file fails validation, still check what can be checked on its own, so that one run
+    reports every problem: plugin names and sections, and each mapping whose own keys and bus are valid."""
+    import dataclasses
+    from collections.abc import Mapping
+
+    from pydantic import ValidationError
+
+    from canbridge.config import BusConfig, MappingConfig
     from canbridge.core.runtime import check_bus_kinds, validate_plugins
     from canbridge.core.table import build_table
 
-    _, registry = load_registry()
-    problems: list[Problem] = []
-    if args.dbc:
-        path = Path(args.dbc)
-        data: dict[str, Any] = {"buses": [{"name": "bus", "interface": "virtual", "channel": "check"}],
-                                "mappings": [{"bus": "bus", "dbc": str(path.resolve()), "strict": not args.lenient}]}
-        config, file = parse_config(data), None
-        lines: dict[Any, int] = {}
-    else:
-        if not args.config:
-            print("canbridge check: give CONFIG or --dbc FILE", file=sys.stderr)
-            return 2
-        path = Path(args.config)
+    out: list[Problem] = []
+    if not isinstance(data, Mapping):
+        return out
+    plugins = data.get("plugins")
+    if isinstance(plugins, Mapping) and all(isinstance(v, Mapping | None) for v in plugins.values()):
         try:
-            config, lines = load_config(path)
+            validate_plugins(Config.model_construct(buses=[], plugins=dict(plugins)), registry, file, lines)
         except ConfigError as e:
-            _print_problems(e)
-            return 1
-        file = str(path)
-    base = path.resolve().parent
-    problems += check_bus_kinds(config, registry, file, lines)
-    table = None
+            out += e.problems
+    buses = []
+    raw_buses = data.get("buses")
+    for bi, b in enumerate(raw_buses if isinstance(raw_buses, list) else []):
+        try:
+            buses.append(BusConfig.model_validate(b))
+            if registry.bus_kind(buses[-1].interface) is None:
+                out += check_bus_kinds(Config.model_construct(buses=[buses[-1]]), registry, file,
+                                       {("buses", 0, "interface"): lines.get(("buses", bi, "interface"), 0)})
+                out[-1] = dataclasses.replace(out[-1], path=f"buses[{bi}].interface")
+        except ValidationError:  # reported already; its name is enough to check the mappings on it
+            if isinstance(b, Mapping) and isinstance(b.get("name"), str):
+                buses.append(BusConfig.model_construct(name=b["name"]))
+    names = {b.name for b in buses}
+    mappings = data.get("mappings")
+    for i, m in enumerate(mappings if isinstance(mappings, list) else []):
+        try:
+            mc = MappingConfig.model_validate(m)
+        except ValidationError:
+            continue  # already reported by the validation of the whole file
+        if mc.bus not in names:
+            continue
+        # one mapping at a time: its problems keep their real index and lines
+        sub_lines = {("mappings", 0, *k[2:]): v for k, v in lines.items() if tuple(k[:2]) == ("mappings", i)}
+        base = Path(file).resolve().parent if file else Path.cwd()
+        try:
+            build_table(Config.model_construct(buses=buses, mappings=[mc]), base, registry.formats, file, sub_lines)
+        except ConfigError as e:
+            for p in e.problems:
+                path = p.path
+                if path is not None and path.startswith("mappings[0]"):
+                    path = f"mappings[{i}]" + path[len("mappings[0]"):]
+                out.append(dataclasses.replace(p, path=path))
+    return out
+
+
+def collect_problems(path: Path, registry: Any, interfaces: bool = True) -> tuple[Config | None, list[Problem]]:
+    """Every problem of a configuration file, at once: schema, bus kinds, mappings, plugins, interfaces."""
+    from canbridge.config import load_yaml
+    from canbridge.core.runtime import check_bus_kinds, validate_plugins
+    from canbridge.core.table import build_table
+
+    file = str(path)
     try:
-        table = build_table(config, base, registry.formats, file, lines)
+        data, lines = load_yaml(path)
+    except ConfigError as e:  # unreadable or not YAML: nothing else can be checked
+        return None, list(e.problems)
+    try:
+        config = parse_config(data, file, lines)
+    except ConfigError as e:
+        return None, [*e.problems, *_partial_problems(data, file, lines, registry)]
+    problems: list[Problem] = []
+    problems += check_bus_kinds(config, registry, file, lines)
+    try:
+        build_table(config, path.resolve().parent, registry.formats, file, lines)
     except ConfigError as e:
         problems += e.problems
     try:
         validate_plugins(config, registry, file, lines)
     except ConfigError as e:
         problems += e.problems
-    if not args.no_interfaces:
+    if interfaces:
         problems += _interface_problems(config, file, lines)
+    return config, problems
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from canbridge.core.host import load_registry
+    from canbridge.core.table import build_table
+
+    _, registry = load_registry()
+    if args.dbc:
+        path = Path(args.dbc)
+        data: dict[str, Any] = {"buses": [{"name": "bus", "interface": "virtual", "channel": "check"}],
+                                "mappings": [{"bus": "bus", "dbc": str(path.resolve()), "strict": not args.lenient}]}
+        config = parse_config(data)
+        problems: list[Problem] = []
+        try:
+            build_table(config, path.resolve().parent, registry.formats)
+        except ConfigError as e:
+            problems += e.problems
+    else:
+        if not args.config:
+            print("canbridge check: give CONFIG or --dbc FILE", file=sys.stderr)
+            return 2
+        maybe, problems = collect_problems(Path(args.config), registry, interfaces=not args.no_interfaces)
+        if maybe is None or problems:
+            _print_problems(ConfigError(problems))
+            return 1
+        config = maybe
     if problems:
-        problems.sort(key=lambda p: (p.file or "", p.line or 0))
         _print_problems(ConfigError(problems))
         return 1
-    assert table is not None
+    table = build_table(config, Path(args.dbc or args.config).resolve().parent, registry.formats)
     n_msg = len(table.message_list)
     n_sig = len(table.signal_list)
     n_w = sum(1 for s in table.signal_list if s.writable)
@@ -136,14 +208,18 @@ def _run_async(runtime: Any, with_simulators: bool) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from canbridge.core.app import runtime_from_file
+    from canbridge.core.host import load_registry
 
     path = Path(args.config)
+    _, registry = load_registry()
     try:
         config, lines = load_config(path)
         _setup_logging(args.log_level or config.log_level)
-        runtime = runtime_from_file(path)
+        runtime = runtime_from_file(path, registry)
     except ConfigError as e:
-        _print_problems(e)
+        # report every problem, as check does, not only the first kind found
+        _, problems = collect_problems(path, registry, interfaces=False)
+        _print_problems(ConfigError(problems or e.problems))
         print("canbridge: not started; fix the configuration (canbridge check CONFIG)", file=sys.stderr)
         return 1
     for p in _interface_problems(config, str(path), lines):
@@ -213,7 +289,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 return 1
             buses.append(bus)
             r = rules.get(name)
-            sims.append(Simulator(runtime.table, name, bus, r.follow if r else None, r.ramp if r else None))
+            sims.append(Simulator(runtime.table, name, bus, r.follow if r else None, r.ramp if r else None,
+                                  r.waves if r else None, r.constants if r else None,
+                                  r.counters if r else None))
             print(f"simulating {len(sims[-1].played)} messages on {bcfg.interface} {bcfg.channel}", flush=True)
         tasks = [asyncio.create_task(s.run()) for s in sims]
         await stop.wait()

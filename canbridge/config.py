@@ -127,6 +127,14 @@ class AuditConfig(Strict):
     enabled: bool = Field(True, description="write the audit log")
 
 
+class WaveProfile(Strict):
+    """A simulated signal's range: a slow sine between low and high."""
+
+    low: float
+    high: float
+    period_s: float = Field(30.0, gt=0)
+
+
 class SimulatorConfig(Strict):
     """An in-process ECU simulator (used by the demo)."""
 
@@ -136,6 +144,13 @@ class SimulatorConfig(Strict):
     )
     ramp: dict[str, str] = Field(
         default_factory=dict, description="status signal -> command signal it moves towards (Message.Signal)"
+    )
+    waves: dict[str, WaveProfile] = Field(
+        default_factory=dict, description="Message.Signal -> {low, high, period_s}: plausible ranges"
+    )
+    constants: dict[str, float] = Field(default_factory=dict, description="Message.Signal -> fixed value")
+    counters: dict[str, float] = Field(
+        default_factory=dict, description="Message.Signal -> increase per second (odometers, uptimes)"
     )
 
 

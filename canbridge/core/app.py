@@ -20,11 +20,26 @@ from canbridge.core.simulator import Simulator
 DEMO_DBC = Path(__file__).resolve().parent.parent / "demo" / "demo.dbc"
 
 
+DEMO_WAVES: dict[str, dict[str, float]] = {
+    "MotorStatus.MotorTemperature": {"low": 45, "high": 78, "period_s": 90},
+    "MotorStatus.MotorCurrent": {"low": 20, "high": 140, "period_s": 25},
+    "PowerStatus.MotorPower": {"low": 8, "high": 55, "period_s": 25},
+    "PowerStatus.Efficiency": {"low": 88, "high": 95, "period_s": 40},
+    "BatteryStatus.PackVoltage": {"low": 385, "high": 402, "period_s": 60},
+    "BatteryStatus.PackCurrent": {"low": 15, "high": 160, "period_s": 25},
+    "BatteryStatus.StateOfCharge": {"low": 62, "high": 64, "period_s": 300},
+    "BatteryStatus.CellTempMax": {"low": 28, "high": 36, "period_s": 120},
+    "VehicleInfo.AmbientTemp": {"low": 17, "high": 19, "period_s": 600},
+    "VehicleInfo.VehicleSpeed": {"low": 0, "high": 88, "period_s": 45},
+}
+
+
 def demo_config(channel: str | None = None, plugins: dict[str, Any] | None = None,
                 state_dir: Path | None = None) -> dict[str, Any]:
     """The demo: a virtual bus with the demo DBC, MotorCommand writable and sent every 100 ms."""
     return {
-        "buses": [{"name": "demo", "interface": "virtual", "channel": channel or "canbridge-demo"}],
+        "buses": [{"name": "demo", "interface": "virtual", "channel": channel or "canbridge-demo",
+                   "bitrate": 500000}],
         "mappings": [{
             "bus": "demo", "dbc": str(DEMO_DBC), "writable": ["MotorCommand.*"],
             "transmit": {"MotorCommand": {"period_ms": 100}}, "write_rate": 20,
@@ -34,6 +49,10 @@ def demo_config(channel: str | None = None, plugins: dict[str, Any] | None = Non
             "follow": {"MotorStatus.SetpointEcho": "MotorCommand.SpeedSetpoint",
                        "MotorStatus.MotorEnabled": "MotorCommand.Enable"},
             "ramp": {"MotorStatus.MotorSpeed": "MotorCommand.SpeedSetpoint"},
+            "waves": DEMO_WAVES,
+            "constants": {"MotorStatus.MotorState": 2, "Diagnostics.FirmwareMajor": 2, "Diagnostics.FirmwareMinor": 7,
+                          "Diagnostics.ErrorCount": 0, "Diagnostics.LastErrorCode": 0},
+            "counters": {"Diagnostics.UptimeSeconds": 1.0, "VehicleInfo.Odometer": 0.02},
         }],
         "plugins": plugins or {},
         **({"state_dir": str(state_dir)} if state_dir else {}),
@@ -71,7 +90,8 @@ async def simulators(runtime: Runtime) -> AsyncIterator[list[Simulator]]:
                 raise ConfigError([])
             bus = can.Bus(interface=bcfg.interface, channel=bcfg.channel, fd=bcfg.fd, receive_own_messages=False)
             buses.append(bus)
-            sim = Simulator(runtime.table, sc.bus, bus, sc.follow, sc.ramp)
+            sim = Simulator(runtime.table, sc.bus, bus, sc.follow, sc.ramp, sc.waves, sc.constants,
+                            sc.counters)
             sims.append(sim)
             tasks.append(asyncio.create_task(sim.run(), name=f"simulator-{sc.bus}"))
         yield sims

@@ -25,12 +25,17 @@ class Simulator:
     """Plays one bus's received messages on a python-can bus, and listens to the transmitted ones."""
 
     def __init__(self, table: MappingTable, bus_name: str, bus: can.BusABC,
-                 follow: Mapping[str, str] | None = None, ramp: Mapping[str, str] | None = None) -> None:
+                 follow: Mapping[str, str] | None = None, ramp: Mapping[str, str] | None = None,
+                 waves: Mapping[str, Any] | None = None, constants: Mapping[str, float] | None = None,
+                 counters: Mapping[str, float] | None = None) -> None:
         self.table = table
         self.bus_name = bus_name
         self.bus = bus
         self.follow = dict(follow or {})
         self.ramp = dict(ramp or {})
+        self.waves = dict(waves or {})
+        self.constants = dict(constants or {})
+        self.counters = dict(counters or {})
         entries = table.messages_of(bus_name)
         self.played = [e for e in entries if e.info.direction == "rx"]
         self.heard = {frame_key(e.info.frame_id, e.info.extended): e for e in entries if e.info.direction == "tx"}
@@ -39,7 +44,7 @@ class Simulator:
         self.frames_sent = 0
         self._stop = asyncio.Event()
         self._mux_page: dict[str, int] = {}
-        for target in [*self.follow, *self.ramp]:
+        for target in [*self.follow, *self.ramp, *self.waves, *self.constants, *self.counters]:
             if "." not in target:
                 raise ValueError(f"simulator rule {target!r}: use Message.Signal")
 
@@ -56,6 +61,14 @@ class Simulator:
             cur = min(target, cur + step) if cur < target else max(target, cur - step)
             self.state[key] = cur
             return cur
+        if key in self.constants:
+            return self.constants[key]
+        if key in self.counters:
+            return self.counters[key] * t
+        wave = self.waves.get(key)
+        if wave is not None:
+            mid, amp = (wave.low + wave.high) / 2, (wave.high - wave.low) / 2
+            return mid + amp * math.sin(2 * math.pi * t / wave.period_s + i)
         info = self.table.signals[f"{self.bus_name}.{key}"]
         if sig.choices:
             keys = sorted(sig.choices)
@@ -84,9 +97,6 @@ class Simulator:
             if s.is_multiplexer:
                 continue
             if s.multiplexer_ids and page not in s.multiplexer_ids:
-                continue
-            if e.info.message == "Diagnostics" and s.name == "UptimeSeconds":
-                values[s.name] = int(t)
                 continue
             v = self._wave(e, s, t, i)
             values[s.name] = v
