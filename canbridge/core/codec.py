@@ -267,10 +267,7 @@ def _emit_words(src: _Source, layout: _Layout, indent: int, source: dict[str, st
             # Assemble a group that no single struct code covers (3, 5, 6, 7 bytes or more).
             parts, bit = [], 0
             sizes = [size for size, _ in group.pieces]
-            if order == "big":
-                sizes_from_low = list(reversed(list(enumerate(sizes))))
-            else:
-                sizes_from_low = list(enumerate(sizes))
+            sizes_from_low = list(reversed(list(enumerate(sizes)))) if order == "big" else list(enumerate(sizes))
             for k, size in sizes_from_low:
                 parts.append(f"{group.var}_{k}" + (f" << {bit}" if bit else ""))
                 bit += 8 * size
