@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,11 +12,12 @@ from typing import Any
 
 import can
 
-from canbridge._errors import ConfigError
 from canbridge.config import Config, LineMap, load_config, parse_config
 from canbridge.core.host import Registry, load_registry
 from canbridge.core.runtime import Runtime
 from canbridge.core.simulator import Simulator
+
+log = logging.getLogger("canbridge.simulator")
 
 DEMO_DBC = Path(__file__).resolve().parent.parent / "demo" / "demo.dbc"
 
@@ -86,8 +88,11 @@ async def simulators(runtime: Runtime) -> AsyncIterator[list[Simulator]]:
     try:
         for sc in runtime.config.simulators:
             bcfg = next(b for b in runtime.config.buses if b.name == sc.bus)
-            if bcfg.interface == "replay":
-                raise ConfigError([])
+            if bcfg.interface != "virtual":
+                # Only an in-process bus needs an in-process simulator; on a real interface the ECUs (or
+                # `canbridge simulate` in another process) play the other side.
+                log.info("simulator for bus %s skipped: run `canbridge simulate` beside the bridge", sc.bus)
+                continue
             bus = can.Bus(interface=bcfg.interface, channel=bcfg.channel, fd=bcfg.fd, receive_own_messages=False)
             buses.append(bus)
             sim = Simulator(runtime.table, sc.bus, bus, sc.follow, sc.ramp, sc.waves, sc.constants,
