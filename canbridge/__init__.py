@@ -46,6 +46,7 @@ from canbridge._plugin import (
     Service,
     hookimpl,
 )
+from canbridge._table import load_table
 
 __version__ = "0.1.0"
 
@@ -90,6 +91,7 @@ __all__ = [
     "__version__",
     "format_cansend",
     "hookimpl",
+    "load_table",
     "parse_cansend",
     "parse_frame",
     "parse_frame_object",
