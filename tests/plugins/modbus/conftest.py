@@ -1,0 +1,65 @@
+"""Shared helpers of the Modbus plugin tests that need a running bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cantools
+from canbridge_modbus.service import ModbusService
+
+from canbridge import Frame
+from canbridge.testing import BridgeHarness
+from tests.conftest import DEMO_DBC
+
+T = TypeVar("T")
+
+DB = cantools.database.load_file(str(DEMO_DBC))
+
+
+def demo_frame(message: str, **values: float) -> Frame:
+    """A frame of the demo DBC with the given signal values (the others at their minimum or 0)."""
+    msg = DB.get_message_by_name(message)
+    full = {s.name: max(0, s.minimum or 0) for s in msg.signals}
+    full.update(values)
+    return Frame(msg.frame_id, msg.encode(full, strict=False), extended=msg.is_extended_frame)
+
+
+@contextlib.asynccontextmanager
+async def modbus_bridge(
+    state_dir: Path | None = None, simulate: bool = False, **modbus: Any
+) -> AsyncIterator[tuple[BridgeHarness, ModbusService, int]]:
+    """The demo bridge with the Modbus plugin on an ephemeral port."""
+    cfg = {"port": 0, **modbus}
+    async with BridgeHarness(plugins={"modbus": cfg}, simulate=simulate, state_dir=state_dir) as h:
+        svc = h.service("modbus")
+        assert isinstance(svc, ModbusService)
+        port = int(svc.endpoints()[0].rsplit(":", 1)[1]) if cfg.get("tcp", True) else 0
+        yield h, svc, port
+
+
+async def eventually(fn: Callable[[], Awaitable[T]], check: Callable[[T], bool], within: float = 5.0) -> T:
+    """Call ``fn`` until ``check`` accepts its result; AssertionError after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await fn()
+        if check(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {within} s; last result: {result!r}")
+        await asyncio.sleep(0.02)
+
+
+async def sent_matching(
+    h: BridgeHarness, can_id: int, check: Callable[[Frame], bool], within: float = 3.0
+) -> Frame:
+    """The first frame the bridge sends with this id that passes ``check`` (cyclic frames repeat)."""
+    deadline = time.monotonic() + within
+    while True:
+        frame = await h.next_sent(can_id, timeout=max(0.05, deadline - time.monotonic()))
+        if check(frame):
+            return frame

@@ -1,0 +1,188 @@
+"""Request handling on the register arrays: reads, writes through the write path, refusals."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from canbridge_modbus.config import ModbusConfig
+from canbridge_modbus.engine import ModbusEngine
+from canbridge_modbus.regmap import plan_register_map
+
+from canbridge import BusState, BusStatus, Quality, RefusalReason, SignalValue
+from tests.plugins.modbus.helpers import FakeBridge, sig, table
+
+SPEED = sig("demo.M.Speed", int, -8000, 8000)
+POWER = sig("demo.M.Power", float, -500, 500, is_float=True, bit_length=32)
+FLAG = sig("demo.M.Flag", bool, 0, 1)
+SETPOINT = sig("demo.C.Setpoint", int, 0, 6000, writable=True)
+LIMIT = sig("demo.C.Limit", float, 0, 100, writable=True)  # float32 in holding 1..2
+ENABLE = sig("demo.C.Enable", bool, 0, 1, writable=True)
+MODE = sig("demo.C.Mode", int, 0, 2, writable=True)
+
+
+def make(tmp_path: Path, **cfg: object) -> tuple[FakeBridge, ModbusEngine]:
+    signals = table(SPEED, POWER, FLAG, SETPOINT, LIMIT, ENABLE, MODE)
+    bridge = FakeBridge(signals, tmp_path)
+    config = ModbusConfig.model_validate(cfg)
+    rmap = plan_register_map(signals, ["demo"], config, None, tmp_path / "m.yaml")
+    refuse = config.bad_quality == "exception"
+    engine = ModbusEngine(bridge, rmap, refuse_bad=refuse, read_only=config.read_only)
+    return bridge, engine
+
+
+def good(name: str, value: float | int | bool) -> SignalValue:
+    return SignalValue(name, value, Quality.GOOD, 1)
+
+
+async def call(engine: ModbusEngine, pdu: bytes, unit: int = 1) -> bytes:
+    r = engine.handle(unit, pdu, "127.0.0.1:1")
+    return r if isinstance(r, bytes) else await r
+
+
+def read(fc: int, address: int, count: int) -> bytes:
+    return struct.pack(">BHH", fc, address, count)
+
+
+async def test_reads_come_from_the_batches(tmp_path: Path) -> None:
+    _, engine = make(tmp_path)
+    engine.apply([good("demo.M.Speed", -1234), good("demo.M.Power", 12.5), good("demo.M.Flag", True)])
+    r = await call(engine, read(4, 0, 3))
+    assert r[:2] == b"\x04\x06"
+    assert struct.unpack(">3H", r[2:]) == (0x10000 - 1234, 0x4148, 0)
+    assert await call(engine, read(2, 0, 1)) == b"\x02\x01\x01"
+    # quality registers: Speed/Power/Flag good, the others waiting
+    q = await call(engine, read(4, 20000, 7))
+    assert struct.unpack(">7H", q[2:]) == (0, 0, 0, 3, 3, 3, 3)
+
+
+async def test_bad_quality_is_refused_or_served(tmp_path: Path) -> None:
+    _, engine = make(tmp_path)
+    engine.apply([good("demo.M.Speed", 5), SignalValue("demo.M.Power", 2.0, Quality.STALE, 1)])
+    assert await call(engine, read(4, 0, 1)) == b"\x04\x02\x00\x05"
+    assert await call(engine, read(4, 0, 3)) == b"\x84\x0b"  # covers the stale value
+    assert await call(engine, read(2, 0, 1)) == b"\x82\x0b"  # Flag never received
+    _, lenient = make(tmp_path, bad_quality="last_value")
+    lenient.apply([good("demo.M.Speed", 5), SignalValue("demo.M.Power", 2.0, Quality.STALE, 1)])
+    r = await call(lenient, read(4, 0, 3))
+    assert struct.unpack(">3H", r[2:]) == (5, 0x4000, 0)
+    assert struct.unpack(">2H", (await call(lenient, read(4, 20000, 2)))[2:]) == (0, Quality.STALE.code)
+
+
+@pytest.mark.parametrize(
+    ("pdu", "expected"),
+    [
+        (read(4, 3, 1), b"\x84\x02"),  # past the last signal
+        (read(4, 0, 0), b"\x84\x03"),  # count 0
+        (read(3, 0, 126), b"\x83\x03"),  # more than 125 registers
+        (b"\x03\x00\x00", b"\x83\x03"),  # truncated
+        (b"\x2b\x0e\x01\x00", b"\xab\x01"),  # function not supported
+        (b"\x07", b"\x87\x01"),
+        (read(1, 0, 2001), b"\x81\x03"),
+        (read(4, 65535, 1), b"\x84\x02"),
+    ],
+)
+async def test_malformed_and_unmapped_reads(tmp_path: Path, pdu: bytes, expected: bytes) -> None:
+    _, engine = make(tmp_path, bad_quality="last_value")
+    assert await call(engine, pdu) == expected
+
+
+async def test_writes_go_through_the_write_path(tmp_path: Path) -> None:
+    bridge, engine = make(tmp_path)
+    assert await call(engine, b"\x06\x00\x00\x04\xd2") == b"\x06\x00\x00\x04\xd2"
+    assert bridge.writes[-1][:2] == ("demo.C.Setpoint", 1234)
+    assert bridge.writes[-1][2].plugin == "modbus" and bridge.writes[-1][2].address == "127.0.0.1:1"
+    assert await call(engine, b"\x05\x00\x00\xff\x00") == b"\x05\x00\x00\xff\x00"
+    assert bridge.writes[-1][:2] == ("demo.C.Enable", True)
+    # float32 42.5 = 0x422A0000 across holding 1..2, with Mode at 3
+    pdu = struct.pack(">BHHB3H", 16, 1, 3, 6, 0x422A, 0, 2)
+    assert await call(engine, pdu) == b"\x10\x00\x01\x00\x03"
+    assert bridge.writes[-2:] == [
+        ("demo.C.Limit", 42.5, bridge.writes[-2][2]),
+        ("demo.C.Mode", 2, bridge.writes[-1][2]),
+    ]
+    # read back at once, before any subscription batch
+    assert struct.unpack(">4H", (await call(engine, read(3, 0, 4)))[2:]) == (1234, 0x422A, 0, 2)
+    assert await call(engine, struct.pack(">BHHBB", 15, 0, 1, 1, 0)) == b"\x0f\x00\x00\x00\x01"
+    assert bridge.writes[-1][:2] == ("demo.C.Enable", False)
+
+
+@pytest.mark.parametrize(
+    ("pdu", "expected"),
+    [
+        (b"\x06\x00\x01\x42\x2a", b"\x86\x02"),  # half of a float32
+        (struct.pack(">BHHB2H", 16, 2, 2, 4, 0, 2), b"\x90\x02"),  # the other half and Mode
+        (b"\x06\x00\x09\x00\x01", b"\x86\x02"),  # unmapped
+        (b"\x06\x4e\x20\x00\x01", b"\x86\x02"),  # a quality register
+        (b"\x06\x00\x00\x17\x71", b"\x86\x03"),  # 6001 > 6000
+        (b"\x06\x00\x03\x00\x03", b"\x86\x03"),  # Mode 3 > 2
+        (b"\x05\x00\x00\x12\x34", b"\x85\x03"),  # coil value neither FF00 nor 0000
+        (struct.pack(">BHHB2H", 16, 1, 2, 4, 0x7FC0, 0), b"\x90\x03"),  # NaN
+        (struct.pack(">BHHB", 16, 0, 2, 4) + b"\x00", b"\x90\x03"),  # byte count does not match
+        (struct.pack(">BHHBB", 15, 0, 9, 1, 0), b"\x8f\x03"),  # 9 coils need 2 bytes
+        (struct.pack(">BHHBB", 15, 1, 1, 1, 1), b"\x8f\x02"),  # no coil 1
+    ],
+)
+async def test_refused_writes_send_nothing(tmp_path: Path, pdu: bytes, expected: bytes) -> None:
+    bridge, engine = make(tmp_path)
+    assert await call(engine, pdu) == expected
+    assert bridge.writes == []
+
+
+async def test_input_registers_are_not_writable(tmp_path: Path) -> None:
+    # a hand-written map puts a read-only signal into the holding registers
+    bridge, _ = make(tmp_path)
+    path = tmp_path / "hand.yaml"
+    path.write_text("signals:\n  demo.M.Speed: {table: holding_register, address: 50}\n")
+    from canbridge_modbus.regmap import load_map_file
+
+    rmap = plan_register_map(bridge.signals, ["demo"], ModbusConfig(), load_map_file(path), path)
+    engine = ModbusEngine(bridge, rmap)
+    assert await call(engine, b"\x06\x00\x32\x00\x01") == b"\x86\x02"
+    assert bridge.writes == []
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        (RefusalReason.RATE_LIMITED, 0x06),
+        (RefusalReason.BUS_DOWN, 0x0B),
+        (RefusalReason.OUT_OF_RANGE, 0x03),
+        (RefusalReason.WRONG_TYPE, 0x03),
+        (RefusalReason.NOT_WRITABLE, 0x02),
+        (RefusalReason.WAITING, 0x06),
+    ],
+)
+async def test_refusals_map_to_exception_codes(tmp_path: Path, reason: RefusalReason, code: int) -> None:
+    bridge, engine = make(tmp_path)
+    bridge.refuse = reason
+    assert await call(engine, b"\x06\x00\x00\x00\x01") == bytes((0x86, code))
+    assert await call(engine, b"\x05\x00\x00\xff\x00") == bytes((0x85, code))
+
+
+async def test_read_only(tmp_path: Path) -> None:
+    bridge, engine = make(tmp_path, read_only=True)
+    assert await call(engine, b"\x06\x00\x00\x00\x01") == b"\x86\x01"
+    assert bridge.writes == []
+
+
+async def test_diagnostics_registers(tmp_path: Path) -> None:
+    _, engine = make(tmp_path)
+    status = BusStatus(
+        "demo",
+        BusState.PASSIVE,
+        rx_frames=0x1_0002_0003,
+        tx_frames=7,
+        rx_error_counter=130,
+        bus_load=12.34,
+        bus_off_count=2,
+        since_ns=1_000_000_000,
+    )
+    engine.apply_bus_status(status, now_ns=11_000_000_000)
+    regs = struct.unpack(">20H", (await call(engine, read(4, 30000, 20)))[2:])
+    assert regs[0] == BusState.PASSIVE.code
+    assert regs[1:4] == (130, 0xFFFF, 1234)
+    assert regs[4:6] == (0x0002, 0x0003)  # uint32, wrapped
+    assert regs[6:8] == (0, 7)
+    assert regs[16] == 2 and regs[19] == 10
