@@ -84,7 +84,8 @@ def render() -> str:
         parts.append(f"\n## {title}\n\n{doc}\n\n| key | type | default | meaning |\n|---|---|---|---|")
         for name, field in model.model_fields.items():
             desc = (field.description or "").replace("|", "\\|")
-            parts.append(f"| `{name}` | {_type(field.annotation).replace('|', chr(92) + '|')} | {_default(field)} | {desc} |")
+            typ = _type(field.annotation).replace("|", "\\|")
+            parts.append(f"| `{name}` | {typ} | {_default(field)} | {desc} |")
     return "\n".join(parts) + "\n"
 
 
