@@ -20,7 +20,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 DBC = ROOT / "tests" / "data" / "dbc" / "tesla_model3_party.dbc"
@@ -74,6 +74,7 @@ class Load:
         from canbridge import Frame
 
         db = cantools.database.load_file(str(DBC), strict=False)
+        assert isinstance(db, cantools.database.can.Database)
         self.frames = [
             [Frame(m.frame_id, random.randbytes(m.length), extended=m.is_extended_frame) for _ in range(16)]
             for m in db.messages
@@ -142,7 +143,7 @@ async def main(args: argparse.Namespace) -> int:
         port = int(svc.endpoints()[0].rsplit(":", 1)[1])
         sent0 = load.sent
         reads, errors, wall, cpu = await clients(port, args.clients, args.seconds)
-        rows.append(("batched (canbridge)", reads, errors, wall, cpu, stats["seconds"], stats["updates"]))
+        rows.append(("batched (canbridge)", reads, errors, wall, cpu, stats["seconds"], int(stats["updates"])))
         frames_per_s = (load.sent - sent0) / (wall + 2)
         await svc.stop()
 
@@ -150,7 +151,8 @@ async def main(args: argparse.Namespace) -> int:
         device = SimDevice(1, simdata=[SimData(0, count=regs, values=0, datatype=DataType.REGISTERS)])
         server = ModbusTcpServer(device, address=("127.0.0.1", 0))
         await server.serve_forever(background=True)
-        pm_port = server.transport.sockets[0].getsockname()[1]
+        listener = cast(asyncio.Server, server.transport)  # a listening server's transport is its asyncio.Server
+        pm_port = listener.sockets[0].getsockname()[1]
         placements = [p for p in svc.rmap.placements.values() if p.table == "input_register"]
         # the same encoder as the batched path: the difference measured is the per-call datastore API
         codecs = {p.signal: (p.address, encoder(p.encoding, p.word_order, p.scale)) for p in placements}
@@ -171,10 +173,10 @@ async def main(args: argparse.Namespace) -> int:
         await asyncio.sleep(1.0)
         pstats.update(updates=0, seconds=0.0)
         reads, errors, wall, cpu = await clients(pm_port, args.clients, args.seconds)
-        rows.append(("per-call (pymodbus)", reads, errors, wall, cpu, pstats["seconds"], pstats["updates"]))
+        rows.append(("per-call (pymodbus)", reads, errors, wall, cpu, pstats["seconds"], int(pstats["updates"])))
         feeder.cancel()
         load_task.cancel()
-        await server.shutdown()
+        await server.shutdown()  # type: ignore[no-untyped-call]
         for t in (feeder, load_task):
             try:
                 await t

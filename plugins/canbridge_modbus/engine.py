@@ -4,10 +4,17 @@ Reads are answered synchronously from plain lists that the subscription updates 
 writes are decided asynchronously by the bridge's write path before the response is built, so a
 refused write reaches the client as an exception response.
 
-pymodbus 3.16's server is not used: its datastore API is deprecated and in flux, its context
-methods do not see who is asking, its socket framer waits forever on a wrong protocol id and
-loses sync on a zero length, and its request handler reads the last PDU after awaiting. The
-protocol itself is small; owning it keeps every malformed request and every refusal explicit.
+The protocol layer is pymodbus's (3.16): its request classes decode every request PDU, its
+response classes and ``ExceptionResponse`` build the answers (register reads excepted, see
+:func:`read_response`), ``ExcCodes`` names the exception codes. Checks its decoders leave to its
+datastore, or do not make (trailing bytes, a byte count that disagrees with the quantity, a coil
+value other than FF00/0000), are made here and answered with exception 03.
+
+pymodbus's server and datastore are not used: the datastore API is deprecated and in flux, its
+context methods do not see who is asking (the write path needs the caller), the socket framer
+waits forever on a wrong protocol id and loses sync on a zero length, and the request handler
+reads the last PDU again after awaiting. The transports (tcp.py, rtu.py) and the register
+arrays are the plugin's own.
 """
 
 from __future__ import annotations
@@ -18,8 +25,14 @@ import math
 import struct
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
+
+import pymodbus
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ModbusException
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import WriteSingleCoilResponse
+from pymodbus.pdu.register_message import WriteSingleRegisterResponse
 
 from canbridge import (
     Bridge,
@@ -38,53 +51,87 @@ from canbridge_modbus.regmap import BIT_TABLES, DIAG_SIZE, DIAGNOSTICS, Placemen
 log = logging.getLogger("canbridge.modbus")
 
 
-class ExceptionCode(IntEnum):
-    """Modbus exception codes this server answers with."""
-
-    ILLEGAL_FUNCTION = 0x01
-    ILLEGAL_DATA_ADDRESS = 0x02
-    ILLEGAL_DATA_VALUE = 0x03
-    SERVER_DEVICE_FAILURE = 0x04
-    SERVER_DEVICE_BUSY = 0x06
-    GATEWAY_PATH_UNAVAILABLE = 0x0A
-    GATEWAY_TARGET_FAILED = 0x0B
-
-
-REFUSAL_CODES: dict[RefusalReason, ExceptionCode] = {
-    RefusalReason.UNKNOWN_SIGNAL: ExceptionCode.ILLEGAL_DATA_ADDRESS,
-    RefusalReason.NOT_WRITABLE: ExceptionCode.ILLEGAL_DATA_ADDRESS,
-    RefusalReason.NOT_ALLOWED: ExceptionCode.ILLEGAL_DATA_ADDRESS,
-    RefusalReason.WRONG_TYPE: ExceptionCode.ILLEGAL_DATA_VALUE,
-    RefusalReason.OUT_OF_RANGE: ExceptionCode.ILLEGAL_DATA_VALUE,
-    RefusalReason.RATE_LIMITED: ExceptionCode.SERVER_DEVICE_BUSY,
-    RefusalReason.WAITING: ExceptionCode.SERVER_DEVICE_BUSY,
-    RefusalReason.BUS_DOWN: ExceptionCode.GATEWAY_TARGET_FAILED,
-    RefusalReason.UNKNOWN_BUS: ExceptionCode.GATEWAY_PATH_UNAVAILABLE,
-    RefusalReason.INVALID_FRAME: ExceptionCode.SERVER_DEVICE_FAILURE,
+# Exception codes by the bridge's refusal reasons (pymodbus's names; 0x0A is spelled UNAVIABLE there).
+REFUSAL_CODES: dict[RefusalReason, ExcCodes] = {
+    RefusalReason.UNKNOWN_SIGNAL: ExcCodes.ILLEGAL_ADDRESS,
+    RefusalReason.NOT_WRITABLE: ExcCodes.ILLEGAL_ADDRESS,
+    RefusalReason.NOT_ALLOWED: ExcCodes.ILLEGAL_ADDRESS,
+    RefusalReason.WRONG_TYPE: ExcCodes.ILLEGAL_VALUE,
+    RefusalReason.OUT_OF_RANGE: ExcCodes.ILLEGAL_VALUE,
+    RefusalReason.RATE_LIMITED: ExcCodes.DEVICE_BUSY,
+    RefusalReason.WAITING: ExcCodes.DEVICE_BUSY,
+    RefusalReason.BUS_DOWN: ExcCodes.GATEWAY_NO_RESPONSE,
+    RefusalReason.UNKNOWN_BUS: ExcCodes.GATEWAY_PATH_UNAVIABLE,
+    RefusalReason.INVALID_FRAME: ExcCodes.DEVICE_FAILURE,
 }
 
-READ_FUNCTIONS = {
-    1: ("coil", 2000),
-    2: ("discrete_input", 2000),
-    3: ("holding_register", 125),
-    4: ("input_register", 125),
+# The request and response classes pymodbus registers for each function code this server serves.
+_SERVER_SIDE = DecodePDU(is_server=True)
+_CLIENT_SIDE = DecodePDU(is_server=False)
+
+
+def _pdu_classes(function: int) -> tuple[type[ModbusPDU], type[ModbusPDU]]:
+    probe = bytes((0, function))  # lookupPduClass reads a framed PDU: unit id first
+    request, response = _SERVER_SIDE.lookupPduClass(probe), _CLIENT_SIDE.lookupPduClass(probe)
+    if request is None or response is None:
+        raise RuntimeError(f"pymodbus {pymodbus.__version__} has no classes for function code {function}")
+    return request, response
+
+
+READ_TABLES: dict[int, Table] = {1: "coil", 2: "discrete_input", 3: "holding_register", 4: "input_register"}
+WRITE_TABLES: dict[int, Table] = {5: "coil", 6: "holding_register", 15: "coil", 16: "holding_register"}
+WRITE_FUNCTIONS = frozenset(WRITE_TABLES)
+FUNCTIONS: dict[int, tuple[type[ModbusPDU], type[ModbusPDU]]] = {
+    fc: _pdu_classes(fc) for fc in (*READ_TABLES, *WRITE_TABLES)
 }
-WRITE_FUNCTIONS = frozenset({5, 6, 15, 16})
+# the quantity limits of the Modbus application protocol (pymodbus checks reads, and 2000 for FC15)
+MAX_WRITE_COILS = 0x7B0
+MAX_WRITE_REGISTERS = 0x7B
+_COIL_ON = b"\xff\x00"
+_COIL_OFF = b"\x00\x00"
+_DECODE_ERRORS = (ValueError, IndexError, struct.error, ModbusException)
 
 Response = bytes | Coroutine[Any, Any, bytes]
 
 
+def pdu_bytes(message: ModbusPDU) -> bytes:
+    """A pymodbus message as a PDU: function code and data (what its framers put in a frame)."""
+    return message.function_code.to_bytes(1, "big") + message.encode()
+
+
 def exception_pdu(function: int, code: int) -> bytes:
-    return bytes(((function | 0x80) & 0xFF, code))
+    return pdu_bytes(ExceptionResponse(function, code))
 
 
-def pack_bits(bits: list[int]) -> bytes:
-    """Coil and discrete input values, eight per byte, the first in the lowest bit."""
-    out = bytearray((len(bits) + 7) // 8)
-    for i, b in enumerate(bits):
-        if b:
-            out[i >> 3] |= 1 << (i & 7)
-    return bytes(out)
+def read_response(function: int, values: list[int], bits: bool) -> bytes:
+    """The response PDU of a read (FC 1 to 4) of these register or bit values.
+
+    Bits are encoded by pymodbus's ``ReadCoilsResponse``/``ReadDiscreteInputsResponse``. Registers,
+    the hot path of every PLC poll, are packed in one step with the same bytes as pymodbus's
+    ``ReadHoldingRegistersResponse.encode()``, which in 3.16.1 packs and concatenates register by
+    register: about 11 µs per 125-register response against 1.4 µs here.
+    tests/plugins/modbus/test_modbus_engine.py checks that the bytes are pymodbus's.
+    """
+    if bits:
+        return pdu_bytes(FUNCTIONS[function][1](bits=[v == 1 for v in values]))
+    return struct.pack(f">BB{len(values)}H", function, 2 * len(values), *values)
+
+
+def decode_request(pdu: bytes) -> ModbusPDU | None:
+    """The request in a PDU of a served function code, decoded by pymodbus; None when malformed.
+
+    pymodbus's ``decode`` reads the fields it needs and ignores what follows, so the PDU must
+    also have exactly the size pymodbus's RTU framer computes for it (fixed, or from the byte count).
+    """
+    request_class = FUNCTIONS[pdu[0]][0]
+    try:
+        if request_class.calculateRtuFrameSize(b"\x00" + pdu) != len(pdu) + 3:  # + unit id and CRC
+            return None
+        request = request_class()
+        request.decode(pdu[1:])  # checks the quantity of reads (1..125 registers, 1..2000 bits)
+    except _DECODE_ERRORS:
+        return None
+    return request
 
 
 _QUALITY_CODES = {q: q.code for q in Quality}
@@ -256,30 +303,33 @@ class ModbusEngine:
         produces it for writes. The unit id must be one :meth:`has_unit` accepts."""
         self.requests += 1
         function = pdu[0]
+        if function not in FUNCTIONS:
+            return self._exc(function, ExcCodes.ILLEGAL_FUNCTION)
+        if self.read_only and function in WRITE_FUNCTIONS:
+            return self._exc(function, ExcCodes.ILLEGAL_FUNCTION)
+        request = decode_request(pdu)
+        if request is None:
+            return self._exc(function, ExcCodes.ILLEGAL_VALUE)
         space = self.units[unit]
-        read = READ_FUNCTIONS.get(function)
-        if read is not None:
-            table, limit = read
-            if len(pdu) != 5:
-                return self._exc(function, ExceptionCode.ILLEGAL_DATA_VALUE)
-            address, count = struct.unpack_from(">HH", pdu, 1)
-            if not 1 <= count <= limit:
-                return self._exc(function, ExceptionCode.ILLEGAL_DATA_VALUE)
-            return self._read(space, function, table, address, count)
-        if function in WRITE_FUNCTIONS:
-            if self.read_only:
-                return self._exc(function, ExceptionCode.ILLEGAL_FUNCTION)
-            parsed = self._parse_write(function, pdu)
-            if isinstance(parsed, bytes):
-                return parsed
-            table, address, values = parsed
-            plan = self._plan_write(space, function, table, address, values)
-            if isinstance(plan, bytes):
-                return plan
-            return self._write(function, pdu, plan, peer)
-        return self._exc(function, ExceptionCode.ILLEGAL_FUNCTION)
+        table = READ_TABLES.get(function)
+        if table is not None:
+            return self._read(space, function, table, request.address, request.count)
+        values = self._write_values(function, pdu, request)
+        if values is None:
+            return self._exc(function, ExcCodes.ILLEGAL_VALUE)
+        plan = self._plan_write(space, function, WRITE_TABLES[function], request.address, values)
+        if isinstance(plan, bytes):
+            return plan
+        done: ModbusPDU
+        if function == 5:
+            done = WriteSingleCoilResponse(address=request.address, bits=[bool(values[0])])
+        elif function == 6:
+            done = WriteSingleRegisterResponse(address=request.address, registers=values)
+        else:  # 15, 16: address and quantity
+            done = FUNCTIONS[function][1](address=request.address, count=len(values))
+        return self._write(function, plan, peer, pdu_bytes(done))
 
-    def _exc(self, function: int, code: ExceptionCode) -> bytes:
+    def _exc(self, function: int, code: ExcCodes) -> bytes:
         self.exceptions += 1
         return exception_pdu(function, code)
 
@@ -287,39 +337,30 @@ class ModbusEngine:
         known = space.known.get(table)
         end = address + count
         if known is None or end > len(known) or known.find(0, address, end) != -1:
-            return self._exc(function, ExceptionCode.ILLEGAL_DATA_ADDRESS)
+            return self._exc(function, ExcCodes.ILLEGAL_ADDRESS)
         if space.bad[table].find(1, address, end) != -1:
-            return self._exc(function, ExceptionCode.GATEWAY_TARGET_FAILED)
-        values = space.values[table][address:end]
-        if table in BIT_TABLES:
-            data = pack_bits(values)
-            return bytes((function, len(data))) + data
-        return struct.pack(f">BB{count}H", function, 2 * count, *values)
+            return self._exc(function, ExcCodes.GATEWAY_NO_RESPONSE)
+        return read_response(function, space.values[table][address:end], table in BIT_TABLES)
 
     @staticmethod
-    def _parse_write(function: int, pdu: bytes) -> bytes | tuple[Table, int, list[int]]:
-        bad = exception_pdu(function, ExceptionCode.ILLEGAL_DATA_VALUE)
-        if function in (5, 6):
-            if len(pdu) != 5:
-                return bad
-            address, value = struct.unpack_from(">HH", pdu, 1)
-            if function == 5:
-                if value not in (0xFF00, 0x0000):
-                    return bad
-                return "coil", address, [1 if value else 0]
-            return "holding_register", address, [value]
-        if len(pdu) < 6:
-            return bad
-        address, count, nbytes = struct.unpack_from(">HHB", pdu, 1)
-        payload = pdu[6:]
+    def _write_values(function: int, pdu: bytes, request: ModbusPDU) -> list[int] | None:
+        """The values of a decoded write request; None where pymodbus's decoding is lenient.
+
+        pymodbus 3.16 checks these only in ``datastore_update``, which needs its datastore.
+        """
+        if function == 5:
+            # pymodbus turns any value into a bool; the standard allows only FF00 and 0000
+            return [1 if request.bits[0] else 0] if pdu[3:5] in (_COIL_ON, _COIL_OFF) else None
+        if function == 6:
+            return list(request.registers)
+        nbytes = pdu[5]  # the size check made sure the data has exactly this many bytes
         if function == 15:
-            if not 1 <= count <= 0x7B0 or nbytes != (count + 7) // 8 or len(payload) != nbytes:
-                return bad
-            bits = [(payload[i >> 3] >> (i & 7)) & 1 for i in range(count)]
-            return "coil", address, bits
-        if not 1 <= count <= 0x7B or nbytes != 2 * count or len(payload) != nbytes:
-            return bad
-        return "holding_register", address, list(struct.unpack(f">{count}H", payload))
+            if not 1 <= request.count <= MAX_WRITE_COILS or nbytes != (request.count + 7) // 8:
+                return None
+            return [1 if b else 0 for b in request.bits]
+        if not 1 <= request.count <= MAX_WRITE_REGISTERS or nbytes != 2 * request.count:
+            return None
+        return list(request.registers)
 
     def _plan_write(
         self, space: UnitSpace, function: int, table: str, address: int, values: list[int]
@@ -331,23 +372,23 @@ class ModbusEngine:
         a = address
         end = address + count
         if end > 0x10000:
-            return self._exc(function, ExceptionCode.ILLEGAL_DATA_ADDRESS)
+            return self._exc(function, ExcCodes.ILLEGAL_ADDRESS)
         while a < end:
             p = owners.get(a)
             if p is None or not p.writable:
-                return self._exc(function, ExceptionCode.ILLEGAL_DATA_ADDRESS)
+                return self._exc(function, ExcCodes.ILLEGAL_ADDRESS)
             # a value spanning several registers is written only by a request covering all of them
             if p.address < address or p.address + p.count > end:
-                return self._exc(function, ExceptionCode.ILLEGAL_DATA_ADDRESS)
+                return self._exc(function, ExcCodes.ILLEGAL_ADDRESS)
             words = values[p.address - address : p.address - address + p.count]
             info = self.slots[p.signal].info
             try:
                 value = self._value(p, info, words)
             except EncodeError as e:
                 log.info("modbus write to %s refused: %s", p.signal, e)
-                return self._exc(function, ExceptionCode.ILLEGAL_DATA_VALUE)
+                return self._exc(function, ExcCodes.ILLEGAL_VALUE)
             if not isinstance(value, bool) and not info.minimum <= value <= info.maximum:
-                return self._exc(function, ExceptionCode.ILLEGAL_DATA_VALUE)
+                return self._exc(function, ExcCodes.ILLEGAL_VALUE)
             plan.append((p, value))
             a = p.address + p.count
         return plan
@@ -371,9 +412,8 @@ class ModbusEngine:
             raise EncodeError(f"{raw} is not a finite number")
         return float(raw)
 
-    async def _write(
-        self, function: int, pdu: bytes, plan: list[tuple[Placement, Value]], peer: str
-    ) -> bytes:
+    async def _write(self, function: int, plan: list[tuple[Placement, Value]], peer: str, done: bytes) -> bytes:
+        """Write the planned values through the bridge's write path; ``done`` is the normal response."""
         caller = Caller(plugin="modbus", address=peer)
         for p, value in plan:
             try:
@@ -382,19 +422,17 @@ class ModbusEngine:
                 )
             except WriteRefused as e:
                 log.info("modbus write from %s to %s refused: %s", peer, p.signal, e.detail)
-                return self._exc(function, REFUSAL_CODES.get(e.reason, ExceptionCode.SERVER_DEVICE_FAILURE))
+                return self._exc(function, REFUSAL_CODES.get(e.reason, ExcCodes.DEVICE_FAILURE))
             except TimeoutError:
                 log.warning(
                     "modbus write from %s to %s timed out after %ss", peer, p.signal, self.write_timeout_s
                 )
-                return self._exc(function, ExceptionCode.GATEWAY_TARGET_FAILED)
+                return self._exc(function, ExcCodes.GATEWAY_NO_RESPONSE)
             except Exception:
                 log.exception("modbus write from %s to %s failed", peer, p.signal)
-                return self._exc(function, ExceptionCode.SERVER_DEVICE_FAILURE)
+                return self._exc(function, ExcCodes.DEVICE_FAILURE)
             self.writes += 1
             slot = self.slots[p.signal]
             # read-after-write sees the value at once; the subscription confirms it later
             self._store(slot, receipt.value, Quality.GOOD)
-        if function in (5, 6):
-            return pdu  # the echo of the request is the normal response
-        return pdu[:5]
+        return done

@@ -6,12 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 import canbridge
-from canbridge import Command, ConfigError, NorthboundPlugin, Problem, SignalInfo
+from canbridge import Command, ConfigError, NorthboundPlugin, SignalInfo
 from canbridge.config import load_config, problems_from_validation
 from canbridge_modbus.config import ModbusConfig
 from canbridge_modbus.regmap import (
@@ -68,20 +67,6 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_signals(config_path: Path) -> Mapping[str, SignalInfo]:
-    """The mapping table of a configuration, without opening any bus (the core's ``load_table``)."""
-    load_table: Any = getattr(canbridge, "load_table", None)
-    if load_table is None:
-        raise ConfigError(
-            [Problem("this canbridge has no canbridge.load_table(); modbus-map needs it", str(config_path))]
-        )
-    result = load_table(config_path)
-    signals = result[0] if isinstance(result, tuple) else result
-    if not isinstance(signals, Mapping):
-        raise TypeError("canbridge.load_table() returned no signal mapping")
-    return signals
-
-
 def build_map(
     signals: Mapping[str, SignalInfo],
     buses: list[str],
@@ -106,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError(problems_from_validation(e, str(path), lines, ("plugins", "modbus"))) from None
         state = cfg.state_dir or Path(".canbridge-state")
         state_dir = state if state.is_absolute() else path.parent / state
-        signals = load_signals(path)
+        signals = canbridge.load_table(path)
         rmap, map_path, exists = build_map(signals, [b.name for b in cfg.buses], mcfg, path, state_dir)
     except ConfigError as e:
         for p in e.problems:

@@ -1,9 +1,15 @@
 """Modbus RTU on a serial line (or a pseudo-terminal), on the same engine as TCP.
 
-Frames are delimited by their function code's length where it is known and by the 3.5-character
-silence otherwise; a frame with a wrong CRC is dropped without a response, as the standard says,
-and a frame for another unit id is ignored (another server on the same line answers it).
-The serial port is configured with termios, so no extra package is needed.
+Frames are delimited by their function code's length where pymodbus knows it and by the
+3.5-character silence otherwise; a frame with a wrong CRC is dropped without a response, as the
+standard says, and a frame for another unit id is ignored (another server on the same line answers
+it). The serial port is configured with termios, so no extra package is needed.
+
+pymodbus provides the frame lengths (its request classes), the CRC and the response framing
+(``FramerRTU``). The receive loop is this module's, not ``FramerRTU.decode`` (pymodbus 3.16.1):
+that finds no frame in a request with an unknown function code (it hunts for a known one in the
+bytes after it), so it could never be answered with exception 01; it waits for no silence; and it
+reports the whole buffer as used after a good frame, dropping a request that arrived right behind.
 """
 
 from __future__ import annotations
@@ -16,41 +22,44 @@ import termios
 from collections.abc import Coroutine
 from typing import Any
 
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerRTU
+from pymodbus.pdu import DecodePDU
+
 from canbridge_modbus.config import RtuConfig
-from canbridge_modbus.engine import WRITE_FUNCTIONS, ExceptionCode, ModbusEngine, exception_pdu
+from canbridge_modbus.engine import WRITE_FUNCTIONS, ModbusEngine, exception_pdu
 
 log = logging.getLogger("canbridge.modbus")
 
-_FIXED = {1: 8, 2: 8, 3: 8, 4: 8, 5: 8, 6: 8, 8: 8}
-_COUNTED = {15: 6, 16: 6, 23: 10}  # position of the byte count; frame = pos + 1 + count + 2
 MAX_FRAME = 256
-
-
-def crc16(data: bytes) -> int:
-    """Modbus CRC-16 (polynomial 0xA001 reflected, initial 0xFFFF)."""
-    crc = 0xFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
+_REQUESTS = DecodePDU(is_server=True)
+_FRAMER = FramerRTU(_REQUESTS)  # its encode (unit id + PDU + CRC) builds the responses
 
 
 def with_crc(frame: bytes) -> bytes:
-    return frame + crc16(frame).to_bytes(2, "little")
+    """The frame with its Modbus CRC-16 appended (pymodbus's CRC, already in wire order)."""
+    return frame + FramerRTU.compute_CRC(frame).to_bytes(2, "big")
+
+
+def crc_ok(frame: bytes) -> bool:
+    return bool(FramerRTU.check_CRC(frame[:-2], int.from_bytes(frame[-2:], "big")))
 
 
 def expected_length(buf: bytes | bytearray) -> int | None:
-    """The length of the request frame that starts the buffer, None while it cannot be known."""
+    """The length of the request frame that starts the buffer, None while it cannot be known.
+
+    pymodbus's request classes know it: fixed, or from the byte count once that has arrived.
+    """
     if len(buf) < 2:
         return None
-    fc = buf[1]
-    if fc in _FIXED:
-        return _FIXED[fc]
-    pos = _COUNTED.get(fc)
-    if pos is None or len(buf) <= pos:
+    head = bytes(buf[:11])  # the byte count of every request is within the first 11 bytes
+    try:
+        request_class = _REQUESTS.lookupPduClass(head)
+        size = request_class.calculateRtuFrameSize(head) if request_class is not None else 0
+    except (IndexError, ModbusException):  # a sub-function not here yet, or a size pymodbus does not know
         return None
-    return pos + 1 + buf[pos] + 2
+    return size or None
 
 
 def _configure(fd: int, cfg: RtuConfig) -> None:
@@ -197,7 +206,7 @@ class ModbusRtuServer:
             if n < 4:  # not even unit, function and CRC: noise on the line
                 self.buf.clear()
                 return
-            if int.from_bytes(frame[-2:], "little") != crc16(frame[:-2]):
+            if not crc_ok(frame):
                 self.crc_errors += 1
                 self.buf.clear()  # out of sync: drop everything until the next silence
                 return
@@ -222,22 +231,24 @@ class ModbusRtuServer:
             response = self.engine.handle(target, pdu, f"rtu:{self.cfg.port}")
             if isinstance(response, bytes):
                 if not broadcast:
-                    self._send(with_crc(bytes((unit,)) + response))
+                    self._send(_FRAMER.encode(response, unit, 0))
             else:
                 responses.append(response)
         if responses:
-            self.task = asyncio.create_task(self._finish(unit, responses, broadcast), name="modbus-rtu-write")
+            self.task = asyncio.create_task(self._finish(unit, pdu[0], responses, broadcast), name="modbus-rtu-write")
 
-    async def _finish(self, unit: int, responses: list[Coroutine[Any, Any, bytes]], broadcast: bool) -> None:
+    async def _finish(
+        self, unit: int, function: int, responses: list[Coroutine[Any, Any, bytes]], broadcast: bool
+    ) -> None:
         try:
             for response in responses:
                 pdu = await response
                 if not broadcast:
-                    self._send(with_crc(bytes((unit,)) + pdu))
+                    self._send(_FRAMER.encode(pdu, unit, 0))
         except Exception:
             log.exception("modbus: RTU request failed")
             if not broadcast:
-                self._send(with_crc(bytes((unit,)) + exception_pdu(0, ExceptionCode.SERVER_DEVICE_FAILURE)))
+                self._send(_FRAMER.encode(exception_pdu(function, ExcCodes.DEVICE_FAILURE), unit, 0))
         finally:
             self.task = None
             self._process(at_silence=False)

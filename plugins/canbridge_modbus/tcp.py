@@ -3,6 +3,11 @@
 A malformed header (wrong protocol id, a length that no frame can have) closes the connection:
 after it nothing in the byte stream can be trusted to start a frame. A malformed PDU inside a
 well-framed request gets an exception response, and the connection goes on.
+
+Responses are framed by pymodbus's ``FramerSocket.encode``. Requests are split here, not by its
+``decode`` (pymodbus 3.16.1): on a protocol id other than 0 it reports "need more data" and the
+connection waits forever; an MBAP length of 0 or 1 makes it consume the header and lose the frame
+boundary; and with exactly 9 bytes buffered it stretches a length of 2 to 3.
 """
 
 from __future__ import annotations
@@ -15,8 +20,12 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerSocket
+from pymodbus.pdu import DecodePDU
+
 from canbridge import PluginError
-from canbridge_modbus.engine import ExceptionCode, ModbusEngine, exception_pdu
+from canbridge_modbus.engine import ModbusEngine, exception_pdu
 
 log = logging.getLogger("canbridge.modbus")
 
@@ -24,6 +33,8 @@ MAX_LENGTH = 254  # unit id + the largest PDU (253 bytes)
 MAX_BUFFER = 64 * 1024  # never hold more than this for one client
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_FRAMER = FramerSocket(DecodePDU(is_server=True))  # only its encode (MBAP header + PDU) is used
 
 
 def peer_text(peer: object) -> str:
@@ -214,7 +225,7 @@ class _Connection(asyncio.Protocol):
             if target is None and unit in (0, 255) and self.server.alias is not None:
                 target = self.server.alias
             if target is None:
-                self._send(tid, unit, exception_pdu(pdu[0], ExceptionCode.GATEWAY_PATH_UNAVAILABLE))
+                self._send(tid, unit, exception_pdu(pdu[0], ExcCodes.GATEWAY_PATH_UNAVIABLE))
                 continue
             response = self.engine.handle(target, pdu, self.peer)
             if isinstance(response, bytes):
@@ -236,4 +247,4 @@ class _Connection(asyncio.Protocol):
 
     def _send(self, tid: int, unit: int, pdu: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu)
+            self.transport.write(_FRAMER.encode(pdu, unit, tid))

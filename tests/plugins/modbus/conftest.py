@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import cantools
+from canbridge_modbus.regmap import RegisterMap
 from canbridge_modbus.service import ModbusService
 
 from canbridge import Frame
@@ -18,7 +19,9 @@ from tests.conftest import DEMO_DBC
 
 T = TypeVar("T")
 
-DB = cantools.database.load_file(str(DEMO_DBC))
+_db = cantools.database.load_file(str(DEMO_DBC))
+assert isinstance(_db, cantools.database.can.Database)
+DB = _db
 
 
 def demo_frame(message: str, **values: float) -> Frame:
@@ -40,6 +43,12 @@ async def modbus_bridge(
         assert isinstance(svc, ModbusService)
         port = int(svc.endpoints()[0].rsplit(":", 1)[1]) if cfg.get("tcp", True) else 0
         yield h, svc, port
+
+
+def mapped(svc: ModbusService) -> RegisterMap:
+    """The register map of a started service."""
+    assert svc.rmap is not None, "the Modbus service has not started"
+    return svc.rmap
 
 
 async def eventually(fn: Callable[[], Awaitable[T]], check: Callable[[T], bool], within: float = 5.0) -> T:

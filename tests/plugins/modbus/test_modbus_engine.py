@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 from canbridge_modbus.config import ModbusConfig
-from canbridge_modbus.engine import ModbusEngine
+from canbridge_modbus.engine import FUNCTIONS, ModbusEngine, read_response
 from canbridge_modbus.regmap import plan_register_map
+from hypothesis import given
+from hypothesis import strategies as st
+from pymodbus.pdu import DecodePDU
 
 from canbridge import BusState, BusStatus, Quality, RefusalReason, SignalValue
 from tests.plugins.modbus.helpers import FakeBridge, sig, table
@@ -81,6 +84,11 @@ async def test_bad_quality_is_refused_or_served(tmp_path: Path) -> None:
         (b"\x07", b"\x87\x01"),
         (read(1, 0, 2001), b"\x81\x03"),
         (read(4, 65535, 1), b"\x84\x02"),
+        (read(4, 65535, 2), b"\x84\x02"),  # past the end of the address space
+        (read(1, 0, 2000), b"\x81\x02"),  # the largest coil read is well-formed: no such coils
+        (b"\x83\x00\x00\x00\x01", b"\x83\x01"),  # an exception response is no request
+        (b"\x16\x00\x00\xff\xff\x00\x00", b"\x96\x01"),  # mask write: pymodbus knows it, we do not serve it
+        (b"\x04\x00\x00\x00", b"\x84\x03"),
     ],
 )
 async def test_malformed_and_unmapped_reads(tmp_path: Path, pdu: bytes, expected: bytes) -> None:
@@ -122,6 +130,15 @@ async def test_writes_go_through_the_write_path(tmp_path: Path) -> None:
         (struct.pack(">BHHB", 16, 0, 2, 4) + b"\x00", b"\x90\x03"),  # byte count does not match
         (struct.pack(">BHHBB", 15, 0, 9, 1, 0), b"\x8f\x03"),  # 9 coils need 2 bytes
         (struct.pack(">BHHBB", 15, 1, 1, 1, 1), b"\x8f\x02"),  # no coil 1
+        # checks pymodbus's request decoding leaves to its datastore, or does not make
+        (struct.pack(">BHHB2B", 16, 0, 2, 2, 0, 1), b"\x90\x03"),  # byte count fits the data, not 2 registers
+        (struct.pack(">BHHB3H", 16, 0, 2, 4, 1, 2, 3), b"\x90\x03"),  # more data than the byte count
+        (struct.pack(">BHHB", 16, 0, 0, 0), b"\x90\x03"),  # quantity 0
+        (struct.pack(">BHHB", 15, 0, 1969, 247) + bytes(247), b"\x8f\x03"),  # over 0x7B0 (pymodbus: 2000)
+        (struct.pack(">BHHB", 15, 0, 0, 0), b"\x8f\x03"),
+        (b"\x06\x00\x00\x00\x01\x00", b"\x86\x03"),  # a byte after the value
+        (b"\x05\x00\x00\xff\x00\x00", b"\x85\x03"),
+        (b"\x05\x00\x00\x00\x01", b"\x85\x03"),  # pymodbus would read 0001 as "on"
     ],
 )
 async def test_refused_writes_send_nothing(tmp_path: Path, pdu: bytes, expected: bytes) -> None:
@@ -186,3 +203,23 @@ async def test_diagnostics_registers(tmp_path: Path) -> None:
     assert regs[4:6] == (0x0002, 0x0003)  # uint32, wrapped
     assert regs[6:8] == (0, 7)
     assert regs[16] == 2 and regs[19] == 10
+
+
+@given(
+    st.sampled_from([3, 4]),
+    st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=125),
+)
+def test_register_responses_are_pymodbus_bytes(function: int, values: list[int]) -> None:
+    # the register read response is packed by the plugin for speed; it must be pymodbus's encoding
+    response_class = FUNCTIONS[function][1]
+    assert read_response(function, values, bits=False) == bytes((function,)) + response_class(
+        registers=values
+    ).encode()
+
+
+@given(st.sampled_from([1, 2]), st.lists(st.integers(0, 1), min_size=1, max_size=2000))
+def test_bit_responses_decode_in_pymodbus(function: int, values: list[int]) -> None:
+    decoded = DecodePDU(is_server=False).decode(read_response(function, values, bits=True))
+    assert decoded is not None and decoded.function_code == function
+    assert list(decoded.bits[: len(values)]) == [v == 1 for v in values]
+    assert not any(decoded.bits[len(values) :])  # padding bits are 0

@@ -5,26 +5,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import yaml
 from canbridge_modbus.config import ModbusConfig
 
-import canbridge
-from canbridge import SignalInfo
-from canbridge.config import load_config
 from canbridge.core.host import load_registry
-from canbridge.core.table import build_table
 from tests.conftest import DEMO_DBC
-
-
-def core_load_table(path: Path) -> Mapping[str, SignalInfo]:
-    """What the core's ``canbridge.load_table`` does: the mapping table without opening a bus."""
-    config, lines = load_config(path)
-    _, registry = load_registry()
-    return build_table(config, path.parent, registry.formats, str(path), lines).signals
 
 
 @pytest.fixture
@@ -58,10 +46,7 @@ def test_registered_through_the_entry_point() -> None:
     assert "modbus-map" in registry.commands
 
 
-def test_modbus_map_prints_csv_and_markdown(
-    config_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(canbridge, "load_table", core_load_table, raising=False)
+def test_modbus_map_prints_csv_and_markdown(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_command([str(config_file)]) == 0
     out, err = capsys.readouterr()
     assert "does not exist yet" in err
@@ -89,9 +74,8 @@ def test_modbus_map_prints_csv_and_markdown(
 
 
 def test_modbus_map_reports_configuration_errors(
-    tmp_path: Path, config_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(canbridge, "load_table", core_load_table, raising=False)
     config_file.with_name("plant.modbus-map.yaml").write_text(
         "signals:\n  demo.MotorStatus.MotorSpeed: {address: 0}\n  demo.MotorStatus.MotorState: {address: 0}\n"
     )
@@ -102,11 +86,8 @@ def test_modbus_map_reports_configuration_errors(
     bad.write_text(config_file.read_text().replace("word_order: CDAB", "word_order: XYZW"))
     assert run_command([str(bad)]) == 2
     assert "plugins.modbus" in capsys.readouterr().err
-
-
-def test_modbus_map_needs_load_table(
-    config_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.delattr(canbridge, "load_table", raising=False)
-    assert run_command([str(config_file)]) == 2
-    assert "load_table" in capsys.readouterr().err
+    # an error in the mapping table itself comes from canbridge.load_table, with the file named
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(config_file.read_text().replace(str(DEMO_DBC), str(tmp_path / "nowhere.dbc")))
+    assert run_command([str(missing)]) == 2
+    assert "nowhere.dbc" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import pytest
 from canbridge_modbus.config import ModbusConfig
 from canbridge_modbus.regmap import (
     DIAG_SIZE,
+    RegisterMap,
     default_map_path,
     load_map_file,
     plan_register_map,
@@ -18,7 +19,7 @@ from canbridge_modbus.regmap import (
     save_map,
 )
 
-from canbridge import ConfigError
+from canbridge import ConfigError, SignalInfo
 from tests.plugins.modbus.helpers import sig, table
 
 SPEED = sig("demo.M.Speed", int, -8000, 8000, unit="rpm")
@@ -29,7 +30,7 @@ ENABLE = sig("demo.C.Enable", bool, 0, 1, writable=True)
 ODO = sig("demo.V.Odometer", float, 0, 400_000_000, bit_length=32)
 
 
-def plan(infos: dict, path: Path, **cfg: object):  # type: ignore[no-untyped-def]
+def plan(infos: dict[str, SignalInfo], path: Path, **cfg: object) -> RegisterMap:
     config = ModbusConfig.model_validate(cfg)
     rmap = plan_register_map(infos, ["demo"], config, load_map_file(path), path)
     if rmap.changed:

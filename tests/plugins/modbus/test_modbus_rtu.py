@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from canbridge_modbus.rtu import expected_length, with_crc
 
-from tests.plugins.modbus.conftest import demo_frame, eventually, modbus_bridge, sent_matching
+from tests.plugins.modbus.conftest import demo_frame, eventually, mapped, modbus_bridge, sent_matching
 
 
 def crc(data: bytes) -> bytes:
@@ -45,6 +45,11 @@ def test_request_lengths() -> None:
     assert expected_length(b"\x01\x10\x00\x00\x00\x02\x04") == 13
     assert expected_length(b"\x01\x0f\x00\x00\x00\x0a\x02") == 11
     assert expected_length(b"\x01\x41") is None  # unknown: the silence ends it
+    # lengths pymodbus knows for functions the server answers with 01
+    assert expected_length(b"\x01\x07") == 4  # read exception status
+    assert expected_length(b"\x01\x17\x00\x00\x00\x01\x00\x00\x00\x01\x02") == 15  # read/write multiple
+    assert expected_length(b"\x01\x2b") is None  # MEI type not here yet
+    assert expected_length(b"\x02\x83\x02") == 5  # another server's exception response
 
 
 @contextlib.asynccontextmanager
@@ -124,6 +129,24 @@ async def test_rtu_on_a_python_pty(tmp_path: Path) -> None:
             await eventually(speed, lambda r: r == b"\x04\x02\x00\x4d")
             assert await master.transact(b"\x01\x04\x00\x00\x00\x01\xff\xff") == b""  # wrong CRC
             assert svc.rtu is not None and svc.rtu.crc_errors == 1
+            # a function pymodbus has no request class for is answered with 01 after the silence
+            assert await master.request(1, b"\x41\x00\x00") == b"\xc1\x01"
+            # a request for another server and one for us in one burst: both framed, only ours answered
+            # (pymodbus 3.16's FramerRTU.decode would report the whole buffer used after the first)
+            read = struct.pack(">BHH", 4, 0, 1)
+            other, ours = with_crc(b"\x07" + read), with_crc(b"\x01" + read)
+            answer = with_crc(b"\x01\x04\x02\x00\x4e")
+
+            async def burst(data: bytes) -> bytes:
+                # MotorStatus turns stale 300 ms after a frame: send one before every burst
+                h.inject(demo_frame("MotorStatus", MotorSpeed=78))
+                await asyncio.sleep(0.05)
+                return await master.transact(data)
+
+            await eventually(lambda: burst(other + ours), lambda r: r == answer)
+            # two requests for us in one burst get two answers, in order
+            not_mapped = with_crc(b"\x01" + struct.pack(">BHH", 4, 900, 1))
+            await eventually(lambda: burst(ours + not_mapped), lambda r: r == answer + with_crc(b"\x01\x84\x02"))
     finally:
         os.close(slave_fd)
         os.close(master_fd)
@@ -144,7 +167,7 @@ async def test_rtu_reads_writes_and_line_discipline(tmp_path: Path) -> None:
                     return await master.request(1, struct.pack(">BHH", 4, 0, 1))
 
                 await eventually(speed, lambda r: r == b"\x04\x02" + struct.pack(">h", -1234))
-                sp = svc.rmap.placements["demo.MotorCommand.SpeedSetpoint"].address  # type: ignore[union-attr]
+                sp = mapped(svc).placements["demo.MotorCommand.SpeedSetpoint"].address
                 write = struct.pack(">BHH", 6, sp, 2500)
                 assert await master.request(1, write) == write
                 await sent_matching(h, 0x300, lambda f: int.from_bytes(f.data[0:2], "little") == 2500)
@@ -172,7 +195,7 @@ async def test_mbpoll_over_rtu(tmp_path: Path) -> None:
     async with pty_pair(tmp_path) as (server, client):
         rtu = {"port": str(server), "baudrate": 19200, "parity": "E"}
         async with modbus_bridge(state_dir=tmp_path, rtu=rtu) as (h, svc, _port):
-            torque = svc.rmap.placements["demo.MotorCommand.TorqueLimit"].address  # type: ignore[union-attr]
+            torque = mapped(svc).placements["demo.MotorCommand.TorqueLimit"].address
             args = [
                 "-m",
                 "rtu",

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from canbridge_modbus.service import ModbusService
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from canbridge import BusState, Quality
-from tests.plugins.modbus.conftest import demo_frame, eventually, modbus_bridge, sent_matching
+from tests.plugins.modbus.conftest import demo_frame, eventually, mapped, modbus_bridge, sent_matching
 
 SPEED_IR = 0  # demo.MotorStatus.MotorSpeed, int16 (see the printed map in test_first_map)
 
@@ -24,8 +25,8 @@ async def client(port: int) -> AsyncModbusTcpClient:
     return c
 
 
-def address(svc: object, name: str) -> int:
-    return svc.rmap.placements[name].address  # type: ignore[attr-defined, no-any-return]
+def address(svc: ModbusService, name: str) -> int:
+    return mapped(svc).placements[name].address
 
 
 async def test_first_map_and_reads(tmp_path: Path) -> None:
@@ -46,7 +47,7 @@ async def test_first_map_and_reads(tmp_path: Path) -> None:
             di = address(svc, "demo.MotorStatus.MotorEnabled")
             r = await c.read_discrete_inputs(di, count=1, device_id=1)
             assert r.bits[0] is True
-            q = svc.rmap.placements["demo.MotorStatus.MotorSpeed"].quality_address
+            q = mapped(svc).placements["demo.MotorStatus.MotorSpeed"].quality_address
             r = await c.read_input_registers(q, count=1, device_id=1)
             assert r.registers == [Quality.GOOD.code]
         finally:
@@ -55,13 +56,13 @@ async def test_first_map_and_reads(tmp_path: Path) -> None:
 
 async def test_addresses_survive_a_restart(tmp_path: Path) -> None:
     async with modbus_bridge(state_dir=tmp_path) as (_, svc, _port):
-        first = dict(svc.rmap.placements)
+        first = dict(mapped(svc).placements)
     temperature = "demo.MotorStatus.MotorTemperature"
     async with modbus_bridge(state_dir=tmp_path, exclude=[temperature]) as (_, svc, _p):
-        second = svc.rmap.placements
+        second = mapped(svc).placements
         assert "demo.MotorStatus.MotorTemperature" not in second
         assert all(second[n] == first[n] for n in second)
-        assert [r.signal for r in svc.rmap.reserved] == ["demo.MotorStatus.MotorTemperature"]
+        assert [r.signal for r in mapped(svc).reserved] == ["demo.MotorStatus.MotorTemperature"]
 
 
 async def test_writes_reach_the_bus(tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ async def test_stale_values(tmp_path: Path) -> None:
 async def test_stale_values_with_quality_registers(tmp_path: Path) -> None:
     async with modbus_bridge(state_dir=tmp_path, bad_quality="last_value") as (h, svc, port):
         c = await client(port)
-        q = svc.rmap.placements["demo.MotorStatus.MotorSpeed"].quality_address
+        q = mapped(svc).placements["demo.MotorStatus.MotorSpeed"].quality_address
         try:
             r = await c.read_input_registers(q, count=1, device_id=1)
             assert r.registers == [Quality.WAITING.code]
@@ -156,7 +157,7 @@ async def test_stale_values_with_quality_registers(tmp_path: Path) -> None:
 async def test_diagnostics_registers(tmp_path: Path) -> None:
     async with modbus_bridge(state_dir=tmp_path, diagnostics_interval=0.05) as (h, svc, port):
         c = await client(port)
-        base = svc.rmap.diagnostics["demo"].address
+        base = mapped(svc).diagnostics["demo"].address
         try:
             for _ in range(3):
                 h.inject(demo_frame("BatteryStatus", PackVoltage=400))
