@@ -36,10 +36,15 @@ lint: setup
 test: setup lint test-python test-socketcan
 
 test-python: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --ignore=tests/socketcan $(PYTEST_ARGS)
 
+# Exit 77 from the runner means "tools missing": a skip, unless CI requires every tier.
 test-socketcan: setup
-	@bash tools/vm/run-tier.sh
+	@bash tools/vm/run-in-vm.sh; rc=$$?; \
+	if [ $$rc -eq 77 ]; then \
+	  if [ "$$CANBRIDGE_REQUIRE_TIERS" = 1 ]; then echo "tier socketcan: tools missing (required)"; exit 1; fi; \
+	  echo "tier socketcan SKIPPED: its tools are missing; install: sudo bash tools/tiers/socketcan.sh"; exit 0; \
+	fi; exit $$rc
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -54,7 +54,10 @@ class BusRunner:
         entries = table.by_bus.get(cfg.name, {})
         self._lookup: dict[int, tuple[int, Any]] = {k: (e.index, e.decoder) for k, e in entries.items()}
         self._msg_signals = {e.index: e.signal_indices for e in entries.values()}
-        self._filter_ids = [(e.info.frame_id, e.info.extended) for e in entries.values()]
+        # The bridge's own transmitted messages come back through local loopback on SocketCAN; only ids
+        # it must hear (received messages, and transmitted ones seeded from the bus) pass the kernel filter.
+        self._filter_ids = [(e.info.frame_id, e.info.extended) for e in entries.values()
+                            if e.transmit is None or e.transmit.seed == "received"]
         self.last_payload: dict[int, bytes] = {}
         self.driver: BusDriver | None = None
         self.state = BusState.STARTING

@@ -73,9 +73,7 @@ def test_controller_states(bits: int, state: BusState | None, text: str) -> None
 
 
 def test_error_counters() -> None:
-    info = classify_error_frame(
-        ef.CAN_ERR_CRTL | ef.CAN_ERR_CNT, data(d1=ef.CAN_ERR_CRTL_TX_PASSIVE, d6=130, d7=5)
-    )
+    info = classify_error_frame(ef.CAN_ERR_CRTL | ef.CAN_ERR_CNT, data(d1=ef.CAN_ERR_CRTL_TX_PASSIVE, d6=130, d7=5))
     assert info.state is BusState.PASSIVE
     assert (info.tx_error_counter, info.rx_error_counter) == (130, 5)
     assert "TEC 130, REC 5" in info.description

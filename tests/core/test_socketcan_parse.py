@@ -1,0 +1,358 @@
+"""The SocketCAN driver's parts that need no CAN kernel: frame parsing over a socketpair carrying the
+kernel's struct can_frame/canfd_frame bytes, frame building, filters, and the errors of open()."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from canbridge import BusError, BusUnavailable, Frame, FrameFlags
+from canbridge.config import BusConfig
+from canbridge.core import socketcan as sc
+from canbridge.core.socketcan import DrainStats, SocketcanDriver, build_can_frame, drain, pack_filters
+
+EXT, RTR, FD, BRS, ESI, ERR = (
+    int(f)
+    for f in (
+        FrameFlags.EXTENDED,
+        FrameFlags.RTR,
+        FrameFlags.FD,
+        FrameFlags.BRS,
+        FrameFlags.ESI,
+        FrameFlags.ERROR,
+    )
+)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def can_frame(can_id: int, data: bytes, length: int | None = None) -> bytes:
+    return struct.pack("=IBBBB8s", can_id, len(data) if length is None else length, 0, 0, 0, data)
+
+
+def canfd_frame(can_id: int, data: bytes, flags: int = 0) -> bytes:
+    return struct.pack("=IBBBB64s", can_id, len(data), flags, 0, 0, data)
+
+
+def test_struct_sizes_match_the_kernel() -> None:
+    assert len(can_frame(0, b"")) == sc.CAN_MTU == 16
+    assert len(canfd_frame(0, b"")) == sc.CANFD_MTU == 72
+
+
+def test_drain_parses_every_kind(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    a.send(can_frame(0x123, bytes.fromhex("DEADBEEF")))
+    a.send(can_frame(sc.CAN_EFF_FLAG | 0x18FEF100, b"\x01\x02"))
+    a.send(can_frame(sc.CAN_RTR_FLAG | 0x124, b"", length=4))
+    a.send(can_frame(sc.CAN_ERR_FLAG | 0x40, bytes(8)))
+    a.send(canfd_frame(0x321, bytes(range(64)), flags=sc.CANFD_BRS | sc.CANFD_ESI))
+    a.send(canfd_frame(sc.CAN_EFF_FLAG | 0x1ABCDEF0, b"\xaa" * 12))
+    a.send(can_frame(0x7FF, b"\x01\x02\x03\x04\x05\x06\x07\x08"))
+    a.send(b"\x00" * 5)  # not a CAN frame: ignored
+    frames = drain(b, 100)
+    assert [(i, f, d) for i, f, d, _ in frames] == [
+        (0x123, 0, bytes.fromhex("DEADBEEF")),
+        (0x18FEF100, EXT, b"\x01\x02"),
+        (0x124, RTR, b""),
+        (0x40, ERR, bytes(8)),
+        (0x321, FD | BRS | ESI, bytes(range(64))),
+        (0x1ABCDEF0, EXT | FD, b"\xaa" * 12),
+        (0x7FF, 0, bytes(range(1, 9))),
+    ]
+    # no kernel timestamps on a socketpair: one clock read for the batch
+    assert len({t for *_, t in frames}) == 1 and frames[0][3] > 0
+
+
+def test_drain_is_bounded_and_counts(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    for i in range(10):
+        a.send(can_frame(i, b""))
+    stats = DrainStats()
+    assert [f[0] for f in drain(b, 4, stats)] == [0, 1, 2, 3]
+    assert [f[0] for f in drain(b, 100, stats)] == [4, 5, 6, 7, 8, 9]
+    assert drain(b, 100, stats) == []
+    assert (stats.frames, stats.drains) == (10, 3)
+
+
+def test_drain_raises_errors_with_frames_read_before(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    a.send(can_frame(0x1, b""))
+    a.close()
+    frames = drain(b, 10)
+    assert [f[0] for f in frames] == [1]
+    b.close()
+    with pytest.raises(OSError) as exc:
+        drain(b, 10)
+    assert exc.value.errno == errno.EBADF
+    assert exc.value.frames == []  # type: ignore[attr-defined]
+
+
+def test_parse_can_frame_matches_drain() -> None:
+    assert sc.parse_can_frame(can_frame(sc.CAN_EFF_FLAG | 5, b"\x09"), 7) == (5, EXT, b"\x09", 7)
+    assert sc.parse_can_frame(canfd_frame(6, b"\x01" * 8, sc.CANFD_BRS), 8) == (6, FD | BRS, b"\x01" * 8, 8)
+    assert sc.parse_can_frame(can_frame(sc.CAN_RTR_FLAG | 7, b"", 2), 9) == (7, RTR, b"", 9)
+
+
+def test_build_can_frame_round_trips() -> None:
+    cases = [
+        Frame(0x123, b"\x01\x02"),
+        Frame(0x18FEF100, b"\xff" * 8, extended=True),
+        Frame(0x321, bytes(range(48)), fd=True, brs=True),
+        Frame(0x124, b"", rtr=True, dlc=3),
+    ]
+    out = [sc.parse_can_frame(build_can_frame(f), 0) for f in cases]
+    assert out == [
+        (0x123, 0, b"\x01\x02", 0),
+        (0x18FEF100, EXT, b"\xff" * 8, 0),
+        (0x321, FD | BRS, bytes(range(48)), 0),
+        (0x124, RTR, b"", 0),
+    ]
+    assert build_can_frame(Frame(0x124, b"", rtr=True, dlc=3))[4] == 3
+
+
+def test_pack_filters() -> None:
+    assert pack_filters(None) == struct.pack("=II", 0, 0)  # everything
+    assert pack_filters([]) == b""  # zero-length: nothing
+    std, ext = (
+        struct.unpack("=4I", pack_filters([(0x100, False), (0x18FEF100, True)]))[:2],
+        struct.unpack("=4I", pack_filters([(0x100, False), (0x18FEF100, True)]))[2:],
+    )
+    assert std == (0x100, 0x7FF | sc.CAN_EFF_FLAG)
+    assert ext == (0x18FEF100 | sc.CAN_EFF_FLAG, 0x1FFFFFFF | sc.CAN_EFF_FLAG)
+
+
+def _matches(filters: bytes, raw_id: int) -> bool:
+    """The kernel's rule: (received & mask) == (filter_id & mask), for any filter."""
+    pairs = struct.unpack(f"={len(filters) // 4}I", filters)
+    return any((raw_id & m) == (i & m) for i, m in zip(pairs[::2], pairs[1::2], strict=True))
+
+
+def test_filters_keep_standard_and_extended_apart() -> None:
+    f = pack_filters([(0x100, False), (0x18FEF100, True)])
+    assert _matches(f, 0x100)
+    assert not _matches(f, sc.CAN_EFF_FLAG | 0x100)  # extended 0x100 is another id
+    assert _matches(f, sc.CAN_EFF_FLAG | 0x18FEF100)
+    assert not _matches(f, 0x101)
+    assert _matches(f, sc.CAN_RTR_FLAG | 0x100)  # remote requests for a mapped id pass
+
+
+def test_set_filters_over_the_kernel_limit_receives_all(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="canbridge.core.socketcan")
+    drv = SocketcanDriver(BusConfig(name="b", channel="vcan0"))
+    drv.set_filters([(i, False) for i in range(513)])
+    assert drv._filters is None
+    assert "receiving all ids" in caplog.text
+    drv.set_filters([])
+    assert drv._filters == []
+
+
+async def test_open_without_kernel_can_support_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_socket = socket.socket
+
+    def no_can(family: int = -1, *a: object, **k: object) -> socket.socket:
+        if family == sc.AF_CAN:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real_socket(family, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sc.socket, "socket", no_can)
+    drv = SocketcanDriver(BusConfig(name="b", channel="can0"))
+    with pytest.raises(BusUnavailable) as exc:
+        await drv.open()
+    assert "kernel has no CAN support" in str(exc.value)
+    assert exc.value.hint is not None and "make test-socketcan" in exc.value.hint
+    assert not drv.is_open
+
+
+async def test_send_before_open_raises() -> None:
+    drv = SocketcanDriver(BusConfig(name="b", channel="vcan0"))
+    with pytest.raises(BusError, match="not open"):
+        drv.send(Frame(0x1))
+    with pytest.raises(BusError):
+        drv.start_reading(lambda b: None, lambda e: None)
+
+
+def test_missing_hints() -> None:
+    from canbridge.core.netlink import missing_hint
+
+    assert missing_hint("vcan3") == "sudo ip link add dev vcan3 type vcan && sudo ip link set up vcan3"
+    assert missing_hint("can1") == "sudo ip link set can1 up type can bitrate 500000 restart-ms 100"
+
+
+def test_netlink_errors_are_explained() -> None:
+    from canbridge.config import NetlinkSettings
+    from canbridge.core.netlink import _translate, _wanted, _xstats
+
+    class NlErr(Exception):
+        def __init__(self, code: int) -> None:
+            self.code = code
+
+    assert "vcan has no bitrate" in str(_translate("vcan0", "vcan", NlErr(errno.EOPNOTSUPP)))
+    assert "CAP_NET_ADMIN" in str(_translate("can0", "can", NlErr(errno.EPERM)))
+    assert "rejected" in str(_translate("can0", "can", NlErr(errno.EINVAL)))
+    assert isinstance(_translate("can9", None, NlErr(errno.ENODEV)), BusUnavailable)
+    args = _wanted(NetlinkSettings(bitrate=500000, sample_point=0.875, restart_ms=100, fd=True, data_bitrate=2000000))
+    assert args == {
+        "can_bittiming": {"bitrate": 500000, "sample_point": 875},
+        "can_data_bittiming": {"bitrate": 2000000},
+        "can_restart_ms": 100,
+        "can_ctrlmode": {"fd": "on"},
+    }
+    raw = struct.pack("=6I", 1, 2, 3, 4, 5, 6)
+    assert _xstats(raw.hex(":")) == {
+        "bus_error": 1,
+        "error_warning": 2,
+        "error_passive": 3,
+        "bus_off": 4,
+        "arbitration_lost": 5,
+        "restarts": 6,
+    }
+
+
+class _Nla(dict):  # type: ignore[type-arg]
+    """Stands in for a pyroute2 message: attributes by name, fields by key."""
+
+    def __init__(self, attrs: dict[str, object] | None = None, **fields: object) -> None:
+        super().__init__(**fields)
+        self.attrs = attrs or {}
+
+    def get_attr(self, name: str) -> object:
+        return self.attrs.get(name)
+
+
+def test_can_link_reads_controller_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a real `can` device reports over netlink (vcan has none of it), mapped to status keys."""
+    import pyroute2
+
+    from canbridge.core import netlink
+
+    data = _Nla(
+        {
+            "IFLA_CAN_STATE": "ERROR_PASSIVE",
+            "IFLA_CAN_BERR_COUNTER": _Nla(txerr=130, rxerr=7),
+            "IFLA_CAN_RESTART_MS": 100,
+            "IFLA_CAN_BITTIMING": _Nla(bitrate=500000, sample_point=875),
+            "IFLA_CAN_CTRLMODE": _Nla(fd="off"),
+        }
+    )
+    xstats = struct.pack("=6I", 12, 3, 2, 1, 0, 1).hex(":")
+    link = _Nla({"IFLA_LINKINFO": _Nla({"IFLA_INFO_KIND": "can", "IFLA_INFO_DATA": data, "IFLA_INFO_XSTATS": xstats})})
+
+    class FakeIPRoute:
+        def __enter__(self) -> FakeIPRoute:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def link(self, cmd: str, ifname: str) -> list[_Nla]:
+            assert (cmd, ifname) == ("get", "can0")
+            return [link]
+
+    monkeypatch.setattr(pyroute2, "IPRoute", FakeIPRoute)
+    info = netlink.can_link("can0")
+    assert info == {
+        "kind": "can",
+        "can_state": "error-passive",
+        "tx_error_counter": 130,
+        "rx_error_counter": 7,
+        "restart_ms": 100,
+        "bitrate": 500000,
+        "sample_point": 0.875,
+        "fd": False,
+        "controller_stats": {
+            "bus_error": 12,
+            "error_warning": 3,
+            "error_passive": 2,
+            "bus_off": 1,
+            "arbitration_lost": 0,
+            "restarts": 1,
+        },
+    }
+    # and the driver turns it into the keys the core reads
+    monkeypatch.setattr(
+        netlink,
+        "sysfs_link",
+        lambda ch: {"exists": True, "up": True, "operstate": "up", "statistics": {"rx_dropped": 0}},
+    )
+    from canbridge import BusState
+
+    status = SocketcanDriver(BusConfig(name="b", channel="can0")).kernel_status()
+    assert status["bus_state"] is BusState.PASSIVE
+    assert (status["tx_error_counter"], status["rx_error_counter"]) == (130, 7)
+    assert (status["bus_off_count"], status["restarts"], status["bus_errors"]) == (1, 1, 12)
+    assert status["bitrate"] == 500000
+    assert status["dropped_frames"] == 0
+
+
+class _DyingSocket:
+    """A socket that delivers one frame, then the error the kernel reports when the link goes down."""
+
+    def __init__(self, err: int) -> None:
+        self.calls = 0
+        self.err = err
+        self.closed = False
+
+    def recvmsg(self, bufsize: int, ancbufsize: int) -> tuple[bytes, list[object], int, object]:
+        self.calls += 1
+        if self.calls == 1:
+            return can_frame(0x100, b"\x01"), [], 0, None
+        raise OSError(self.err, "Network is down" if self.err == errno.ENETDOWN else "No such device")
+
+    def fileno(self) -> int:
+        return 999
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.removed: list[int] = []
+
+    def remove_reader(self, fd: int) -> None:
+        self.removed.append(fd)
+
+
+@pytest.mark.parametrize("err", [errno.ENETDOWN, errno.ENODEV, errno.EBADF])
+def test_read_path_error_delivers_frames_then_reports_once_and_stops(err: int) -> None:
+    drv = SocketcanDriver(BusConfig(name="b", channel="vcan0"))
+    sock = _DyingSocket(err)
+    loop = _Loop()
+    drv._sock = sock  # type: ignore[assignment]
+    drv._loop = loop  # type: ignore[assignment]
+    drv._reading = True
+    batches: list[list[tuple[int, int, bytes, int]]] = []
+    errors: list[BaseException] = []
+    drv._on_frames = batches.append
+    drv._on_error = errors.append
+    drv._readable()
+    assert [[f[0] for f in b] for b in batches] == [[0x100]]  # what came before the error is kept
+    assert len(errors) == 1 and isinstance(errors[0], BusUnavailable)
+    assert isinstance(errors[0].__cause__, OSError) and errors[0].__cause__.errno == err
+    assert loop.removed == [999]  # no more callbacks: the core closes and reopens the driver
+    assert not drv._reading
+
+
+def test_read_path_transient_error_is_not_fatal() -> None:
+    drv = SocketcanDriver(BusConfig(name="b", channel="vcan0"))
+    sock = _DyingSocket(errno.ENOBUFS)
+    drv._sock = sock  # type: ignore[assignment]
+    drv._loop = _Loop()  # type: ignore[assignment]
+    drv._reading = True
+    errors: list[BaseException] = []
+    drv._on_frames = lambda b: None
+    drv._on_error = errors.append
+    drv._readable()
+    assert errors == [] and drv._reading
