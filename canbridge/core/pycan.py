@@ -39,7 +39,8 @@ def message_to_raw(msg: can.Message) -> RawFrame:
     return (msg.arbitration_id, flags, bytes(msg.data), int(msg.timestamp * 1e9))
 
 
-def frame_to_message(frame: Frame) -> can.Message:
+def frame_to_message(frame: Frame, channel: str | None = None) -> can.Message:
+    """A python-can Message for a frame (``check=True``: python-can validates lengths and flags)."""
     return can.Message(
         arbitration_id=frame.can_id,
         data=frame.data,
@@ -48,6 +49,7 @@ def frame_to_message(frame: Frame) -> can.Message:
         is_fd=frame.fd,
         bitrate_switch=frame.brs,
         dlc=frame.length if frame.rtr else None,
+        channel=channel,
         check=True,
     )
 

@@ -22,7 +22,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from canbridge import (
     BusDriver,
@@ -36,9 +36,7 @@ from canbridge import (
 )
 from canbridge.config import BusConfig
 from canbridge.core import netlink
-
-if TYPE_CHECKING:
-    import can
+from canbridge.core.pycan import frame_to_message
 
 log = logging.getLogger(__name__)
 
@@ -229,22 +227,6 @@ def pack_filters(ids: Sequence[tuple[int, bool]] | None) -> bytes:
     return bytes(out)
 
 
-def _to_message(frame: Frame, channel: str) -> can.Message:
-    import can
-
-    return can.Message(
-        arbitration_id=frame.can_id,
-        data=frame.data,
-        is_extended_id=frame.extended,
-        is_remote_frame=frame.rtr,
-        is_fd=frame.fd,
-        bitrate_switch=frame.brs,
-        dlc=frame.length if frame.rtr else None,
-        channel=channel,
-        check=True,
-    )
-
-
 def _errno_of(e: BaseException) -> int | None:
     code = getattr(e, "error_code", None)  # can.CanOperationError
     if isinstance(code, int):
@@ -273,7 +255,7 @@ class _BcmHandle(PeriodicHandle):
             raise BusError("a periodic transmission keeps its CAN id; stop it and start a new one")
         try:
             # One TX_SETUP without SETTIMER: the kernel swaps the data between two periods.
-            self._task.modify_data(_to_message(frame, self._driver.channel))
+            self._task.modify_data(frame_to_message(frame, self._driver.channel))
         except Exception as e:
             raise BusError(f"{self._driver.channel}: cannot modify periodic frame: {e}") from e
         self.frame = frame
@@ -476,7 +458,7 @@ class SocketcanDriver(BusDriver):
         bus = self._bus
         if bus is None:
             raise BusUnavailable(f"SocketCAN interface {self.channel} is not open", None)
-        msg = _to_message(frame, self.channel)
+        msg = frame_to_message(frame, self.channel)
         for attempt in (1, 2):
             try:
                 bus.send(msg)
@@ -506,7 +488,7 @@ class SocketcanDriver(BusDriver):
         if period_s <= 0:
             raise BusError(f"period must be positive, got {period_s}")
         try:
-            task = bus.send_periodic(_to_message(frame, self.channel), period_s, store_task=True)
+            task = bus.send_periodic(frame_to_message(frame, self.channel), period_s, store_task=True)
         except Exception as e:
             raise BusError(f"{self.channel}: cannot start periodic 0x{frame.can_id:X}: {e}") from e
         handle = _BcmHandle(self, task, frame, period_s)
