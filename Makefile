@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.canbridge-installed
 export VENV
 
-.PHONY: all setup demo test test-python test-socketcan lint bench deps clean help
+.PHONY: all setup demo test test-python test-socketcan lint bench deps image image-offline clean help
 
 all: help
 
@@ -15,6 +15,7 @@ help:
 	@echo "make test-socketcan  the real-kernel SocketCAN tier (in a QEMU micro-VM when the kernel has no CAN)"
 	@echo "make bench           benchmarks, each against a baseline in the same run"
 	@echo "make deps            install the tools of every test tier (root; Debian 12)"
+	@echo "make image           build and smoke-test the container image"
 
 # Set-up: a venv with the project (and its built-in plugins) installed editable.
 $(STAMP): pyproject.toml
@@ -52,6 +53,14 @@ bench: setup
 # Tools of every tier (apt, npm, pip into the venv). Needs root.
 deps: setup
 	@for t in tools/tiers/*.sh; do echo "== $$t"; bash $$t || exit 1; done
+
+# Container image (Docker, or podman/buildah without an engine); smoke-tested inside the image.
+image:
+	tools/build-image.sh
+
+# The same from a local Debian base (no registry needed).
+image-offline:
+	tools/build-image.sh --local-base
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info tools/node/node_modules

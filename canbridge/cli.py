@@ -21,11 +21,15 @@ log = logging.getLogger("canbridge")
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    """canbridge's own loggers at ``level``; libraries (asyncua, pymodbus, aiohttp...) only warn, unless DEBUG."""
+    lib_level = logging.DEBUG if level == "DEBUG" else logging.WARNING
+    logging.basicConfig(level=lib_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("canbridge").setLevel(getattr(logging, level))
 
 
-def _print_problems(e: ConfigError, out: Any = sys.stderr) -> None:
+def _print_problems(e: ConfigError, out: Any = None) -> None:
+    out = out or sys.stderr  # looked up at call time: redirections (and pytest's capsys) apply
     n = len(e.problems)
     print(f"{n} problem{'s' if n != 1 else ''} found:", file=out)
     for p in e.problems:
@@ -74,9 +78,9 @@ def _partial_problems(data: Any, file: str | None, lines: dict[Any, int], regist
         try:
             buses.append(BusConfig.model_validate(b))
             if registry.bus_kind(buses[-1].interface) is None:
-                out += check_bus_kinds(Config.model_construct(buses=[buses[-1]]), registry, file,
-                                       {("buses", 0, "interface"): lines.get(("buses", bi, "interface"), 0)})
-                out[-1] = dataclasses.replace(out[-1], path=f"buses[{bi}].interface")
+                [p] = check_bus_kinds(Config.model_construct(buses=[buses[-1]]), registry, file)
+                out.append(dataclasses.replace(p, line=lines.get(("buses", bi, "interface")),
+                                               path=f"buses[{bi}].interface"))
         except ValidationError:  # reported already; its name is enough to check the mappings on it
             if isinstance(b, Mapping) and isinstance(b.get("name"), str):
                 buses.append(BusConfig.model_construct(name=b["name"]))
