@@ -1,0 +1,174 @@
+"""Configuration of the OPC UA plugin and the password hashes it stores.
+
+Everything that would make the server unusable or unsafe (a secure policy with no way to get a
+certificate, an unknown role, a listen address that is not an ``opc.tcp://host:port`` URL, a
+password stored in clear) is a validation error here, not a warning at run time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import re
+import secrets
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from canbridge.config import Strict
+
+Role = Literal["read", "operator"]
+PolicyName = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+ModeName = Literal["Sign", "SignAndEncrypt"]
+
+SECURE_MODES: tuple[ModeName, ...] = ("Sign", "SignAndEncrypt")
+SECURE_POLICIES: tuple[PolicyName, ...] = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+
+# --- password hashes ------------------------------------------------------------------------------
+
+HASH_SCHEME = "pbkdf2_sha256"
+HASH_ITERATIONS = 600_000  # OWASP 2023 figure for PBKDF2-HMAC-SHA256
+_HASH_RE = re.compile(r"^pbkdf2_sha256\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
+
+
+def hash_password(password: str, iterations: int = HASH_ITERATIONS, salt: bytes | None = None) -> str:
+    """A hash to put in ``users: {name: {password_hash: ...}}`` (what ``canbridge opcua-passwd`` prints)."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    b64 = base64.b64encode
+    return f"{HASH_SCHEME}${iterations}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Check a password against a stored hash, in constant time."""
+    m = _HASH_RE.match(stored)
+    if m is None:
+        return False
+    iterations = int(m.group(1))
+    salt = base64.b64decode(m.group(2))
+    expected = base64.b64decode(m.group(3))
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    return hmac.compare_digest(digest, expected)
+
+
+# --- configuration models -------------------------------------------------------------------------
+
+
+class UserConfig(Strict):
+    """One username/password login."""
+
+    password_hash: str = Field(description="pbkdf2_sha256$<iterations>$<salt>$<hash>, from `canbridge opcua-passwd`")
+    role: Role = Field("read", description="read: browse, read, subscribe; operator: also write and SendFrame")
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash_format(cls, v: str) -> str:
+        m = _HASH_RE.match(v)
+        if m is None:
+            raise ValueError(
+                "password_hash must be 'pbkdf2_sha256$<iterations>$<salt>$<hash>' "
+                "(generate one with `canbridge opcua-passwd`); clear-text passwords are not accepted"
+            )
+        if int(m.group(1)) < 10_000:
+            raise ValueError("password_hash uses fewer than 10000 PBKDF2 iterations")
+        return v
+
+
+class OpcUaConfig(Strict):
+    """``plugins: {opcua: {...}}``."""
+
+    listen: str = Field("opc.tcp://127.0.0.1:4840", description="opc.tcp://<address>:<port>; port 0: any free port")
+    namespace_uri: str = Field("urn:canbridge", description="namespace of the signal nodes")
+    application_uri: str = Field("urn:canbridge:opcua", description="ApplicationUri, also in the certificate")
+    server_name: str = Field("canbridge OPC UA server")
+    security_policies: list[PolicyName] = Field(
+        default_factory=lambda: list(SECURE_POLICIES),
+        min_length=1,
+        description="None is only offered when listed here",
+    )
+    security_modes: list[ModeName] = Field(
+        default_factory=lambda: list(SECURE_MODES), min_length=1, description="for the secure policies"
+    )
+    certificate: Path | None = Field(
+        None, description="application instance certificate (DER or PEM); default: generated in the state dir"
+    )
+    private_key: Path | None = Field(None, description="its private key (PEM); required with 'certificate'")
+    generate_certificate: bool = Field(True, description="create a self-signed certificate on first start")
+    pki_dir: Path | None = Field(
+        None, description="trusted/, rejected/ and own/ folders; default <state_dir>/opcua/pki"
+    )
+    hostname: str | None = Field(None, description="DNS name put in a generated certificate; default: this host")
+    trust_all_clients: bool = Field(
+        False, description="accept any client certificate (testing only): no trust list check"
+    )
+    allow_anonymous: bool = Field(False, description="accept sessions without a login")
+    anonymous_role: Role = Field("read", description="role of anonymous sessions when allowed")
+    users: dict[str, UserConfig] = Field(default_factory=dict, description="username -> hash and role")
+    update_interval: float = Field(0.05, gt=0, le=10, description="seconds between value batches from the bridge")
+    min_publishing_interval_ms: float = Field(
+        50.0, ge=0, description="requested publishing intervals below this are revised up"
+    )
+    diagnostics_interval: float = Field(1.0, gt=0, description="seconds between bus diagnostics updates")
+    max_monitored_item_queue: int = Field(100, ge=1, description="upper bound of a monitored item's queue")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_url(cls, v: str) -> str:
+        split = urlsplit(v)
+        if split.scheme != "opc.tcp":
+            raise ValueError(f"listen must be an opc.tcp://<address>:<port> URL, not {v!r}")
+        try:
+            port = split.port
+        except ValueError:
+            raise ValueError(f"listen {v!r}: the port is not a number from 0 to 65535") from None
+        if port is None:
+            raise ValueError(f"listen {v!r} has no port (opc.tcp://127.0.0.1:4840)")
+        host = split.hostname
+        if not host:
+            raise ValueError(f"listen {v!r} has no address")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9\-.]*[A-Za-z0-9])?", host):
+                raise ValueError(f"listen {v!r}: {host!r} is neither an IP address nor a host name") from None
+        return v
+
+    @field_validator("users")
+    @classmethod
+    def _user_names(cls, v: dict[str, UserConfig]) -> dict[str, UserConfig]:
+        for name in v:
+            if not name or name.strip() != name:
+                raise ValueError(f"user name {name!r} is empty or has surrounding blanks")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OpcUaConfig:
+        secure = [p for p in self.security_policies if p != "None"]
+        if len(set(self.security_policies)) != len(self.security_policies):
+            raise ValueError("a security policy is listed twice")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("give both 'certificate' and 'private_key', or neither")
+        if secure and self.certificate is None and not self.generate_certificate:
+            raise ValueError(
+                f"security policies {', '.join(secure)} need a certificate: set 'certificate' and "
+                "'private_key', or 'generate_certificate: true'"
+            )
+        if not self.users and not self.allow_anonymous:
+            raise ValueError("no one can log in: add 'users' or set 'allow_anonymous: true'")
+        return self
+
+    @property
+    def host(self) -> str:
+        host = urlsplit(self.listen).hostname
+        assert host is not None
+        return host
+
+    @property
+    def port(self) -> int:
+        port = urlsplit(self.listen).port
+        assert port is not None
+        return port

@@ -1,0 +1,360 @@
+"""Pieces of the OPC UA plugin on their own: configuration errors, hashes, units, data types, and the
+status codes for every quality and refusal reason (against a fake bridge that refuses on demand)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+from canbridge_opcua import plugin
+from canbridge_opcua._config import OpcUaConfig, hash_password, verify_password
+from canbridge_opcua._nodes import variant_type
+from canbridge_opcua._service import OpcUaService
+from canbridge_opcua._units import unece_unit
+from pydantic import ValidationError
+
+from canbridge import Quality, RefusalReason
+from tests.plugins.opcua.conftest import status_name
+from tests.plugins.opcua.fakebridge import FakeBridge, sig, small_table
+
+HASH = hash_password("pw", iterations=10_000)
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def cfg(**kw: Any) -> OpcUaConfig:
+    base: dict[str, Any] = {"users": {"u": {"password_hash": HASH, "role": "operator"}}}
+    base.update(kw)
+    return OpcUaConfig.model_validate(base)
+
+
+def test_defaults_are_secure() -> None:
+    c = cfg()
+    assert c.listen == "opc.tcp://127.0.0.1:4840"
+    assert "None" not in c.security_policies
+    assert set(c.security_policies) == {"Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"}
+    assert c.security_modes == ["Sign", "SignAndEncrypt"]
+    assert not c.allow_anonymous
+    assert c.namespace_uri == "urn:canbridge"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"generate_certificate": False}, "need a certificate"),
+        ({"certificate": "/x/cert.der"}, "both 'certificate' and 'private_key'"),
+        ({"users": {"u": {"password_hash": HASH, "role": "admin"}}}, "'read' or 'operator'"),
+        ({"users": {"u": {"password_hash": "secret", "role": "read"}}}, "clear-text passwords"),
+        ({"users": {"u": {"password_hash": hash_password("x", iterations=1000)}}}, "fewer than 10000"),
+        ({"users": {}}, "no one can log in"),
+        ({"listen": "tcp://127.0.0.1:4840"}, "opc.tcp://"),
+        ({"listen": "opc.tcp://127.0.0.1"}, "has no port"),
+        ({"listen": "opc.tcp://127.0.0.1:99999"}, "0 to 65535"),
+        ({"listen": "opc.tcp://bad host!:4840"}, "neither an IP address nor a host name"),
+        ({"security_policies": []}, "at least 1"),
+        ({"security_policies": ["Basic128Rsa15"]}, "Basic256Sha256"),
+        ({"security_policies": ["None", "None"]}, "listed twice"),
+        ({"security_modes": ["None"]}, "SignAndEncrypt"),
+        ({"listne": "opc.tcp://127.0.0.1:4840"}, "Extra inputs"),
+    ],
+)
+def test_configuration_errors(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        cfg(**overrides)
+    assert message in str(err.value)
+
+
+def test_none_only_needs_no_certificate() -> None:
+    c = cfg(security_policies=["None"], generate_certificate=False, allow_anonymous=True, users={})
+    assert c.security_policies == ["None"]
+
+
+def test_demo_config_is_valid_and_loopback() -> None:
+    c = OpcUaConfig.model_validate(plugin.DEMO_CONFIG)
+    assert c.host == "127.0.0.1"
+    assert c.allow_anonymous and "None" in c.security_policies
+
+
+def test_password_hashes() -> None:
+    h = hash_password("correct horse", iterations=10_000)
+    assert h.startswith("pbkdf2_sha256$10000$")
+    assert verify_password("correct horse", h)
+    assert not verify_password("correct horsE", h)
+    assert not verify_password("x", "garbage")
+    assert hash_password("a", iterations=10_000) != hash_password("a", iterations=10_000)  # salted
+
+
+def test_passwd_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    commands: list[Any] = []
+    plugin.register_commands(commands.append)
+    (cmd,) = commands
+    assert cmd.name == "opcua-passwd"
+    parser = argparse.ArgumentParser()
+    cmd.configure(parser)
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    assert cmd.run(parser.parse_args(["--password-stdin", "--iterations", "10000"])) == 0
+    out = capsys.readouterr().out.strip()
+    assert verify_password("s3cret", out)
+    cfg(users={"u": {"password_hash": out}})  # what it prints is accepted by the configuration
+
+
+def test_register_northbound() -> None:
+    got: list[Any] = []
+    plugin.register_northbound(got.append)
+    (nb,) = got
+    assert nb.name == "opcua" and nb.config_model is OpcUaConfig and nb.demo_config == plugin.DEMO_CONFIG
+
+
+# --- units and types ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("unit", "code"),
+    [
+        ("rpm", "RPM"),
+        ("degC", "CEL"),
+        ("°C", "CEL"),
+        ("A", "AMP"),
+        ("V", "VLT"),
+        ("%", "P1"),
+        ("kW", "KWT"),
+        ("km", "KMT"),
+        ("km/h", "KMH"),
+        ("s", "SEC"),
+        ("ms", "C26"),
+        ("Nm", "NU"),
+        ("bar", "BAR"),
+        ("mA", "4K"),
+        ("KM/H", "KMH"),
+        ("Hz", "HTZ"),
+    ],
+)
+def test_unece_codes(unit: str, code: str) -> None:
+    u = unece_unit(unit)
+    assert u is not None and u.code == code
+
+
+def test_unit_ids_and_unknowns() -> None:
+    u = unece_unit("degC")
+    assert u is not None and u.unit_id == 4408652  # the value in the OPC UA UNECE table (CEL)
+    assert unece_unit("%") is not None and unece_unit("%").unit_id == 20529  # type: ignore[union-attr]
+    assert unece_unit("") is None and unece_unit(None) is None and unece_unit("furlongs") is None
+    assert unece_unit("S") is None  # siemens is not seconds: short units are case-sensitive
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"value_type": bool, "bit_length": 1}, ua.VariantType.Boolean),
+        ({"value_type": float}, ua.VariantType.Double),
+        ({"bit_length": 8}, ua.VariantType.Byte),
+        ({"bit_length": 8, "signed": True}, ua.VariantType.SByte),
+        ({"bit_length": 4}, ua.VariantType.Byte),
+        ({"bit_length": 16, "signed": True}, ua.VariantType.Int16),
+        ({"bit_length": 16}, ua.VariantType.UInt16),
+        ({"bit_length": 17}, ua.VariantType.UInt32),
+        ({"bit_length": 32, "signed": True}, ua.VariantType.Int32),
+        ({"bit_length": 33}, ua.VariantType.UInt64),
+        ({"bit_length": 64, "signed": True}, ua.VariantType.Int64),
+        ({"bit_length": 8, "offset": -40.0, "minimum": -40, "maximum": 215}, ua.VariantType.Int16),
+        ({"bit_length": 8, "scale": 10.0, "minimum": 0, "maximum": 2550}, ua.VariantType.UInt16),
+    ],
+)
+def test_variant_types(kw: dict[str, Any], expected: ua.VariantType) -> None:
+    assert variant_type(sig("M", "S", **kw)) == expected
+
+
+# --- against a fake bridge ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def served(tmp_path: Path, pki_seed: Path) -> AsyncIterator[tuple[FakeBridge, OpcUaService, Client, int]]:
+    bridge = FakeBridge(small_table(), tmp_path)
+    config = cfg(
+        listen="opc.tcp://127.0.0.1:0",
+        security_policies=["None"],
+        allow_anonymous=True,
+        anonymous_role="operator",
+        update_interval=0.01,
+        pki_dir=str(tmp_path / "pki"),
+    )
+    svc = OpcUaService(bridge, config)
+    await svc.start()
+    try:
+        async with Client(svc.endpoints()[0], timeout=10) as client:
+            idx = int(await client.get_namespace_index("urn:canbridge"))
+            yield bridge, svc, client, idx
+    finally:
+        await svc.stop()
+
+
+async def read_until(node: Any, pred: Any, timeout: float = 5.0) -> ua.DataValue:
+    deadline = time.monotonic() + timeout
+    while True:
+        dv = await node.read_data_value(raise_on_bad_status=False)
+        if pred(dv) or time.monotonic() > deadline:
+            return dv
+        await asyncio.sleep(0.01)
+
+
+async def test_quality_status_codes(served: Any) -> None:
+    bridge, _svc, client, idx = served
+    node = client.get_node(ua.NodeId("b0.Status.Speed", idx))
+    expected = {
+        Quality.GOOD: ua.StatusCodes.Good,
+        Quality.STALE: ua.StatusCodes.UncertainLastUsableValue,
+        Quality.BAD: ua.StatusCodes.BadNoCommunication,
+        Quality.WAITING: ua.StatusCodes.BadWaitingForInitialData,
+    }
+    for i, (quality, code) in enumerate(expected.items()):
+        ts = 1_700_000_000_123_456_000 + i
+        bridge.set("b0.Status.Speed", 100 + i, quality, ts_ns=ts)
+        dv = await read_until(node, lambda dv, code=code: dv.StatusCode.value == code)
+        assert dv.StatusCode.value == code, quality
+        assert dv.SourceTimestamp.timestamp() == pytest.approx(ts / 1e9, abs=1e-6)
+        if quality in (Quality.GOOD, Quality.STALE):
+            assert dv.Value.Value == 100 + i
+        else:
+            assert dv.Value.Value is None  # Part 4 7.7.1: a Bad status carries no value
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        (RefusalReason.BUS_DOWN, "BadNoCommunication"),
+        (RefusalReason.WAITING, "BadWaitingForInitialData"),
+        (RefusalReason.RATE_LIMITED, "BadTooManyOperations"),
+        (RefusalReason.NOT_ALLOWED, "BadUserAccessDenied"),
+        (RefusalReason.OUT_OF_RANGE, "BadOutOfRange"),
+        (RefusalReason.WRONG_TYPE, "BadTypeMismatch"),
+        (RefusalReason.NOT_WRITABLE, "BadNotWritable"),
+    ],
+)
+async def test_refusal_status_codes(served: Any, reason: RefusalReason, code: str) -> None:
+    bridge, _svc, client, idx = served
+    bridge.refuse_next = reason
+    node = client.get_node(ua.NodeId("b0.Command.Setpoint", idx))
+    with pytest.raises(ua.UaStatusCodeError) as err:
+        await node.write_value(ua.DataValue(ua.Variant(10, ua.VariantType.UInt16)))
+    assert status_name(err.value) == code
+    assert bridge.writes[-1][2].plugin == "opcua"
+
+
+async def test_write_caller_and_other_attributes(served: Any) -> None:
+    bridge, _svc, client, idx = served
+    node = client.get_node(ua.NodeId("b0.Command.Setpoint", idx))
+    await node.write_value(ua.DataValue(ua.Variant(42, ua.VariantType.UInt16)))
+    name, value, caller = bridge.writes[-1]
+    assert (name, value) == ("b0.Command.Setpoint", 42)
+    assert caller.user == "anonymous" and caller.address and caller.address.startswith("127.0.0.1:")
+    with pytest.raises(ua.UaStatusCodeError) as err:
+        await node.write_attribute(ua.AttributeIds.DisplayName, ua.DataValue(ua.Variant(ua.LocalizedText("x"))))
+    assert status_name(err.value) in ("BadNotWritable", "BadUserAccessDenied")
+    enable = client.get_node(ua.NodeId("b0.Command.Enable", idx))
+    await enable.write_value(ua.DataValue(ua.Variant(True, ua.VariantType.Boolean)))
+    assert bridge.values["b0.Command.Enable"].value is True
+
+
+async def test_enum_kinds_and_value_as_text(served: Any) -> None:
+    bridge, _svc, client, idx = served
+    gear = client.get_node(ua.NodeId("b0.Status.Gear", idx))  # sparse choices 1, 4
+    assert await gear.read_type_definition() == ua.NodeId(ua.ObjectIds.MultiStateValueDiscreteType)
+    values = await (await gear.get_child("0:EnumValues")).read_value()
+    assert [(v.Value, v.DisplayName.Text) for v in values] == [(1, "Low"), (4, "High")]
+    bridge.set("b0.Status.Gear", 4)
+    text = await read_until(
+        await gear.get_child("0:ValueAsText"), lambda dv: dv.Value.Value is not None and dv.Value.Value.Text == "High"
+    )
+    assert text.Value.Value.Text == "High"
+    mode = client.get_node(ua.NodeId("b0.Command.Mode", idx))
+    assert await mode.read_type_definition() == ua.NodeId(ua.ObjectIds.MultiStateDiscreteType)
+    odd = client.get_node(ua.NodeId("b0.Status.Odd", idx))
+    eu = await (await odd.get_child("0:EngineeringUnits")).read_value()
+    assert eu.UnitId == -1 and eu.DisplayName.Text == "furlongs"  # no UNECE code: the DBC text stays
+
+
+async def test_bus_down_shows_in_diagnostics(served: Any) -> None:
+    from canbridge import BusState
+
+    bridge, svc, client, idx = served
+    bridge.bus_state = BusState.BUS_OFF
+    await svc.update_diagnostics()
+    assert await client.get_node(ua.NodeId("b0._Diagnostics.State", idx)).read_value() == "bus_off"
+    assert await client.get_node(ua.NodeId("b0._Diagnostics.StateCode", idx)).read_value() == 3
+    rec = await client.get_node(ua.NodeId("b0._Diagnostics.RxErrorCounter", idx)).read_data_value(
+        raise_on_bad_status=False
+    )
+    assert rec.StatusCode.value == ua.StatusCodes.BadNotSupported  # the interface reports no counter
+    age = await client.get_node(ua.NodeId("b0._Diagnostics.Messages.Status.Age", idx)).read_data_value(
+        raise_on_bad_status=False
+    )
+    assert age.StatusCode.value == ua.StatusCodes.BadWaitingForInitialData
+
+
+async def test_monitored_items_skip_the_deepcopy(served: Any) -> None:
+    bridge, svc, client, idx = served
+    got: list[Any] = []
+
+    class Handler:
+        def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+            got.append(val)
+
+    sub = await client.create_subscription(10, Handler())
+    await sub.subscribe_data_change(client.get_node(ua.NodeId("b0.Status.Speed", idx)), queuesize=0)
+    subs = svc.server.iserver.subscription_service.subscriptions  # type: ignore[union-attr]
+    (isub,) = subs.values()
+    (mdata,) = isub.monitored_item_srv._monitored_items.values()
+    assert type(mdata.mvalue).__name__ == "_SharedValues"
+    assert mdata.queue_size == 1
+    for v in (1, 2, 3):
+        bridge.set("b0.Status.Speed", v)
+        await asyncio.sleep(0.05)
+    for _ in range(500):
+        if 3 in got:
+            break
+        await asyncio.sleep(0.01)
+    assert 3 in got
+    await sub.delete()
+
+
+async def test_port_in_use_is_a_clear_error(served: Any, tmp_path: Path) -> None:
+    _bridge, svc, _client, _idx = served
+    port = svc.endpoints()[0].rsplit(":", 1)[1]
+    other = OpcUaService(
+        FakeBridge(small_table(), tmp_path),
+        cfg(
+            listen=f"opc.tcp://127.0.0.1:{port}",
+            security_policies=["None"],
+            allow_anonymous=True,
+            pki_dir=str(tmp_path / "pki2"),
+        ),
+    )
+    with pytest.raises(OSError, match=f"cannot listen on opc.tcp://127.0.0.1:{port}"):
+        await other.start()
+    await other.stop()  # stopping a service that failed to start is harmless
+
+
+async def test_ipv6_loopback(tmp_path: Path) -> None:
+    svc = OpcUaService(
+        FakeBridge(small_table(), tmp_path),
+        cfg(listen="opc.tcp://[::1]:0", security_policies=["None"], allow_anonymous=True, pki_dir=str(tmp_path)),
+    )
+    try:
+        await svc.start()
+    except OSError as e:  # a kernel without IPv6
+        pytest.skip(f"no IPv6 loopback: {e}")
+    try:
+        (url,) = svc.endpoints()
+        assert url.startswith("opc.tcp://[::1]:") and not url.endswith(":0")
+        async with Client(url, timeout=10) as client:
+            assert int(await client.get_namespace_index("urn:canbridge")) > 0
+    finally:
+        await svc.stop()
