@@ -131,8 +131,9 @@ def parse_frame_object(obj: Mapping[str, object]) -> Frame:
     if flags["rtr"] and flags["canfd"]:
         raise FrameFormatError("CAN FD frames cannot be remote (rtr) frames")
     dlc = obj.get("dlc")
-    if dlc is not None and (isinstance(dlc, bool) or not isinstance(dlc, int) or not 0 <= dlc <= 8):
-        raise FrameFormatError(f"'dlc' must be an integer 0..8, got {dlc!r}")
+    max_dlc = 64 if flags["canfd"] else CLASSIC_MAX  # node-red's dlc is the byte count, also for CAN FD
+    if dlc is not None and (isinstance(dlc, bool) or not isinstance(dlc, int) or not 0 <= dlc <= max_dlc):
+        raise FrameFormatError(f"'dlc' must be an integer 0..{max_dlc}, got {dlc!r}")
     if flags["rtr"]:
         if data:
             raise FrameFormatError("a remote (rtr) frame carries no data")
@@ -174,6 +175,7 @@ def to_nodered(frame: Frame) -> dict[str, object]:
         "dlc": frame.length,
         "rtr": frame.rtr,
         "canfd": frame.fd,
+        "brs": frame.brs,
         "data": list(frame.data),
         "err": frame.error,
         "bus": frame.bus,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,11 @@ class AuditLog:
     def record(self, **entry: Any) -> None:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9 // 10**6:03d}Z",
                  **entry}
-        line = json.dumps(entry, default=str, separators=(",", ":"))
+        try:
+            line = json.dumps(entry, default=str, separators=(",", ":"), allow_nan=False)
+        except ValueError:  # a refused NaN/inf value: NaN is not JSON, other tools would reject the line
+            entry = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in entry.items()}
+            line = json.dumps(entry, default=str, separators=(",", ":"))
         log.info("%s", line)
         if self._fh is not None:
             with self._lock:

@@ -61,9 +61,10 @@ class ReplayDriver(BusDriver):
     def set_filters(self, ids: Any) -> None:
         self._filter = None if ids is None else set(ids)
 
-    def _messages(self) -> Iterator[can.Message]:
+    def _passes(self) -> Iterator[Iterator[can.Message]]:
+        """One reader per pass over the log: once, or again and again with ``loop``."""
         while True:
-            yield from can.LogReader(str(self.options.file))
+            yield iter(can.LogReader(str(self.options.file)))
             if not self.options.loop:
                 return
 
@@ -77,33 +78,39 @@ class ReplayDriver(BusDriver):
     ) -> None:
         fast = self.options.speed == "fast"
         batch: list[RawFrame] = []
-        t0_log: float | None = None
-        t0 = time.monotonic()
         try:
-            for msg in self._messages():
-                if (self._filter is not None and not msg.is_error_frame
-                        and (msg.arbitration_id, msg.is_extended_id) not in self._filter):
-                    continue
-                if fast:
+            for messages in self._passes():
+                # each pass restarts the clock: a looped log plays at its recorded speed every time
+                t0_log: float | None = None
+                t0 = time.monotonic()
+                played = 0
+                for msg in messages:
+                    played += 1
+                    filtered = self._filter is not None and \
+                        (msg.arbitration_id, msg.is_extended_id) not in self._filter
+                    if filtered and not msg.is_error_frame:
+                        continue
+                    if not fast:
+                        if t0_log is None:
+                            t0_log, t0 = msg.timestamp, time.monotonic()
+                        delay = (msg.timestamp - t0_log) - (time.monotonic() - t0)
+                        if delay > 0.001:
+                            if batch:
+                                on_frames(batch)
+                                batch = []
+                            await asyncio.sleep(delay)
                     msg.timestamp = time.time()
                     batch.append(message_to_raw(msg))
-                    if len(batch) >= BATCH:
+                    if len(batch) >= BATCH:  # bounded batches, and the loop gets its turn
                         on_frames(batch)
                         batch = []
                         await asyncio.sleep(0)
-                    continue
-                if t0_log is None or msg.timestamp < t0_log:  # start, or the log looped
-                    t0_log, t0 = msg.timestamp, time.monotonic()
-                delay = (msg.timestamp - t0_log) - (time.monotonic() - t0)
-                if delay > 0.001:
-                    if batch:
-                        on_frames(batch)
-                        batch = []
-                    await asyncio.sleep(delay)
-                msg.timestamp = time.time()
-                batch.append(message_to_raw(msg))
-            if batch:
-                on_frames(batch)
+                if batch:
+                    on_frames(batch)
+                    batch = []
+                if not played:  # an empty log in a loop would spin forever
+                    break
+                await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except Exception as e:

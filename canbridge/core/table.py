@@ -148,7 +148,11 @@ def build_table(
         try:
             db_messages = load_mapping_file(mc, base_dir, formats)
         except MappingError as e:
-            problems.append(Problem(e.detail, e.file, e.line))
+            if e.line is None:  # about the file as a whole (missing, unknown type): point at the config entry
+                ln, p = where(mi, "dbc" if mc.dbc is not None else "signals")
+                problems.append(Problem(f"{e.detail}: {e.file}", file, ln, p))
+            else:  # inside the mapping file: its own file and line say more
+                problems.append(Problem(e.detail, e.file, e.line))
             continue
         except ConfigError as e:
             problems.extend(e.problems)

@@ -417,11 +417,6 @@ async def post_frame(request: web.Request) -> web.StreamResponse:
             raise canbridge.FrameFormatError(
                 'the body must be a frame object {"canid": ..., "data": [...]} or {"cansend": "123#DEADBEEF"}'
             )
-        if frame.brs and not frame.fd:
-            # parse_frame lets this through and python-can then fails deep in the send path
-            raise canbridge.FrameFormatError(
-                "'brs' (bit rate switch) is only for CAN FD frames (canfd: true)"
-            )
         sent = await asyncio.shield(state.bridge.send_frame(bus, frame, _caller(request)))
     except canbridge.FrameFormatError as e:
         raise ApiError(400, canbridge.RefusalReason.INVALID_FRAME.value, str(e), bus) from None

@@ -74,6 +74,7 @@ class FrameOut(_Out):
     dlc: int
     rtr: bool
     canfd: bool
+    brs: bool = Field(description="CAN FD bit rate switch")
     data: list[int]
     err: bool
     bus: str | None
@@ -101,7 +102,7 @@ class FrameObjectIn(BaseModel):
     rtr: bool | None = None
     canfd: bool | None = None
     brs: bool | None = None
-    dlc: int | None = Field(None, ge=0, le=8, description="for rtr frames: the requested length")
+    dlc: int | None = Field(None, ge=0, le=64, description="byte count; for rtr frames the requested length")
     timestamp: Any = None
     err: Any = None
     rawData: Any = None  # node-red spells it so
