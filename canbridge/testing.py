@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import copy
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,25 @@ from canbridge.core.app import demo_config, runtime_from_data, simulators, uniqu
 from canbridge.core.host import collect, make_plugin_manager
 from canbridge.core.pycan import frame_to_message, message_to_raw
 from canbridge.core.runtime import Runtime
+
+
+class _Seen:
+    """Frames a peer node saw, bounded (a cyclic frame every 100 ms must not grow a long test without end)."""
+
+    def __init__(self, maxlen: int = 10_000) -> None:
+        self.frames: deque[Frame] = deque(maxlen=maxlen)
+        self.event = asyncio.Event()
+
+    def add(self, frame: Frame) -> None:
+        self.frames.append(frame)
+        self.event.set()
+
+    def take(self, can_id: int | None) -> Frame | None:
+        for i, frame in enumerate(self.frames):
+            if can_id is None or frame.can_id == can_id:
+                del self.frames[i]
+                return frame
+        return None
 
 
 class BridgeHarness:
@@ -56,7 +76,7 @@ class BridgeHarness:
         self._extra_plugins = list(extra_plugins)
         self.runtime: Runtime | None = None
         self._peers: dict[str, can.BusABC] = {}
-        self._sent: dict[str, asyncio.Queue[Frame]] = {}
+        self._sent: dict[str, _Seen] = {}
         self._notifiers: list[can.Notifier] = []
         self._stack = contextlib.AsyncExitStack()
 
@@ -82,17 +102,20 @@ class BridgeHarness:
                 continue
             peer = can.Bus(interface="virtual", channel=b.channel, receive_own_messages=False)
             self._peers[b.name] = peer
-            q: asyncio.Queue[Frame] = asyncio.Queue()
-            self._sent[b.name] = q
+            seen = self._sent[b.name] = _Seen()
 
-            def on_msg(msg: can.Message, q: asyncio.Queue[Frame] = q, bus: str = b.name) -> None:
+            def on_msg(msg: can.Message, seen: _Seen = seen, bus: str = b.name) -> None:
                 can_id, _flags, data, ts = message_to_raw(msg)
-                q.put_nowait(Frame(can_id, data, extended=msg.is_extended_id, rtr=msg.is_remote_frame,
-                                   fd=msg.is_fd, timestamp_ns=ts, bus=bus))
+                seen.add(Frame(can_id, data, extended=msg.is_extended_id, rtr=msg.is_remote_frame,
+                               fd=msg.is_fd, timestamp_ns=ts, bus=bus))
 
             self._notifiers.append(can.Notifier(peer, [on_msg], loop=loop))
-        await self.runtime.start()
-        await self._stack.enter_async_context(simulators(self.runtime))
+        try:
+            await self.runtime.start()
+            await self._stack.enter_async_context(simulators(self.runtime))
+        except BaseException:
+            await self.__aexit__(None, None, None)  # a failed start leaves no peers or threads behind
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -119,21 +142,26 @@ class BridgeHarness:
         self._peers[self._bus(bus)].send(frame_to_message(f))
 
     async def next_sent(self, can_id: int | None = None, timeout: float = 2.0, bus: str | None = None) -> Frame:
-        """The next frame the bridge sends (with this id), as a peer node sees it; TimeoutError if none."""
-        q = self._sent[self._bus(bus)]
+        """The oldest frame not yet taken that the bridge sent (with this id), as a peer node saw it; waits for
+        one up to ``timeout`` seconds (TimeoutError). Frames with other ids stay for later calls."""
+        seen = self._sent[self._bus(bus)]
         deadline = time.monotonic() + timeout
         while True:
+            frame = seen.take(can_id)
+            if frame is not None:
+                return frame
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"no frame{'' if can_id is None else f' 0x{can_id:X}'} sent within {timeout} s")
-            frame = await asyncio.wait_for(q.get(), remaining)
-            if can_id is None or frame.can_id == can_id:
-                return frame
+            seen.event.clear()
+            try:
+                await asyncio.wait_for(seen.event.wait(), remaining)
+            except TimeoutError:
+                pass
 
     def clear_sent(self, bus: str | None = None) -> None:
-        q = self._sent[self._bus(bus)]
-        while not q.empty():
-            q.get_nowait()
+        """Forget the frames seen so far (e.g. before a write whose frame a test waits for)."""
+        self._sent[self._bus(bus)].frames.clear()
 
     async def until(self, predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01) -> None:
         """Wait until ``predicate()`` is true; AssertionError after ``timeout`` seconds."""
