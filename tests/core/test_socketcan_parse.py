@@ -7,13 +7,16 @@ import errno
 import logging
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from canbridge import BusError, BusUnavailable, Frame, FrameFlags
 from canbridge.config import BusConfig
+from canbridge.core import mmsg
 from canbridge.core import socketcan as sc
+from canbridge.core.mmsg import MmsgReceiver
 from canbridge.core.socketcan import DrainStats, SocketcanDriver, build_can_frame, drain, pack_filters
 
 EXT, RTR, FD, BRS, ESI, ERR = (
@@ -356,3 +359,225 @@ def test_read_path_transient_error_is_not_fatal() -> None:
     drv._on_error = errors.append
     drv._readable()
     assert errors == [] and drv._reading
+
+
+# --- recvmmsg: one system call per batch ------------------------------------------------------------
+needs_mmsg = pytest.mark.skipif(not mmsg.AVAILABLE, reason=f"recvmmsg unavailable: {mmsg.UNAVAILABLE}")
+
+EVERY_KIND = [
+    can_frame(0x123, bytes.fromhex("DEADBEEF")),
+    can_frame(sc.CAN_EFF_FLAG | 0x18FEF100, b"\x01\x02"),
+    can_frame(sc.CAN_RTR_FLAG | 0x124, b"", length=4),
+    can_frame(sc.CAN_RTR_FLAG | sc.CAN_EFF_FLAG | 0x1234567, b"", length=8),
+    can_frame(sc.CAN_ERR_FLAG | 0x40, bytes(8)),
+    canfd_frame(0x321, bytes(range(64)), flags=sc.CANFD_BRS | sc.CANFD_ESI),
+    canfd_frame(sc.CAN_EFF_FLAG | 0x1ABCDEF0, b"\xaa" * 12),
+    canfd_frame(0x322, b""),
+    b"\x00" * 5,  # not a CAN frame: ignored by both paths
+    can_frame(0x7FF, b"\x01\x02\x03\x04\x05\x06\x07\x08"),
+    can_frame(0x10, b"\x01\x02\x03\x04\x05\x06\x07\x08", length=15),  # a bogus length: 8 bytes at most
+    can_frame(0x11, b""),
+]
+
+
+@pytest.fixture
+def stamped_pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
+    """Two socketpairs whose reading ends get kernel receive timestamps (SO_TIMESTAMPNS)."""
+    pairs = []
+    for _ in range(2):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        b.setblocking(False)
+        b.setsockopt(socket.SOL_SOCKET, sc.SO_TIMESTAMPNS, 1)
+        pairs.append((a, b))
+    yield pairs
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
+def test_frame_flag_values_match_the_enum() -> None:
+    assert (mmsg._EXT, mmsg._RTR, mmsg._FD, mmsg._BRS, mmsg._ESI, mmsg._ERR) == (EXT, RTR, FD, BRS, ESI, ERR)
+    assert (mmsg.CAN_EFF_FLAG, mmsg.CAN_RTR_FLAG, mmsg.CAN_ERR_FLAG) == (
+        sc.CAN_EFF_FLAG,
+        sc.CAN_RTR_FLAG,
+        sc.CAN_ERR_FLAG,
+    )
+
+
+@needs_mmsg
+def test_c_layouts_are_the_assumed_ones() -> None:
+    assert mmsg.layout_problem() is None
+
+
+@needs_mmsg
+def test_recvmmsg_and_recvmsg_give_the_same_frames(stamped_pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    (a1, b1), (a2, b2) = stamped_pairs
+    before = time.time_ns()
+    for raw in EVERY_KIND:
+        a1.send(raw)
+        a2.send(raw)
+    after = time.time_ns()
+    rx = MmsgReceiver(64)
+    s1, s2 = DrainStats(), DrainStats()
+    batched, err1 = rx.drain(b1, 100, s1)
+    single, err2 = sc._drain(b2, 100, s2)
+    assert err1 is None and err2 is None
+    assert rx.calls == 1  # every frame in one system call
+    assert (
+        [f[:3] for f in batched]
+        == [f[:3] for f in single]
+        == [
+            (0x123, 0, bytes.fromhex("DEADBEEF")),
+            (0x18FEF100, EXT, b"\x01\x02"),
+            (0x124, RTR, b""),
+            (0x1234567, EXT | RTR, b""),
+            (0x40, ERR, bytes(8)),
+            (0x321, FD | BRS | ESI, bytes(range(64))),
+            (0x1ABCDEF0, EXT | FD, b"\xaa" * 12),
+            (0x322, FD, b""),
+            (0x7FF, 0, bytes(range(1, 9))),
+            (0x10, 0, bytes(range(1, 9))),
+            (0x11, 0, b""),
+        ]
+    )
+    assert all(type(f[2]) is bytes for f in batched)
+    # kernel timestamps, one per frame, in order and taken while the frames were sent
+    stamps = [f[3] for f in batched]
+    assert stamps == sorted(stamps) and len(set(stamps)) > 1
+    assert before <= stamps[0] and stamps[-1] <= after
+    assert (s1.frames, s1.drains) == (s2.frames, s2.drains) == (11, 1)
+
+
+@needs_mmsg
+def test_recvmmsg_partial_batches_and_bounds(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    for i in range(11):
+        a.send(can_frame(i, bytes([i])))
+    rx = MmsgReceiver(4)
+    stats = DrainStats()
+    frames, err = rx.drain(b, 6, stats)  # 4, then 2: never more than asked
+    assert err is None and [f[0] for f in frames] == [0, 1, 2, 3, 4, 5] and rx.calls == 2
+    frames, err = rx.drain(b, 100, stats)  # 5 left: 4, then a short batch of 1 ends the drain (no EAGAIN call)
+    assert err is None and [f[:3] for f in frames] == [(i, 0, bytes([i])) for i in range(6, 11)]
+    assert rx.calls == 4
+    frames, err = rx.drain(b, 100, stats)  # nothing waiting: EAGAIN ends it quietly
+    assert (frames, err, rx.calls) == ([], None, 5)
+    assert (stats.frames, stats.drains) == (11, 3)
+    # the buffers are reused: a frame after a longer one carries none of the earlier bytes
+    a.send(canfd_frame(0x1, b"\xff" * 64))
+    a.send(can_frame(0x2, b"\x01"))
+    a.send(canfd_frame(0x3, b"\x02" * 3))
+    frames, _ = rx.drain(b, 100, stats)
+    assert [f[:3] for f in frames] == [(1, FD, b"\xff" * 64), (2, 0, b"\x01"), (3, FD, b"\x02" * 3)]
+
+
+@needs_mmsg
+def test_recvmmsg_without_kernel_timestamps_reads_the_clock_once(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    for i in range(3):
+        a.send(can_frame(i, b""))
+    frames, _ = MmsgReceiver(8).drain(b, 100, None)
+    assert len(frames) == 3 and len({f[3] for f in frames}) == 1 and frames[0][3] > 0
+
+
+@needs_mmsg
+def test_recvmmsg_walks_other_control_messages(pair: tuple[socket.socket, socket.socket]) -> None:
+    # SO_PASSCRED adds SCM_CREDENTIALS next to the timestamp: not the usual layout, so the cmsg walk reads it
+    a, b = pair
+    b.setsockopt(socket.SOL_SOCKET, sc.SO_TIMESTAMPNS, 1)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    before = time.time_ns()
+    a.send(can_frame(0x55, b"\x01"))
+    sent = time.time_ns()
+    frames, err = MmsgReceiver(2).drain(b, 10, None)
+    assert err is None and [f[:3] for f in frames] == [(0x55, 0, b"\x01")]
+    assert before <= frames[0][3] <= sent  # the kernel's stamp, not a clock read during the drain
+
+
+@needs_mmsg
+def test_recvmmsg_reads_the_drop_counter() -> None:
+    # What the kernel writes for a CAN_RAW socket with SO_TIMESTAMPNS and SO_RXQ_OVFL (unix sockets
+    # have no SO_RXQ_OVFL): the usual layout, and a counter alone through the cmsg walk.
+    rx = MmsgReceiver(2)
+    ts_cmsg = struct.pack("=Qiiqq", 32, socket.SOL_SOCKET, sc.SO_TIMESTAMPNS, 12, 345)
+    ovfl_cmsg = struct.pack("=QiiI4x", 20, socket.SOL_SOCKET, sc.SO_RXQ_OVFL, 7)
+    for i, (ctrl, frame) in enumerate(
+        [(ts_cmsg + ovfl_cmsg, can_frame(0x1, b"\x09")), (struct.pack("=QiiI4x", 20, 1, sc.SO_RXQ_OVFL, 9), b"")]
+    ):
+        frame = frame or can_frame(0x2, b"\x08")
+        struct.pack_into("=Q", rx._buf, i * 64 + 40, len(ctrl))  # msg_controllen
+        struct.pack_into("=I", rx._buf, i * 64 + 56, len(frame))  # msg_len
+        slot = rx._slot_off + i * (64 + 72)
+        rx._buf[slot : slot + len(ctrl)] = ctrl
+        rx._buf[slot + 64 : slot + 64 + len(frame)] = frame
+    out: list[tuple[int, int, bytes, int]] = []
+    now, overflow = rx._parse(1, rx._mv, rx._slot_off, out, 0, -1)
+    assert out == [(1, 0, b"\x09", 12 * 1_000_000_000 + 345)] and overflow == 7 and now == 0
+    out.clear()
+    now, overflow = rx._parse(2, rx._mv, rx._slot_off, out, 0, -1)
+    assert overflow == 9  # the later message's counter wins
+    assert out[1][:3] == (2, 0, b"\x08") and out[1][3] == now > 0  # no timestamp: the clock
+    rx._restore(2)  # the headers are ready for the next call: msg_controllen back to the buffer's size
+    assert bytes(rx._buf[: 2 * 64]) == rx._template[: 2 * 64]
+    assert struct.unpack_from("=Q", rx._buf, 40) == (64,)
+    # a later message with only a timestamp: the stale SO_RXQ_OVFL behind it in the buffer is not read
+    struct.pack_into("=Q", rx._buf, 40, 32)
+    struct.pack_into("=I", rx._buf, 56, 16)
+    out.clear()
+    assert rx._parse(1, rx._mv, rx._slot_off, out, 0, -1) == (0, -1)
+    assert out == [(1, 0, b"\x09", 12 * 1_000_000_000 + 345)]
+
+
+@needs_mmsg
+def test_recvmmsg_errors(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+
+    class Failing(MmsgReceiver):
+        def __init__(self, codes: list[int]) -> None:
+            super().__init__(4)
+            self.codes = codes
+
+        def receive(self, fd: int, vlen: int) -> int:
+            return -self.codes.pop(0) if self.codes else super().receive(fd, vlen)
+
+    a.send(can_frame(0x1, b""))
+    frames, err = Failing([errno.EINTR]).drain(b, 10, None)  # interrupted: tried again
+    assert [f[0] for f in frames] == [1] and err is None
+    frames, err = Failing([errno.ENETDOWN]).drain(b, 10, None)
+    assert frames == [] and isinstance(err, OSError) and err.errno == errno.ENETDOWN
+    b.close()
+    with pytest.raises(OSError) as exc:
+        drain(b, 10)  # the batch path, on a closed socket
+    assert exc.value.errno == errno.EBADF and exc.value.frames == []  # type: ignore[attr-defined]
+
+
+def test_drain_without_batch_uses_recvmsg(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    a.send(can_frame(0x9, b"\x01"))
+    assert [f[:3] for f in drain(b, 10, batch=False)] == [(0x9, 0, b"\x01")]
+
+
+@needs_mmsg
+def test_driver_reads_through_recvmmsg(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    drv = SocketcanDriver(BusConfig(name="b", channel="vcan0"))
+    assert drv.receive_path == "recvmsg"  # until open() allocates the buffers
+    drv._receiver = MmsgReceiver(16)
+    assert drv.receive_path == "recvmmsg"
+    drv._sock = b
+    drv._reading = True
+    batches: list[list[tuple[int, int, bytes, int]]] = []
+    drv._on_frames = batches.append
+    drv._on_error = lambda e: pytest.fail(f"unexpected error {e!r}")
+    for i in range(20):
+        a.send(can_frame(i, b""))
+    drv._readable()
+    assert [[f[0] for f in batch] for batch in batches] == [list(range(20))]
+    assert drv._receiver.calls == 2 and drv.stats.frames == 20  # 16 + 4: two system calls for 20 frames
+    drv._sock = None
+
+
+def test_recvmmsg_can_be_turned_off() -> None:
+    drv = SocketcanDriver(BusConfig(name="b", channel="vcan0", options={"recvmmsg": False}))
+    assert drv._use_mmsg is False
+    assert "recvmmsg" in sc._DRIVER_OPTIONS  # not handed to python-can
