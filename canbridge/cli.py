@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # --- run ---
-async def _serve(runtime: Any, stop: asyncio.Event, with_simulators: bool) -> None:
+async def _serve(runtime: Any, stop: asyncio.Event, with_simulators: bool,
+                 after_start: Callable[[Any], None] | None = None) -> None:
     from canbridge.core.app import simulators
 
     async def trigger() -> None:
@@ -182,6 +184,8 @@ async def _serve(runtime: Any, stop: asyncio.Event, with_simulators: bool) -> No
             if with_simulators:
                 await stack.enter_async_context(simulators(runtime))
             _print_endpoints(runtime)
+            if after_start is not None:
+                after_start(runtime)
             await stop.wait()
 
     await runtime.run(trigger)
@@ -193,14 +197,14 @@ def _print_endpoints(runtime: Any) -> None:
             print(f"  {name:8s} {url}", flush=True)
 
 
-def _run_async(runtime: Any, with_simulators: bool) -> int:
+def _run_async(runtime: Any, with_simulators: bool, after_start: Callable[[Any], None] | None = None) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await _serve(runtime, stop, with_simulators)
+            await _serve(runtime, stop, with_simulators, after_start)
         except PluginError as e:
             print(f"canbridge: {e}", file=sys.stderr)
             return 1
@@ -251,11 +255,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ConfigError as e:
         _print_problems(e)
         return 1
-    print(f"canbridge {__version__} demo: a simulated motor controller and battery on a virtual CAN bus")
-    print(f"  {len(runtime.table.signal_list)} signals from {runtime.table.message_list[0].db_message.name} ... "
-          f"({len(runtime.table.message_list)} messages); writable: demo.MotorCommand.*")
-    print("Connect to:", flush=True)
-    return _run_async(runtime, with_simulators=True)
+    t = runtime.table
+    writable = ", ".join(s.signal for s in t.signal_list if s.writable)
+    print(f"canbridge {__version__} demo: simulated motor controller, battery and vehicle ECUs on a virtual CAN bus")
+    print(f"  {len(t.message_list)} messages, {len(t.signal_list)} signals from {DEMO_DBC_NAME}; "
+          f"writable: demo.MotorCommand.{{{writable}}}")
+    if not plugins:
+        print("  no northbound plugins (--no-plugins): the core runs alone")
+    print("Connect to (127.0.0.1 only; the demo needs no login):", flush=True)
+    return _run_async(runtime, with_simulators=True, after_start=_demo_hints)
+
+
+DEMO_DBC_NAME = "canbridge/demo/demo.dbc"
+
+
+def _demo_hints(runtime: Any) -> None:
+    rest = runtime.endpoints().get("rest")
+    if not rest:
+        return
+    base = rest[0].rstrip("/")
+    print("Try:")
+    print(f"  open {base}/ in a browser (the dashboard)")
+    print(f"  curl -s {base}/api/v1/signals/demo.MotorStatus.MotorSpeed")
+    print(f"  curl -s -X PUT -H 'content-type: application/json' -d '{{\"value\": 1500}}' "
+          f"{base}/api/v1/signals/demo.MotorCommand.SpeedSetpoint")
+    print("Stop with Ctrl-C.", flush=True)
 
 
 # --- simulate ---
