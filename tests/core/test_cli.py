@@ -239,7 +239,7 @@ def test_demo_starts_and_stops_on_sigint(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "canbridge", "demo", "--no-plugins", "--state-dir",
                              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        out = _wait_for_line(proc, "Connect to:", 60)
+        out = _wait_for_line(proc, "Connect to", 60)
         assert "25 signals" in out
         time.sleep(0.3)  # let it serve a moment
         proc.send_signal(signal.SIGINT)
