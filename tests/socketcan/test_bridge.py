@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from canbridge import BusState, Caller, Permission, Quality
+from canbridge import BusState, Caller, Permission, Quality, RefusalReason, WriteRefused
 from tests.socketcan.conftest import Candump, cansend, ip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,12 +117,41 @@ async def test_signals_turn_bad_when_the_link_goes_down_and_recover_after_up(bri
     status = bridge.bus_status("demo")
     assert status.state is BusState.DOWN
     assert status.last_error and "down" in status.last_error.lower()
+    # writes are refused with a reason while the link is down, and nothing is half-done
+    shadow_before = bridge.read("demo.MotorCommand.SpeedSetpoint").value
+    with pytest.raises(WriteRefused) as refused:
+        await bridge.write("demo.MotorCommand.SpeedSetpoint", 1234, CALLER)
+    assert refused.value.reason is RefusalReason.BUS_DOWN
+    assert "down" in refused.value.detail
+    assert bridge.read("demo.MotorCommand.SpeedSetpoint").value == shadow_before
     ip("link", "set", "up", dev)
     await until(lambda: bridge.bus_status("demo").state is BusState.ACTIVE, what="active after up")
     cansend(dev, "100#2003000000000000")
     await until(
         lambda: bridge.read(speed).value == 800 and bridge.read(speed).quality is Quality.GOOD,
         what="good again with the new value",
+    )
+    assert bridge.bus_status("demo").reconnects >= 1
+
+
+async def test_the_bridge_reopens_an_interface_that_was_deleted_and_created_again(bridge) -> None:
+    dev = bridge.dev
+    speed = "demo.MotorStatus.MotorSpeed"
+    await until(lambda: bridge.bus_status("demo").state is BusState.ACTIVE, what="bus active")
+    cansend(dev, "100#6400000000000000")
+    await until(lambda: bridge.read(speed).value == 100, what="first value")
+    ip("link", "del", "dev", dev)
+    await until(lambda: bridge.read(speed).quality is Quality.BAD, what="bad after delete")
+    assert bridge.bus_status("demo").state is BusState.DOWN
+    await asyncio.sleep(1.0)  # several reconnect attempts fail while the interface is missing
+    assert bridge.bus_status("demo").state is BusState.DOWN
+    ip("link", "add", "dev", dev, "type", "vcan")
+    ip("link", "set", "up", dev)
+    await until(lambda: bridge.bus_status("demo").state is BusState.ACTIVE, what="reopened by itself")
+    cansend(dev, "100#C800000000000000")
+    await until(
+        lambda: bridge.read(speed).value == 200 and bridge.read(speed).quality is Quality.GOOD,
+        what="decoding again on the new interface",
     )
     assert bridge.bus_status("demo").reconnects >= 1
 
