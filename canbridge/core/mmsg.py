@@ -34,7 +34,26 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from canbridge import FrameFlags
+from canbridge.core.linuxcan import BRS as _BRS
+from canbridge.core.linuxcan import (
+    CAN_EFF_FLAG,
+    CAN_EFF_MASK,
+    CAN_ERR_FLAG,
+    CAN_ERR_MASK,
+    CAN_MTU,
+    CAN_RTR_FLAG,
+    CAN_SFF_MASK,
+    CANFD_BRS,
+    CANFD_ESI,
+    CANFD_MTU,
+    SO_RXQ_OVFL,
+    SO_TIMESTAMPNS,
+)
+from canbridge.core.linuxcan import ERR as _ERR
+from canbridge.core.linuxcan import ESI as _ESI
+from canbridge.core.linuxcan import EXT as _EXT
+from canbridge.core.linuxcan import FD as _FD
+from canbridge.core.linuxcan import RTR as _RTR
 
 if TYPE_CHECKING:
     from canbridge import RawFrame
@@ -65,27 +84,8 @@ _TS_CMSG_SPACE = 32  # CMSG_SPACE(16): a control buffer holding exactly one SO_T
 _TS_OVFL_SPACE = 56  # ... followed by one SO_RXQ_OVFL
 
 SOL_SOCKET = socket.SOL_SOCKET
-SO_TIMESTAMPNS = 35
-SO_RXQ_OVFL = 40
 
-# linux/can.h (repeated here so this module stands alone; socketcan.py has the same values)
-CAN_EFF_FLAG = 0x80000000
-CAN_RTR_FLAG = 0x40000000
-CAN_ERR_FLAG = 0x20000000
-CAN_SFF_MASK = 0x000007FF
-CAN_EFF_MASK = 0x1FFFFFFF
-CAN_ERR_MASK = 0x1FFFFFFF
-CANFD_BRS = 0x01
-CANFD_ESI = 0x02
-CAN_MTU = 16
-CANFD_MTU = 72
 
-_EXT = int(FrameFlags.EXTENDED)
-_RTR = int(FrameFlags.RTR)
-_FD = int(FrameFlags.FD)
-_BRS = int(FrameFlags.BRS)
-_ESI = int(FrameFlags.ESI)
-_ERR = int(FrameFlags.ERROR)
 
 
 def _load_recvmmsg() -> tuple[Callable[..., int] | None, str | None]:

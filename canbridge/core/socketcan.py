@@ -32,44 +32,49 @@ from canbridge import (
     BusState,
     BusUnavailable,
     Frame,
-    FrameFlags,
     PeriodicHandle,
     RawFrame,
 )
 from canbridge.config import BusConfig
 from canbridge.core import mmsg, netlink
+from canbridge.core.linuxcan import (
+    AF_CAN,
+    CAN_EFF_FLAG,
+    CAN_EFF_MASK,
+    CAN_ERR_FLAG,
+    CAN_ERR_MASK,
+    CAN_MTU,
+    CAN_RAW,
+    CAN_RAW_ERR_FILTER,
+    CAN_RAW_FD_FRAMES,
+    CAN_RAW_FILTER,
+    CAN_RAW_FILTER_MAX,
+    CAN_RTR_FLAG,
+    CAN_SFF_MASK,
+    CANFD_BRS,
+    CANFD_ESI,
+    CANFD_MTU,
+    SO_MEMINFO,
+    SO_RCVBUFFORCE,
+    SO_RXQ_OVFL,
+    SO_TIMESTAMPNS,
+    SOL_CAN_RAW,
+)
+from canbridge.core.linuxcan import BRS as _BRS
+from canbridge.core.linuxcan import ERR as _ERR
+from canbridge.core.linuxcan import ESI as _ESI
+from canbridge.core.linuxcan import EXT as _EXT
+from canbridge.core.linuxcan import FD as _FD
+from canbridge.core.linuxcan import RTR as _RTR
 from canbridge.core.mmsg import MmsgReceiver
 from canbridge.core.pycan import frame_to_message
 
 log = logging.getLogger(__name__)
 
 # --- linux/can.h, linux/can/raw.h, asm-generic/socket.h -----------------------------------------
-AF_CAN = getattr(socket, "AF_CAN", 29)
-CAN_RAW = getattr(socket, "CAN_RAW", 1)
-SOL_CAN_RAW = 101  # SOL_CAN_BASE + CAN_RAW
-CAN_RAW_FILTER = 1
-CAN_RAW_ERR_FILTER = 2
-CAN_RAW_LOOPBACK = 3
-CAN_RAW_RECV_OWN_MSGS = 4
-CAN_RAW_FD_FRAMES = 5
-CAN_RAW_FILTER_MAX = 512  # the kernel refuses longer filter lists
-SO_TIMESTAMPNS = 35
-SO_RXQ_OVFL = 40
-SO_RCVBUFFORCE = 33
-SO_MEMINFO = 55  # u32[SK_MEMINFO_VARS]; index 8 is the socket's drop count
 _SK_MEMINFO_DROPS = 8
 
-CAN_EFF_FLAG = 0x80000000
-CAN_RTR_FLAG = 0x40000000
-CAN_ERR_FLAG = 0x20000000
-CAN_SFF_MASK = 0x000007FF
-CAN_EFF_MASK = 0x1FFFFFFF
-CAN_ERR_MASK = 0x1FFFFFFF
-CANFD_BRS = 0x01
-CANFD_ESI = 0x02
 
-CAN_MTU = 16
-CANFD_MTU = 72
 
 _HEADER = struct.Struct("=IBB")  # can_id, len, flags (flags only meaningful in canfd_frame)
 _TIMESPEC = struct.Struct("=qq")  # struct timespec on 64-bit Linux
@@ -83,12 +88,6 @@ FATAL_ERRNOS = frozenset({errno.ENETDOWN, errno.ENODEV, errno.EBADF, errno.ENXIO
 DEFAULT_DRAIN = 1024  # frames read per readable event: bounds the time one drain keeps the loop busy
 _DRIVER_OPTIONS = frozenset({"max_drain", "recvmmsg"})  # options for this driver, not for python-can
 
-_EXT = int(FrameFlags.EXTENDED)
-_RTR = int(FrameFlags.RTR)
-_FD = int(FrameFlags.FD)
-_BRS = int(FrameFlags.BRS)
-_ESI = int(FrameFlags.ESI)
-_ERR = int(FrameFlags.ERROR)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import socket
 import struct
 import time
 
-from canbridge.core.socketcan import AF_CAN, CAN_EFF_FLAG, CAN_RAW
+from canbridge.core.linuxcan import AF_CAN, CAN_EFF_FLAG, CAN_RAW
 
 FRAME = struct.Struct("=IB3x8s")
 
