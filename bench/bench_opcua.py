@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,135 +40,26 @@ from asyncua import Client, Server, ua  # noqa: E402
 from canbridge_opcua._config import OpcUaConfig  # noqa: E402
 from canbridge_opcua._service import OpcUaService  # noqa: E402
 
-from canbridge import (  # noqa: E402
-    Bridge,
-    BridgeStats,
-    BusInfo,
-    BusState,
-    BusStatus,
-    Caller,
-    Frame,
-    FrameSubscription,
-    MessageInfo,
-    MessageStatus,
-    Quality,
-    SignalInfo,
-    SignalValue,
-    Subscription,
-    Value,
-    WriteReceipt,
-)
+from canbridge import Quality, SignalValue  # noqa: E402
+from canbridge.testing import FakeBridge, signal_info  # noqa: E402
 
 PUBLISH_MS = 50.0
 BATCH_S = 0.05  # every variable changes once per batch, a batch every 50 ms: 20 updates/s per variable
 
 
-class _IdleSub(Subscription):
-    """The benchmark drives updates itself; the service's own pump gets nothing."""
-
-    def __init__(self) -> None:
-        self._closed = asyncio.Event()
-
-    def __aiter__(self) -> AsyncIterator[list[SignalValue]]:
-        return self._iter()
-
-    async def _iter(self) -> AsyncIterator[list[SignalValue]]:
-        await self._closed.wait()
-        return
-        yield []  # pragma: no cover - makes this an async generator
-
-    def close(self) -> None:
-        self._closed.set()
-
-    @property
-    def lag_s(self) -> float:
-        return 0.0
-
-
-class BenchBridge(Bridge):
-    """N float signals on one bus, 8 per message."""
-
-    def __init__(self, n: int, state_dir: Path) -> None:
-        self._signals: dict[str, SignalInfo] = {}
-        msgs: dict[str, list[str]] = {}
-        for i in range(n):
-            m = f"M{i // 8:05d}"
-            name = f"bench.{m}.S{i % 8}"
-            self._signals[name] = SignalInfo(
-                name=name,
-                bus="bench",
-                message=m,
-                signal=f"S{i % 8}",
-                index=i,
-                frame_id=i // 8,
-                extended=True,
-                direction="rx",
-                value_type=float,
-                bit_length=16,
-                signed=False,
-                is_float=False,
-                scale=0.1,
-                offset=0.0,
-                minimum=0.0,
-                maximum=6553.5,
-                unit="V",
-            )
-            msgs.setdefault(f"bench.{m}", []).append(name)
-        self._messages = {
-            k: MessageInfo(k, "bench", k.split(".")[1], 0, True, False, 8, "rx", tuple(v)) for k, v in msgs.items()
-        }
-        self._state = state_dir
-
-    @property
-    def signals(self) -> Mapping[str, SignalInfo]:
-        return self._signals
-
-    @property
-    def messages(self) -> Mapping[str, MessageInfo]:
-        return self._messages
-
-    @property
-    def buses(self) -> Mapping[str, BusInfo]:
-        return {"bench": BusInfo("bench", "virtual", "bench", False, 500_000)}
-
-    @property
-    def state_dir(self) -> Path:
-        return self._state
-
-    @property
-    def config_path(self) -> Path | None:
-        return None
-
-    def ready(self) -> bool:
-        return True
-
-    def read(self, name: str) -> SignalValue:
-        return SignalValue(name, 0.0, Quality.GOOD, time.time_ns())
-
-    def read_many(self, names: Iterable[str] | None = None) -> list[SignalValue]:
-        now = time.time_ns()
-        return [SignalValue(n, 0.0, Quality.GOOD, now) for n in (names or self._signals)]
-
-    def subscribe(self, names: Iterable[str] | None = None, interval: float = 0.05) -> Subscription:
-        return _IdleSub()
-
-    def subscribe_frames(self, bus: str | None = None, maxlen: int = 1000) -> FrameSubscription:
-        raise NotImplementedError
-
-    def bus_status(self, name: str) -> BusStatus:
-        return BusStatus(name, BusState.ACTIVE)
-
-    def message_status(self, bus: str | None = None) -> list[MessageStatus]:
-        return []
-
-    async def write(self, name: str, value: Value | str, caller: Caller) -> WriteReceipt:
-        raise NotImplementedError
-
-    async def send_frame(self, bus: str, frame: Frame | str | Mapping[str, object], caller: Caller) -> Frame:
-        raise NotImplementedError
-
-    def stats(self) -> BridgeStats:
-        return BridgeStats(0, {}, 0, 0.0, 0, 0.0)
+def bench_bridge(n: int, state_dir: Path) -> FakeBridge:
+    """N float signals on one bus, 8 per message, all good. The benchmark drives updates itself
+    (``svc.apply``): nothing is published to the bridge, so the service's own subscription stays idle."""
+    infos = [
+        signal_info(
+            f"bench.M{i // 8:05d}.S{i % 8}", frame_id=i // 8, extended=True, value_type=float, scale=0.1, unit="V"
+        )
+        for i in range(n)
+    ]
+    bridge = FakeBridge(infos, state_dir=state_dir)
+    now = time.time_ns()
+    bridge.publish(*(SignalValue(s.name, 0.0, Quality.GOOD, now) for s in infos))
+    return bridge
 
 
 # --- the client process ---------------------------------------------------------------------------
@@ -244,7 +135,7 @@ async def produce_write_value(
 @contextlib.asynccontextmanager
 async def service(n: int, fast_items: bool) -> AsyncIterator[OpcUaService]:
     with tempfile.TemporaryDirectory(prefix="bench-opcua-") as tmp:
-        bridge = BenchBridge(n, Path(tmp))
+        bridge = bench_bridge(n, Path(tmp))
         cfg = OpcUaConfig(
             listen="opc.tcp://127.0.0.1:0",
             security_policies=["None"],

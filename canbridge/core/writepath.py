@@ -23,6 +23,42 @@ from canbridge.core.store import SignalStore
 from canbridge.core.table import MappingTable, MessageEntry
 
 
+def check_type(info: SignalInfo, value: object) -> Value:
+    """The physical value a write means (a choice text becomes its number); TypeError for a wrong type."""
+    if isinstance(value, str):
+        if info.choices:
+            raw = info.choice_value(value)
+            if raw is None:
+                raise TypeError(f"{value!r} is not one of the choices {sorted(info.choices.values())}")
+            phys = raw * info.scale + info.offset
+            return int(phys) if info.value_type is int and float(phys).is_integer() else phys
+        raise TypeError(f"expects a {info.value_type.__name__}, got the string {value!r}")
+    if info.value_type is bool:
+        if isinstance(value, (bool, int, float)) and value in (0, 1):
+            return bool(value)
+        raise TypeError(f"expects a boolean (true/false or 0/1), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expects a {info.value_type.__name__}, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TypeError(f"expects a finite number, got {value!r}")
+    if info.value_type is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise TypeError(f"expects an integer, got {value!r}")
+            return int(value)
+        return value
+    return float(value)
+
+
+def check_limits(info: SignalInfo, phys: Value) -> None:
+    """ValueError when a checked value is outside the signal's limits or not one of its choices."""
+    if not info.minimum <= phys <= info.maximum:
+        unit = f" {info.unit}" if info.unit else ""
+        raise ValueError(f"{phys!r} is outside {_num(info.minimum)}..{_num(info.maximum)}{unit}")
+    if info.choices and not info.is_float and round((phys - info.offset) / info.scale) not in info.choices:
+        raise ValueError(f"{phys!r} is not one of the choices {dict(info.choices)}")
+
+
 class _Bucket:
     """Token bucket: ``rate`` writes per second, bursts up to ``max(1, rate)``."""
 
@@ -68,37 +104,6 @@ class WritePath:
                           target=target, value=value, result=reason.value, detail=detail)
         return WriteRefused(reason, detail, target)
 
-    def _coerce(self, info: SignalInfo, value: Any) -> Value:
-        """Check the value's type against the signal; returns the physical value or raises ValueError/TypeError."""
-        if isinstance(value, str):
-            if info.choices:
-                raw = info.choice_value(value)
-                if raw is None:
-                    raise TypeError(f"{value!r} is not one of the choices {sorted(info.choices.values())}")
-                phys = raw * info.scale + info.offset
-                return int(phys) if info.value_type is int and float(phys).is_integer() else phys
-            raise TypeError(f"expects a {info.value_type.__name__}, got the string {value!r}")
-        if info.value_type is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            if isinstance(value, float) and value in (0.0, 1.0):
-                return bool(value)
-            raise TypeError(f"expects a boolean (true/false or 0/1), got {value!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"expects a {info.value_type.__name__}, got {type(value).__name__} {value!r}")
-        number: int | float = value
-        if isinstance(number, float) and not math.isfinite(number):
-            raise TypeError(f"expects a finite number, got {number!r}")
-        if info.value_type is int:
-            if isinstance(number, float):
-                if not number.is_integer():
-                    raise TypeError(f"expects an integer, got {number!r}")
-                number = int(number)
-            return number
-        return float(number)
-
     # --- signals ---
     async def write(self, name: str, value: Any, caller: Caller) -> WriteReceipt:
         info = self.table.signals.get(name)
@@ -112,18 +117,13 @@ class WritePath:
         if Permission.WRITE not in caller.permissions:
             raise self._refuse(RefusalReason.NOT_ALLOWED, f"{caller} may not write signals", name, caller, value)
         try:
-            phys = self._coerce(info, value)
+            phys = check_type(info, value)
         except TypeError as e:
             raise self._refuse(RefusalReason.WRONG_TYPE, str(e), name, caller, value) from None
-        if not info.minimum <= phys <= info.maximum:
-            raise self._refuse(RefusalReason.OUT_OF_RANGE,
-                               f"{phys!r} is outside {_num(info.minimum)}..{_num(info.maximum)}"
-                               + (f" {info.unit}" if info.unit else ""), name, caller, value)
-        if info.choices and not info.is_float:
-            raw_key = round((phys - info.offset) / info.scale)
-            if raw_key not in info.choices:
-                raise self._refuse(RefusalReason.OUT_OF_RANGE,
-                                   f"{phys!r} is not one of the choices {dict(info.choices)}", name, caller, value)
+        try:
+            check_limits(info, phys)
+        except ValueError as e:
+            raise self._refuse(RefusalReason.OUT_OF_RANGE, str(e), name, caller, value) from None
         mi = self.table.signal_message[info.index]
         entry = self.table.message_list[mi]
         enc = entry.encoders[info.signal]

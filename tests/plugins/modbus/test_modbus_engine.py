@@ -14,20 +14,21 @@ from hypothesis import strategies as st
 from pymodbus.pdu import DecodePDU
 
 from canbridge import BusState, BusStatus, Quality, RefusalReason, SignalValue
-from tests.plugins.modbus.helpers import FakeBridge, sig, table
+from canbridge.testing import FakeBridge, signal_info
+from tests.plugins.modbus.helpers import table
 
-SPEED = sig("demo.M.Speed", int, -8000, 8000)
-POWER = sig("demo.M.Power", float, -500, 500, is_float=True, bit_length=32)
-FLAG = sig("demo.M.Flag", bool, 0, 1)
-SETPOINT = sig("demo.C.Setpoint", int, 0, 6000, writable=True)
-LIMIT = sig("demo.C.Limit", float, 0, 100, writable=True)  # float32 in holding 1..2
-ENABLE = sig("demo.C.Enable", bool, 0, 1, writable=True)
-MODE = sig("demo.C.Mode", int, 0, 2, writable=True)
+SPEED = signal_info("demo.M.Speed", minimum=-8000, maximum=8000)
+POWER = signal_info("demo.M.Power", value_type=float, is_float=True, minimum=-500, maximum=500)
+FLAG = signal_info("demo.M.Flag", value_type=bool)
+SETPOINT = signal_info("demo.C.Setpoint", maximum=6000, writable=True)
+LIMIT = signal_info("demo.C.Limit", value_type=float, maximum=100, writable=True)  # float32 in holding 1..2
+ENABLE = signal_info("demo.C.Enable", value_type=bool, writable=True)
+MODE = signal_info("demo.C.Mode", maximum=2, writable=True)
 
 
 def make(tmp_path: Path, **cfg: object) -> tuple[FakeBridge, ModbusEngine]:
     signals = table(SPEED, POWER, FLAG, SETPOINT, LIMIT, ENABLE, MODE)
-    bridge = FakeBridge(signals, tmp_path)
+    bridge = FakeBridge(signals.values(), state_dir=tmp_path)
     config = ModbusConfig.model_validate(cfg)
     rmap = plan_register_map(signals, ["demo"], config, None, tmp_path / "m.yaml")
     refuse = config.bad_quality == "exception"
@@ -99,21 +100,21 @@ async def test_malformed_and_unmapped_reads(tmp_path: Path, pdu: bytes, expected
 async def test_writes_go_through_the_write_path(tmp_path: Path) -> None:
     bridge, engine = make(tmp_path)
     assert await call(engine, b"\x06\x00\x00\x04\xd2") == b"\x06\x00\x00\x04\xd2"
-    assert bridge.writes[-1][:2] == ("demo.C.Setpoint", 1234)
-    assert bridge.writes[-1][2].plugin == "modbus" and bridge.writes[-1][2].address == "127.0.0.1:1"
+    assert (bridge.writes[-1].name, bridge.writes[-1].value) == ("demo.C.Setpoint", 1234)
+    assert bridge.writes[-1].caller.plugin == "modbus" and bridge.writes[-1].caller.address == "127.0.0.1:1"
     assert await call(engine, b"\x05\x00\x00\xff\x00") == b"\x05\x00\x00\xff\x00"
-    assert bridge.writes[-1][:2] == ("demo.C.Enable", True)
+    assert (bridge.writes[-1].name, bridge.writes[-1].value) == ("demo.C.Enable", True)
     # float32 42.5 = 0x422A0000 across holding 1..2, with Mode at 3
     pdu = struct.pack(">BHHB3H", 16, 1, 3, 6, 0x422A, 0, 2)
     assert await call(engine, pdu) == b"\x10\x00\x01\x00\x03"
-    assert bridge.writes[-2:] == [
-        ("demo.C.Limit", 42.5, bridge.writes[-2][2]),
-        ("demo.C.Mode", 2, bridge.writes[-1][2]),
+    assert [(w.name, w.value, w.accepted) for w in bridge.writes[-2:]] == [
+        ("demo.C.Limit", 42.5, True),
+        ("demo.C.Mode", 2, True),
     ]
     # read back at once, before any subscription batch
     assert struct.unpack(">4H", (await call(engine, read(3, 0, 4)))[2:]) == (1234, 0x422A, 0, 2)
     assert await call(engine, struct.pack(">BHHBB", 15, 0, 1, 1, 0)) == b"\x0f\x00\x00\x00\x01"
-    assert bridge.writes[-1][:2] == ("demo.C.Enable", False)
+    assert (bridge.writes[-1].name, bridge.writes[-1].value) == ("demo.C.Enable", False)
 
 
 @pytest.mark.parametrize(
@@ -173,7 +174,8 @@ async def test_input_registers_are_not_writable(tmp_path: Path) -> None:
 )
 async def test_refusals_map_to_exception_codes(tmp_path: Path, reason: RefusalReason, code: int) -> None:
     bridge, engine = make(tmp_path)
-    bridge.refuse = reason
+    bridge.refuse_next("demo.C.Setpoint", reason)
+    bridge.refuse_next("demo.C.Enable", reason)
     assert await call(engine, b"\x06\x00\x00\x00\x01") == bytes((0x86, code))
     assert await call(engine, b"\x05\x00\x00\xff\x00") == bytes((0x85, code))
 

@@ -20,14 +20,15 @@ from canbridge_modbus.regmap import (
 )
 
 from canbridge import ConfigError, SignalInfo
-from tests.plugins.modbus.helpers import sig, table
+from canbridge.testing import signal_info
+from tests.plugins.modbus.helpers import table
 
-SPEED = sig("demo.M.Speed", int, -8000, 8000, unit="rpm")
-TEMP = sig("demo.M.Temp", float, -40, 215, is_float=True)
-ENABLED = sig("demo.M.Enabled", bool, 0, 1)
-SETPOINT = sig("demo.C.Setpoint", int, 0, 6000, writable=True)
-ENABLE = sig("demo.C.Enable", bool, 0, 1, writable=True)
-ODO = sig("demo.V.Odometer", float, 0, 400_000_000, bit_length=32)
+SPEED = signal_info("demo.M.Speed", minimum=-8000, maximum=8000, unit="rpm")
+TEMP = signal_info("demo.M.Temp", value_type=float, is_float=True, bit_length=16, minimum=-40, maximum=215)
+ENABLED = signal_info("demo.M.Enabled", value_type=bool)
+SETPOINT = signal_info("demo.C.Setpoint", maximum=6000, writable=True)
+ENABLE = signal_info("demo.C.Enable", value_type=bool, writable=True)
+ODO = signal_info("demo.V.Odometer", value_type=float, maximum=400_000_000, bit_length=32)
 
 
 def plan(infos: dict[str, SignalInfo], path: Path, **cfg: object) -> RegisterMap:
@@ -61,18 +62,18 @@ def test_addresses_never_move(tmp_path: Path) -> None:
     path = tmp_path / "m.yaml"
     first = plan(table(SPEED, TEMP, ENABLED), path)
     # Temp leaves the table, a new signal arrives: Speed stays, Temp's registers stay reserved
-    second = plan(table(SPEED, ENABLED, sig("demo.M.New", int, 0, 10)), path)
+    second = plan(table(SPEED, ENABLED, signal_info("demo.M.New", maximum=10)), path)
     assert second.placements["demo.M.Speed"] == first.placements["demo.M.Speed"]
     assert second.placements["demo.M.New"].address == 3  # after Temp's reserved 1..2
     assert [(r.signal, r.address, r.count) for r in second.reserved] == [("demo.M.Temp", 1, 2)]
     new_q = second.placements["demo.M.New"].quality_address
     assert new_q not in {p.quality_address for p in first.placements.values()}
     # unchanged third run: nothing to write
-    third = plan(table(SPEED, ENABLED, sig("demo.M.New", int, 0, 10)), path)
+    third = plan(table(SPEED, ENABLED, signal_info("demo.M.New", maximum=10)), path)
     assert not third.changed
     assert third.placements == second.placements
     # Temp comes back: it gets its old address and quality register again
-    fourth = plan(table(SPEED, ENABLED, sig("demo.M.New", int, 0, 10), TEMP), path)
+    fourth = plan(table(SPEED, ENABLED, signal_info("demo.M.New", maximum=10), TEMP), path)
     assert fourth.placements["demo.M.Temp"] == first.placements["demo.M.Temp"]
     assert fourth.reserved == []
 
@@ -131,7 +132,7 @@ def test_encoding_too_narrow_is_an_error(tmp_path: Path) -> None:
 
 
 def test_holding_only_units_and_scale(tmp_path: Path) -> None:
-    other = sig("body.D.Door", bool, 0, 1)
+    other = signal_info("body.D.Door", value_type=bool)
     rmap = plan_register_map(
         table(SPEED, ENABLED, ENABLE, other),
         ["demo", "body"],

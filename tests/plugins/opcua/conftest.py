@@ -17,12 +17,38 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import DNSName, UniformResourceIdentifier
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from canbridge.testing import BridgeHarness
+from canbridge import SignalInfo
+from canbridge.testing import BridgeHarness, signal_info
 
 OPERATOR = ("op", "op-secret")
 READER = ("viewer", "view-secret")
 NS = "urn:canbridge"
 CLIENT_URI = "urn:canbridge:test:client"
+
+
+def small_table() -> list[SignalInfo]:
+    """A table for tests on a :class:`canbridge.testing.FakeBridge`: every data type, unit and kind of choices."""
+    return [
+        signal_info("b0.Status.Speed", unit="rpm", minimum=-8000, maximum=8000, comment="Rotor speed."),
+        signal_info("b0.Status.Temp", unit="degC", bit_length=8, offset=-40),
+        signal_info("b0.Status.Current", unit="A", value_type=float, scale=0.1, minimum=-500, maximum=500),
+        signal_info(
+            "b0.Status.State", bit_length=4, maximum=3, choices={0: "Off", 1: "Ready", 2: "Running", 3: "Fault"}
+        ),
+        signal_info("b0.Status.Enabled", value_type=bool),
+        signal_info("b0.Status.Gear", bit_length=8, choices={1: "Low", 4: "High"}),
+        signal_info("b0.Status.Odd", unit="furlongs", bit_length=32),
+        signal_info("b0.Command.Setpoint", frame_id=0x300, unit="rpm", maximum=6000, writable=True, max_write_rate=5.0),
+        signal_info(
+            "b0.Command.Mode",
+            frame_id=0x300,
+            bit_length=2,
+            maximum=2,
+            writable=True,
+            choices={0: "Off", 1: "Speed", 2: "Torque"},
+        ),
+        signal_info("b0.Command.Enable", frame_id=0x300, value_type=bool, writable=True),
+    ]
 
 
 @dataclass(frozen=True)

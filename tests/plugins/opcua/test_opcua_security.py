@@ -12,15 +12,16 @@ from asyncua import Client, ua
 from canbridge_opcua._config import OpcUaConfig
 from canbridge_opcua._service import OpcUaService
 
+from canbridge.testing import FakeBridge
 from tests.plugins.opcua.conftest import (
     OPERATOR,
     ClientCert,
     make_client_cert,
     ns_index,
     running,
+    small_table,
     status_name,
 )
-from tests.plugins.opcua.fakebridge import FakeBridge, small_table
 
 Cfg = Callable[..., dict[str, Any]]
 SETPOINT = "demo.MotorCommand.SpeedSetpoint"
@@ -188,7 +189,7 @@ async def test_missing_certificate_file_stops_start(opcua_config: Cfg, tmp_path:
     cfg = OpcUaConfig.model_validate(
         opcua_config(certificate=str(tmp_path / "nope.der"), private_key=str(tmp_path / "nope.pem"))
     )
-    svc = OpcUaService(FakeBridge(small_table(), tmp_path), cfg)
+    svc = OpcUaService(FakeBridge(small_table(), state_dir=tmp_path), cfg)
     with pytest.raises(FileNotFoundError, match=r"nope\.der does not exist"):
         await svc.start()
     await svc.stop()

@@ -21,8 +21,8 @@ from canbridge_opcua._units import unece_unit
 from pydantic import ValidationError
 
 from canbridge import Quality, RefusalReason
-from tests.plugins.opcua.conftest import status_name
-from tests.plugins.opcua.fakebridge import FakeBridge, sig, small_table
+from canbridge.testing import FakeBridge, signal_info
+from tests.plugins.opcua.conftest import small_table, status_name
 
 HASH = hash_password("pw", iterations=10_000)
 
@@ -169,7 +169,7 @@ def test_unit_ids_and_unknowns() -> None:
     ],
 )
 def test_variant_types(kw: dict[str, Any], expected: ua.VariantType) -> None:
-    assert variant_type(sig("M", "S", **kw)) == expected
+    assert variant_type(signal_info("b0.M.S", **kw)) == expected
 
 
 # --- against a fake bridge ----------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_variant_types(kw: dict[str, Any], expected: ua.VariantType) -> None:
 
 @pytest.fixture
 async def served(tmp_path: Path, pki_seed: Path) -> AsyncIterator[tuple[FakeBridge, OpcUaService, Client, int]]:
-    bridge = FakeBridge(small_table(), tmp_path)
+    bridge = FakeBridge(small_table(), state_dir=tmp_path)
     config = cfg(
         listen="opc.tcp://127.0.0.1:0",
         security_policies=["None"],
@@ -216,7 +216,7 @@ async def test_quality_status_codes(served: Any) -> None:
     }
     for i, (quality, code) in enumerate(expected.items()):
         ts = 1_700_000_000_123_456_000 + i
-        bridge.set("b0.Status.Speed", 100 + i, quality, ts_ns=ts)
+        bridge.set("b0.Status.Speed", 100 + i, quality, timestamp_ns=ts)
         dv = await read_until(node, lambda dv, code=code: dv.StatusCode.value == code)
         assert dv.StatusCode.value == code, quality
         assert dv.SourceTimestamp.timestamp() == pytest.approx(ts / 1e9, abs=1e-6)
@@ -240,27 +240,29 @@ async def test_quality_status_codes(served: Any) -> None:
 )
 async def test_refusal_status_codes(served: Any, reason: RefusalReason, code: str) -> None:
     bridge, _svc, client, idx = served
-    bridge.refuse_next = reason
+    bridge.refuse_next("b0.Command.Setpoint", reason)
     node = client.get_node(ua.NodeId("b0.Command.Setpoint", idx))
     with pytest.raises(ua.UaStatusCodeError) as err:
         await node.write_value(ua.DataValue(ua.Variant(10, ua.VariantType.UInt16)))
     assert status_name(err.value) == code
-    assert bridge.writes[-1][2].plugin == "opcua"
+    assert bridge.writes[-1].refused is not None and bridge.writes[-1].refused.reason is reason
+    assert bridge.writes[-1].caller.plugin == "opcua"
 
 
 async def test_write_caller_and_other_attributes(served: Any) -> None:
     bridge, _svc, client, idx = served
     node = client.get_node(ua.NodeId("b0.Command.Setpoint", idx))
     await node.write_value(ua.DataValue(ua.Variant(42, ua.VariantType.UInt16)))
-    name, value, caller = bridge.writes[-1]
-    assert (name, value) == ("b0.Command.Setpoint", 42)
+    write = bridge.writes[-1]
+    assert (write.name, write.value, write.accepted) == ("b0.Command.Setpoint", 42, True)
+    caller = write.caller
     assert caller.user == "anonymous" and caller.address and caller.address.startswith("127.0.0.1:")
     with pytest.raises(ua.UaStatusCodeError) as err:
         await node.write_attribute(ua.AttributeIds.DisplayName, ua.DataValue(ua.Variant(ua.LocalizedText("x"))))
     assert status_name(err.value) in ("BadNotWritable", "BadUserAccessDenied")
     enable = client.get_node(ua.NodeId("b0.Command.Enable", idx))
     await enable.write_value(ua.DataValue(ua.Variant(True, ua.VariantType.Boolean)))
-    assert bridge.values["b0.Command.Enable"].value is True
+    assert bridge.read("b0.Command.Enable").value is True
 
 
 async def test_enum_kinds_and_value_as_text(served: Any) -> None:
@@ -285,7 +287,7 @@ async def test_bus_down_shows_in_diagnostics(served: Any) -> None:
     from canbridge import BusState
 
     bridge, svc, client, idx = served
-    bridge.bus_state = BusState.BUS_OFF
+    bridge.set_bus_state("b0", BusState.BUS_OFF)
     await svc.update_diagnostics()
     assert await client.get_node(ua.NodeId("b0._Diagnostics.State", idx)).read_value() == "bus_off"
     assert await client.get_node(ua.NodeId("b0._Diagnostics.StateCode", idx)).read_value() == 3
@@ -329,7 +331,7 @@ async def test_port_in_use_is_a_clear_error(served: Any, tmp_path: Path) -> None
     _bridge, svc, _client, _idx = served
     port = svc.endpoints()[0].rsplit(":", 1)[1]
     other = OpcUaService(
-        FakeBridge(small_table(), tmp_path),
+        FakeBridge(small_table(), state_dir=tmp_path),
         cfg(
             listen=f"opc.tcp://127.0.0.1:{port}",
             security_policies=["None"],
@@ -344,7 +346,7 @@ async def test_port_in_use_is_a_clear_error(served: Any, tmp_path: Path) -> None
 
 async def test_ipv6_loopback(tmp_path: Path) -> None:
     svc = OpcUaService(
-        FakeBridge(small_table(), tmp_path),
+        FakeBridge(small_table(), state_dir=tmp_path),
         cfg(listen="opc.tcp://[::1]:0", security_policies=["None"], allow_anonymous=True, pki_dir=str(tmp_path)),
     )
     try:
