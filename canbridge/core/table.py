@@ -222,7 +222,8 @@ def build_table(
                     comment=_comment(s), writable=s.name in writable_sigs, timeout_s=timeout,
                     cycle_time_ms=cycle, multiplexer=_mux_of(m, s),
                     multiplexer_ids=tuple(s.multiplexer_ids) if s.multiplexer_ids else None,
-                    is_multiplexer=bool(s.is_multiplexer), max_write_rate=mc.write_rate,
+                    is_multiplexer=bool(s.is_multiplexer),
+                    max_write_rate=mc.write_rate if s.name in writable_sigs else None,
                 )
                 signals[sname] = info
                 signal_list.append(info)

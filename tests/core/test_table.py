@@ -141,7 +141,9 @@ def test_messages_filter_and_write_rate() -> None:
     t = table({"messages": ["Motor*"], "writable": ["MotorCommand.Enable"], "write_rate": None})
     assert set(t.messages) == {"demo.MotorStatus", "demo.MotorCommand"}
     assert sig(t, "demo.MotorCommand.Enable").max_write_rate is None
-    assert table({}).signals["demo.MotorStatus.MotorSpeed"].max_write_rate == 10.0
+    default = table({"writable": ["MotorCommand.*"]})
+    assert default.signals["demo.MotorCommand.SpeedSetpoint"].max_write_rate == 10.0
+    assert default.signals["demo.MotorStatus.MotorSpeed"].max_write_rate is None  # received: no write rate
 
 
 def test_two_buses_with_the_same_dbc_are_separate_signals() -> None:
