@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -262,5 +262,3 @@ def _mux_of(message: Any, signal: Any) -> str | None:
     mux = next((s.name for s in message.signals if s.is_multiplexer), None)
     return str(mux) if mux else None
 
-
-Loader = Callable[[Path, bool], Sequence[Any]]
