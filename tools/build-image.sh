@@ -102,7 +102,12 @@ if ((build)); then
     esac
     step "build: ${cmd[*]} $root"
     t0=$SECONDS
-    "${cmd[@]}" "$root" || die "the image build failed"
+    if ! "${cmd[@]}" "$root"; then
+        # the default base comes from Docker Hub: say how to build without it
+        [[ -z $base ]] && echo "build-image: no image registry reachable? build on a local Debian base:" \
+            "make image-offline (tools/build-image.sh --local-base)" >&2
+        die "the image build failed"
+    fi
     build_s=$((SECONDS - t0))
 fi
 image_exists "$tag" || die "no image $tag (build it first)"

@@ -86,7 +86,8 @@ def demo_state_dir(env: Mapping[str, str] | None = None) -> Path:
         except OSError as e:
             errors.append(f"{path}: {e.strerror or e}")
     fallback = Path(tempfile.mkdtemp(prefix="canbridge-demo-"))  # 0700, unique, ours
-    log.warning("demo state in the temporary %s (%s)", fallback, "; ".join(errors) or "no HOME or XDG_STATE_HOME")
+    logging.getLogger("canbridge.demo").warning("demo state in the temporary %s (%s)", fallback,
+                                                "; ".join(errors) or "no HOME or XDG_STATE_HOME")
     return fallback
 
 
