@@ -67,6 +67,7 @@ class CheckReport:
     config: Config | None
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    table: MappingTable | None = None  # the whole mapping table, when there is no problem
 
 
 @dataclass
@@ -342,13 +343,16 @@ def check_data(data: Any, lines: dict[Any, int], file: str | None, base: Path, r
                 problems += e.problems
 
     built = _mapping_tables([b for _, b in buses], mappings, base, registry, file, lines)
-    if config is not None and len(config.mappings) > 1:
+    whole: MappingTable | None = None
+    if config is not None and len(config.mappings) != 1:
         try:  # the whole table: what only shows across mappings (a message or frame id mapped twice)
-            build_table(config, base, registry.formats, file, lines)
+            whole = build_table(config, base, registry.formats, file, lines)
         except ConfigError as e:
             problems += e.problems
     else:  # each mapping on its own says it all
         problems += [p for _, _, _, ps in built for p in ps]
+        if config is not None:
+            whole = built[0][2]
     signals: dict[str, SignalInfo] = {}
     warnings: list[Problem] = []
     for i, mc, table, _ in built:
@@ -360,7 +364,8 @@ def check_data(data: Any, lines: dict[Any, int], file: str | None, base: Path, r
     problems += _endpoint_problems(plugins, registry, file, lines, bind=ports)
     if interfaces:
         problems += _interface_problems(buses, file, lines)
-    return CheckReport(config, _unique(sorted_problems(problems)), sorted_problems(warnings))
+    problems = _unique(sorted_problems(problems))
+    return CheckReport(config, problems, sorted_problems(warnings), None if problems else whole)
 
 
 def _list(v: Any) -> list[Any]:
@@ -398,7 +403,6 @@ def _dbc_data(path: Path, lenient: bool) -> dict[str, Any]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from canbridge.core.host import load_registry
-    from canbridge.core.table import build_table
 
     _, registry = load_registry()
     if args.dbc:
@@ -425,11 +429,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                             ports=not args.no_ports)
     if report.warnings:
         _print_warnings(report.warnings)
-    if report.problems or report.config is None:
+    if report.problems or report.config is None or report.table is None:
         _print_problems(ConfigError(report.problems))
         return 1
-    config = report.config
-    table = build_table(config, Path(args.dbc or args.config).resolve().parent, registry.formats)
+    config, table = report.config, report.table
     n_msg = len(table.message_list)
     n_sig = len(table.signal_list)
     n_w = sum(1 for s in table.signal_list if s.writable)
