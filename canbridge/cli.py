@@ -515,7 +515,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # --- demo ---
 def cmd_demo(args: argparse.Namespace) -> int:
-    from canbridge.core.app import build_runtime, demo_config, demo_state_dir
+    from canbridge.core.app import build_runtime, demo_config, demo_state_dir, private_dir
     from canbridge.core.host import load_registry
 
     _setup_logging(args.log_level or "WARNING")
@@ -525,7 +525,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for name, spec in sorted(registry.northbound.items()):
             plugins[name] = dict(spec.demo_config or {})
     try:
-        state = Path(args.state_dir).resolve() if args.state_dir else demo_state_dir()
+        state = private_dir(Path(args.state_dir).resolve()) if args.state_dir else demo_state_dir()
     except OSError as e:
         print(f"canbridge demo: {e}", file=sys.stderr)
         return 1
@@ -534,6 +534,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         runtime = build_runtime(parse_config(data), registry, base_dir=Path.cwd())
     except ConfigError as e:
         _print_problems(e)
+        return 1
+    taken = _endpoint_problems(runtime.config.plugins, registry, None, {}, bind=True)
+    if taken:  # the demo's ports are fixed: say which is taken before anything starts
+        _print_problems(ConfigError(taken))
+        print("canbridge demo: not started; stop what holds the port, or run `canbridge demo --no-plugins`",
+              file=sys.stderr)
         return 1
     t = runtime.table
     writable = ", ".join(s.signal for s in t.signal_list if s.writable)

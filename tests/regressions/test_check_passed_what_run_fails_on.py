@@ -287,3 +287,19 @@ def test_a_clean_dbc_has_no_warnings(tmp_path: Path, capsys: pytest.CaptureFixtu
     path = write(tmp_path, HEAD)
     rc, out, err = check(path, capsys)
     assert rc == 0 and "warning" not in err and out.startswith("OK:")
+
+
+def test_the_demo_names_its_taken_port_before_starting(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 8080))  # the demo's fixed REST port
+            s.listen()
+        except OSError:
+            pass  # already held by another program: taken all the same
+        assert main(["demo"]) == 1
+    out, err = capsys.readouterr()
+    assert "plugins.rest.port: port 8080 on 127.0.0.1 is already in use" in err
+    assert "--no-plugins" in err and "Connect to" not in out and "Traceback" not in err
