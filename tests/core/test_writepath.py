@@ -149,7 +149,10 @@ async def test_driver_send_failure_is_a_refusal_and_commits_nothing(tmp_path: Pa
         link.send_fails = False
         await rt.write(TORQUE, 70, WRITER)
         assert link.sent[-1].data[0:2] == b"\x00\x00"  # the refused 100 did not reach the shadow
-        assert [e["result"] for e in audit(rt.state_dir)] == ["bus_down", "accepted"]
+        # recorded before the send (no frame without its record), then the send's failure, tied to it
+        records = audit(rt.state_dir)
+        assert [e["result"] for e in records] == ["accepted", "bus_down", "accepted"]
+        assert records[1]["event"] == "send_failed" and records[1]["of"] == records[0]["seq"]
 
 
 # --- accepted writes ------------------------------------------------------------------------------
