@@ -245,7 +245,18 @@ class BusRunner:
 
     # --- supervision ---
     async def run(self) -> None:
-        """Open, read, and reopen with backoff until stopped."""
+        """Open, read, and reopen with backoff until stopped; whatever ends it leaves the bus closed."""
+        try:
+            await self._run()
+        finally:
+            driver, self.driver = self.driver, None
+            if driver is not None:  # only when _run ended on an exception: it closes its own driver
+                self._drop_cyclic_handles()
+                await _close_quietly(driver)
+            if self.state is not BusState.STOPPED:
+                self.set_state(BusState.STOPPED)
+
+    async def _run(self) -> None:
         delay = self.cfg.reconnect_min_s
         first = True
         while not self._stopping.is_set():
