@@ -204,15 +204,21 @@ class BusRunner:
     def set_cyclic(self, msg_index: int, frame: Frame, period_s: float) -> None:
         """Start or update the cyclic transmission of a message (atomic data update)."""
         cyc = self.cyclic.get(msg_index)
+        # The frame is remembered only once the driver took it: a refused write (the driver raised)
+        # must not be what a reconnect starts sending.
         if cyc is None:
-            cyc = self.cyclic[msg_index] = _Cyclic(frame, period_s)
-        else:
-            cyc.frame = frame
+            if self.driver is not None and self.state.usable:
+                handle = self.driver.send_periodic(frame, period_s)
+                self.cyclic[msg_index] = _Cyclic(frame, period_s, handle, time.monotonic())
+            else:
+                self.cyclic[msg_index] = _Cyclic(frame, period_s)
+            return
         if cyc.handle is not None:
             cyc.handle.modify(frame)
         elif self.driver is not None and self.state.usable:
             cyc.handle = self.driver.send_periodic(frame, period_s)
             cyc.since = time.monotonic()
+        cyc.frame = frame
 
     def stop_cyclic(self, msg_index: int) -> None:
         cyc = self.cyclic.pop(msg_index, None)
@@ -239,12 +245,23 @@ class BusRunner:
 
     # --- supervision ---
     async def run(self) -> None:
-        """Open, read, and reopen with backoff until stopped."""
+        """Open, read, and reopen with backoff until stopped; whatever ends it leaves the bus closed."""
+        try:
+            await self._run()
+        finally:
+            driver, self.driver = self.driver, None
+            if driver is not None:  # only when _run ended on an exception: it closes its own driver
+                self._drop_cyclic_handles()
+                await _close_quietly(driver)
+            if self.state is not BusState.STOPPED:
+                self.set_state(BusState.STOPPED)
+
+    async def _run(self) -> None:
         delay = self.cfg.reconnect_min_s
         first = True
         while not self._stopping.is_set():
-            driver = self.kind.open(self.cfg)
-            try:
+            try:  # a kind whose open() itself raises is retried like an interface that is missing
+                driver = self.kind.open(self.cfg)
                 await driver.open()
             except Exception as e:
                 msg = str(e) if isinstance(e, BusUnavailable) else f"{type(e).__name__}: {e}"
