@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from canbridge._bridge import Bridge, FrameSubscription, Subscription
-from canbridge._errors import BusError, ConfigError, PluginError, Problem, RefusalReason, UnknownSignal, WriteRefused
+from canbridge._errors import ConfigError, PluginError, Problem, RefusalReason, UnknownSignal, WriteRefused
 from canbridge._model import (
     BridgeStats,
     BusInfo,
@@ -255,8 +255,9 @@ class Runtime(Bridge):
             await asyncio.sleep(0.1)
             tick += 1
             now = time.monotonic()
-            self._duty("staleness", self._staleness, now)
-            self._duty("writer timeouts", self._writer_timeouts, now)
+            self._duty("staleness", self.store.expire, now)
+            if self.writes is not None:
+                self._duty("writer timeouts", self.writes.expire_writers, now)
             if tick % 10 == 0:
                 self._duty("bus polling", self._poll_buses, now)
                 self._duty("audit probe", self._probe_audit, now)
@@ -279,42 +280,6 @@ class Runtime(Bridge):
     def _probe_audit(self, now: float) -> None:
         if self.audit is not None:
             self.audit.probe()
-
-    def _staleness(self, now: float) -> None:
-        store = self.store
-        for e in self.table.message_list:
-            if e.timeout_s is not None and store.msg_quality[e.index] is Quality.GOOD and \
-                    now - store.msg_mono[e.index] > e.timeout_s:
-                store.set_message_quality(e.index, Quality.STALE)
-
-    def _writer_timeouts(self, now: float) -> None:
-        w = self.writes
-        if w is None:
-            return
-        for e in self.table.message_list:
-            t = e.transmit
-            if t is None or t.writer_timeout_ms is None or t.on_writer_timeout == "keep":
-                continue
-            last = w.last_write.get(e.index)
-            if last is None or now - last < t.writer_timeout_ms / 1000:
-                continue
-            runner = self.runners[e.info.bus]
-            del w.last_write[e.index]
-            log.warning("%s: no write for %d ms; %s", e.info.name, t.writer_timeout_ms,
-                        "stopping its transmission" if t.on_writer_timeout == "stop" else "back to initial values")
-            if t.on_writer_timeout == "stop":
-                runner.stop_cyclic(e.index)
-                self.store.set_message_quality(e.index, Quality.STALE)
-                continue
-            w.shadow[e.index] = e.initial
-            w.publish_payload(e, e.initial)
-            if t.period_ms and e.index in runner.cyclic:
-                try:
-                    runner.set_cyclic(e.index, _frame(e, e.initial), t.period_ms / 1000)
-                except BusError as err:
-                    # the bus is down: the runner restarts the (initial) cyclic frame when it returns;
-                    # this must not end supervision (it did: staleness stopped for every bus)
-                    log.warning("%s: initial values not transmitted now: %s", e.info.name, err)
 
     # --- lifecycle ---
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
