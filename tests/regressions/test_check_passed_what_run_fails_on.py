@@ -290,16 +290,29 @@ def test_a_clean_dbc_has_no_warnings(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_the_demo_names_its_taken_port_before_starting(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       taken: tuple[str, int]) -> None:
+    import dataclasses
+
+    from canbridge import cli
+    from canbridge.core import host
+
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", 8080))  # the demo's fixed REST port
-            s.listen()
-        except OSError:
-            pass  # already held by another program: taken all the same
-        assert main(["demo"]) == 1
+    real = host.load_registry
+
+    def registry_with_the_taken_port() -> tuple[object, host.Registry]:  # the demo's REST port is fixed: move it
+        pm, reg = real()
+        spec = reg.northbound["rest"]
+        reg.northbound["rest"] = dataclasses.replace(spec, demo_config={**(spec.demo_config or {}), "port": taken[1]})
+        return pm, reg
+
+    def must_not_serve(*args: object, **kwargs: object) -> int:
+        raise AssertionError("the demo started although its port is taken")
+
+    monkeypatch.setattr(host, "load_registry", registry_with_the_taken_port)
+    monkeypatch.setattr(cli, "_run_async", must_not_serve)
+    assert main(["demo"]) == 1
     out, err = capsys.readouterr()
-    assert "plugins.rest.port: port 8080 on 127.0.0.1 is already in use" in err
+    assert f"plugins.rest.port: port {taken[1]} on 127.0.0.1 is already in use" in err
     assert "--no-plugins" in err and "Connect to" not in out and "Traceback" not in err

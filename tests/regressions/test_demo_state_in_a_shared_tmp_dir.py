@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -93,15 +95,22 @@ def test_the_demo_prints_its_state_directory(tmp_path: Path) -> None:
     env = {**os.environ, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state"),
            "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, "-m", "canbridge", "demo", "--no-plugins"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, text=True)
+                            stderr=subprocess.PIPE, env=env)
     try:
         assert proc.stdout is not None
-        line = ""
-        for line in proc.stdout:  # bounded by the timeout below
-            if "state (" in line:
-                break
+        seen = b""
+        deadline = time.monotonic() + 60
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while b"Connect to" not in seen and (left := deadline - time.monotonic()) > 0:
+                if not sel.select(min(left, 0.5)):
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break  # the demo exited
+                seen += chunk
         expected = tmp_path / "state" / "canbridge" / "demo"
-        assert line.strip().endswith(str(expected)), line
+        assert f"state (certificates, register map, audit log): {expected}\n".encode() in seen, seen
         assert mode(expected) == 0o700
     finally:
         proc.terminate()
