@@ -24,7 +24,7 @@ from canbridge.core.mapping.codec import (
     initial_payload,
 )
 
-DEMO = Path(__file__).resolve().parents[2] / "mappings" / "demo" / "demo.dbc"
+DEMO = Path(__file__).resolve().parents[3] / "mappings" / "demo" / "demo.dbc"
 
 
 @pytest.fixture(scope="module")
@@ -397,7 +397,7 @@ def test_yaml_messages_decode_like_cantools() -> None:
     """Messages built from YAML (FD, nested multiplexers, float64) go through the same codec."""
     from canbridge.core.mapping.formats import load_signals_yaml
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     files = [
         root / "mappings" / "examples" / "signals.yaml",
         *sorted((root / "tests" / "data" / "signals").glob("*.yaml")),

@@ -22,7 +22,7 @@ from cantools.database.can import Message, Signal
 from canbridge.core.mapping.codec import compile_decoder, compile_encoder, encode_message, fits
 from canbridge.core.mapping.formats import load_dbc
 
-DBC_DIR = Path(__file__).resolve().parents[1] / "data" / "dbc"
+DBC_DIR = Path(__file__).resolve().parents[2] / "data" / "dbc"
 LENIENT = {"FORD_CADS_64", "chrysler_cusw", "vw_mqb", "mazda_2017"}
 FILES = sorted(p.stem for p in DBC_DIR.glob("*.dbc"))
 PAYLOADS_PER_MESSAGE = 30

@@ -25,7 +25,7 @@ from canbridge.core.mapping.formats import (
     load_sym,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DBC_DIR = ROOT / "tests" / "data" / "dbc"
 SIGNALS_DIR = ROOT / "tests" / "data" / "signals"
 EXAMPLE = ROOT / "mappings" / "examples" / "signals.yaml"
