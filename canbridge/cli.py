@@ -22,7 +22,7 @@ from canbridge.config import BusConfig, Config, MappingConfig, SimulatorConfig, 
 
 if TYPE_CHECKING:
     from canbridge._model import SignalInfo
-    from canbridge.core.table import MappingTable
+    from canbridge.core.mapping.table import MappingTable
 
 log = logging.getLogger("canbridge")
 
@@ -46,7 +46,7 @@ def _print_problems(e: ConfigError, out: Any = None) -> None:
 def _interface_problems(buses: Sequence[tuple[int, BusConfig]], file: str | None,
                         lines: dict[Any, int] | None) -> list[Problem]:
     """Interfaces that are missing or down, with how to fix them (socketcan only)."""
-    from canbridge.core.interfaces import check_interface
+    from canbridge.core.can.interfaces import check_interface
 
     out = []
     for i, b in buses:
@@ -169,7 +169,7 @@ def _mapping_tables(buses: Sequence[BusConfig], mappings: Sequence[tuple[int, Ma
     that load still give their signals to the checks after them (simulators, warnings)."""
     import dataclasses
 
-    from canbridge.core.table import build_table
+    from canbridge.core.mapping.table import build_table
 
     out: list[tuple[int, MappingConfig, MappingTable | None, list[Problem]]] = []
     for i, mc in mappings:
@@ -201,7 +201,7 @@ def _names(items: Sequence[str]) -> str:
 def _mapping_warnings(i: int, mc: MappingConfig, table: MappingTable, file: str | None,
                       lines: dict[Any, int]) -> list[Problem]:
     """It runs, but: received messages that never turn stale, DBC limits the raw bits cannot reach."""
-    from canbridge.core.table import _raw_limits
+    from canbridge.core.mapping.table import _raw_limits
 
     key = "dbc" if mc.dbc is not None else "signals"
     where = (file, lines.get(("mappings", i, key)), f"mappings[{i}].{key}") if file else (str(mc.file), None, None)
@@ -287,8 +287,8 @@ def check_data(data: Any, lines: dict[Any, int], file: str | None, base: Path, r
 
     from pydantic import ValidationError
 
+    from canbridge.core.mapping.table import build_table
     from canbridge.core.runtime import check_bus_kinds, validate_plugins
-    from canbridge.core.table import build_table
 
     problems: list[Problem] = []
     config: Config | None = None
