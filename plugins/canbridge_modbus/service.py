@@ -83,6 +83,10 @@ class ModbusService:
                     max_connections=cfg.max_connections,
                     idle_timeout_s=cfg.idle_timeout_s,
                     frame_timeout_s=cfg.frame_timeout_s,
+                    max_connections_per_address=cfg.max_connections_per_address,
+                    evict_idle_s=cfg.evict_idle_s,
+                    output_buffer_bytes=cfg.output_buffer_bytes,
+                    output_timeout_s=cfg.output_timeout_s,
                 )
                 await self.tcp.start()
             if cfg.rtu is not None:
