@@ -13,11 +13,15 @@ import json
 import os
 import socket
 import struct
+import tty
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from canbridge_modbus.rtu import MAX_INPUT as MAX_RTU_INPUT
+from canbridge_modbus.rtu import MAX_OUTPUT as MAX_RTU_OUTPUT
+from canbridge_modbus.rtu import with_crc
 from canbridge_modbus.service import ModbusService
 from canbridge_modbus.tcp import MAX_INPUT, ModbusTcpServer
 
@@ -47,7 +51,7 @@ async def bridge(tmp_path: Path, **modbus: Any) -> AsyncIterator[tuple[BridgeHar
     async with BridgeHarness(config=cfg, state_dir=tmp_path) as h:
         svc = h.service("modbus")
         assert isinstance(svc, ModbusService)
-        yield h, svc, int(svc.endpoints()[0].rsplit(":", 1)[1])
+        yield h, svc, int(svc.endpoints()[0].rsplit(":", 1)[1]) if svc.tcp is not None else 0
 
 
 def tcp(svc: ModbusService) -> ModbusTcpServer:
@@ -465,3 +469,87 @@ async def test_oversized_or_impossible_mbap_length_closes(tmp_path: Path, length
         finally:
             c.close()
         assert await served(port)
+
+
+# --- RTU: the same bounds on a serial line (a pseudo-terminal) ------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def rtu_bridge(tmp_path: Path) -> AsyncIterator[tuple[BridgeHarness, ModbusService, int]]:
+    master_fd, slave_fd = os.openpty()
+    tty.setraw(master_fd)
+    os.set_blocking(master_fd, False)
+    try:
+        rtu = {"port": os.ttyname(slave_fd), "baudrate": 19200, "parity": "N"}
+        async with bridge(tmp_path, rtu=rtu, tcp=False) as (h, svc, _port):
+            yield h, svc, master_fd
+    finally:
+        os.close(slave_fd)
+        os.close(master_fd)
+
+
+def rtu_frame(pdu: bytes, unit: int = 1) -> bytes:
+    return with_crc(bytes((unit,)) + pdu)
+
+
+async def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            await asyncio.sleep(0.001)  # the server (in this loop) reads the other end
+
+
+def drain(fd: int) -> bytes:
+    out = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 4096):
+            out += chunk
+    return out
+
+
+async def test_rtu_input_without_a_frame_boundary_is_bounded(tmp_path: Path) -> None:
+    async with rtu_bridge(tmp_path) as (h, svc, fd):
+        rtu = svc.rtu
+        assert rtu is not None
+        largest = 0
+
+        def watch() -> bool:
+            nonlocal largest
+            largest = max(largest, len(rtu.buf))
+            return rtu.overruns >= 1 and not rtu._discarding  # and the silence after it
+
+        # 64 KiB of bytes that no length delimits (an unknown function code), with no silence
+        junk = (b"\x01\x41" + bytes(range(2, 256))) * 256
+        for i in range(0, len(junk), 1024):
+            await write_all(fd, junk[i : i + 1024])
+            largest = max(largest, len(rtu.buf))
+        await h.until(watch)
+        assert largest <= MAX_RTU_INPUT, largest
+        # after the silence the line works again
+        buf = bytearray()
+        await write_all(fd, rtu_frame(struct.pack(">BHH", 4, 30000, 20)))
+        await h.until(lambda: len(drain_into(fd, buf)) >= 45, timeout=5)
+        assert bytes(buf[:3]) == b"\x01\x04\x28" and bytes(buf) == with_crc(bytes(buf[:-2]))
+
+
+def drain_into(fd: int, buf: bytearray) -> bytearray:
+    buf += drain(fd)
+    return buf
+
+
+async def test_rtu_answers_a_master_does_not_read_are_bounded(tmp_path: Path) -> None:
+    async with rtu_bridge(tmp_path) as (h, svc, fd):
+        rtu = svc.rtu
+        assert rtu is not None
+        request = rtu_frame(struct.pack(">BHH", 4, 30000, 20))  # 45-byte answers, never read
+        largest = 0
+        for _ in range(100):
+            await write_all(fd, request * 50)
+            largest = max(largest, len(rtu._out))
+            if rtu.dropped_responses:
+                break
+        await h.until(lambda: rtu.dropped_responses > 0, timeout=10)
+        assert largest <= MAX_RTU_OUTPUT and len(rtu._out) <= MAX_RTU_OUTPUT
+        drain(fd)
