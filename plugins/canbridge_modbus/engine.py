@@ -35,6 +35,7 @@ from pymodbus.pdu.register_message import WriteSingleRegisterResponse
 
 from canbridge import (
     Bridge,
+    BridgeStats,
     BusStatus,
     Caller,
     Quality,
@@ -46,7 +47,16 @@ from canbridge import (
     WriteRefused,
 )
 from canbridge_modbus.codec import Codec, Encoder, encoder
-from canbridge_modbus.regmap import BIT_TABLES, DIAG_SIZE, DIAGNOSTICS, Placement, RegisterMap, Table
+from canbridge_modbus.regmap import (
+    BIT_TABLES,
+    BRIDGE_DIAG_SIZE,
+    BRIDGE_DIAGNOSTICS,
+    DIAG_SIZE,
+    DIAGNOSTICS,
+    Placement,
+    RegisterMap,
+    Table,
+)
 
 log = logging.getLogger("canbridge.modbus")
 
@@ -225,6 +235,8 @@ class ModbusEngine:
                 self._unit(r.unit).mark(rmap.quality_table, r.quality_address, 1, ("reserved", r.signal))
         for d in rmap.diagnostics.values():
             self._unit(d.unit).mark(d.table, d.address, DIAG_SIZE, ("diagnostics", f"bus {d.bus}"))
+        for b in rmap.bridge.values():
+            self._unit(b.unit).mark(b.table, b.address, BRIDGE_DIAG_SIZE, ("diagnostics", "the bridge"))
         for p in rmap.placements.values():
             space = self.units[p.unit]
             self.slots[p.signal] = slot = _Slot(
@@ -304,6 +316,28 @@ class ModbusEngine:
                 regs[a : a + 2] = codec.encode(v & 0xFFFF_FFFF)  # counters wrap like a PLC expects
             else:
                 regs[a] = min(max(v, 0), 0xFFFF)
+
+    def apply_bridge_stats(self, stats: BridgeStats, connections: int, evicted: int, refused: int) -> None:
+        """Refresh the bridge diagnostics registers of every unit id (the audit log alarm point)."""
+        fields: dict[str, int] = {
+            "audit_available": 1 if stats.audit_available else 0,
+            "tcp_connections": connections,
+            "audit_failures": stats.audit_failures,
+            "writes_accepted": stats.writes_accepted,
+            "writes_refused": sum(stats.writes_refused.values()),
+            "tcp_evicted": evicted,
+            "tcp_refused": refused,
+        }
+        for b in self.rmap.bridge.values():
+            regs = self.units[b.unit].values[b.table]
+            codec = Codec("uint32", b.word_order)
+            for offset, name, count, _ in BRIDGE_DIAGNOSTICS:
+                v = fields[name]
+                a = b.address + offset
+                if count == 2:
+                    regs[a : a + 2] = codec.encode(v & 0xFFFF_FFFF)
+                else:
+                    regs[a] = min(max(v, 0), 0xFFFF)
 
     # --- requests -------------------------------------------------------------------------------
 

@@ -112,6 +112,13 @@ class ModbusService:
 
     def _refresh_diagnostics(self) -> None:
         assert self.engine is not None and self.rmap is not None
+        tcp = self.tcp
+        self.engine.apply_bridge_stats(
+            self.bridge.stats(),
+            connections=len(tcp.connections) if tcp is not None else 0,
+            evicted=tcp.evicted_connections if tcp is not None else 0,
+            refused=tcp.refused_connections if tcp is not None else 0,
+        )
         now = time.time_ns()
         for bus in self.rmap.diagnostics:
             try:

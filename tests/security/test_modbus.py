@@ -553,3 +553,43 @@ async def test_rtu_answers_a_master_does_not_read_are_bounded(tmp_path: Path) ->
         await h.until(lambda: rtu.dropped_responses > 0, timeout=10)
         assert largest <= MAX_RTU_OUTPUT and len(rtu._out) <= MAX_RTU_OUTPUT
         drain(fd)
+
+
+# --- the audit log alarm point ------------------------------------------------------------------
+
+
+async def test_audit_log_alarm_point_in_the_bridge_diagnostics_registers(tmp_path: Path) -> None:
+    # /dev/full: every audit write fails with ENOSPC, as on a full disk
+    cfg = demo_config(unique_channel("mbaudit"))
+    cfg["mappings"][0].pop("transmit")
+    cfg["audit"] = {"file": "/dev/full"}
+    cfg["plugins"] = {"modbus": {"port": 0, "diagnostics_interval": 0.05}}
+    async with BridgeHarness(config=cfg, state_dir=tmp_path) as h:
+        svc = h.service("modbus")
+        assert isinstance(svc, ModbusService)
+        port = int(svc.endpoints()[0].rsplit(":", 1)[1])
+        block = mapped(svc).bridge[1]
+        assert block.address == 30020  # after the demo bus's block
+        read = struct.pack(">BHH", 4, block.address, 10)
+        c = await Client.connect(port)
+
+        async def until(check: Any) -> tuple[int, ...]:
+            """The block once ``check`` accepts it (it refreshes every diagnostics_interval)."""
+            deadline = asyncio.get_running_loop().time() + 5
+            while True:
+                regs = struct.unpack(">10H", (await c.call(read))[2:])
+                if check(regs):
+                    return regs
+                assert asyncio.get_running_loop().time() < deadline, f"not reached: {regs}"
+                await asyncio.sleep(0.05)
+
+        try:
+            await until(lambda r: r[0] == 1 and r[1] == 1)  # audit available, one TCP client (this one)
+            sp = mapped(svc).placements[SETPOINT].address
+            assert await c.call(fc6(sp, 1500)) == b"\x86\x04"  # refused: nothing is sent unrecorded
+            with pytest.raises(TimeoutError):
+                await h.next_sent(COMMAND_ID, timeout=0.3)
+            # the alarm: not available, the failure and the refused write counted
+            await until(lambda r: r[0] == 0 and (r[2] << 16 | r[3]) >= 1 and (r[6] << 16 | r[7]) >= 1)
+        finally:
+            c.close()

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymodbus.pdu import DecodePDU
 
-from canbridge import BusState, BusStatus, Quality, RefusalReason, SignalValue
+from canbridge import BridgeStats, BusState, BusStatus, Quality, RefusalReason, SignalValue
 from canbridge.testing import FakeBridge, signal_info
 from tests.plugins.modbus.helpers import table
 
@@ -247,6 +247,27 @@ async def test_diagnostics_registers(tmp_path: Path) -> None:
     assert regs[4:6] == (0x0002, 0x0003)  # uint32, wrapped
     assert regs[6:8] == (0, 7)
     assert regs[16] == 2 and regs[19] == 10
+
+
+async def test_bridge_diagnostics_registers(tmp_path: Path) -> None:
+    _, engine = make(tmp_path)
+    block = engine.rmap.bridge[1]
+    assert block.address == 30000 + 20  # after the bus block
+    stats = BridgeStats(
+        writes_accepted=0x1_0000_0005,
+        writes_refused={"out_of_range": 3, "audit_unavailable": 4},
+        store_batches=0,
+        store_update_seconds_total=0.0,
+        subscribers=0,
+        max_subscriber_lag_s=0.0,
+        audit_available=False,
+        audit_error="disk full",
+        audit_failures=70000,
+    )
+    engine.apply_bridge_stats(stats, connections=3, evicted=70000, refused=2)
+    regs = struct.unpack(">10H", (await call(engine, read(4, block.address, 10)))[2:])
+    assert regs == (0, 3, 1, 70000 - 65536, 0, 5, 0, 7, 0xFFFF, 2)
+    assert await call(engine, b"\x06\x75\x44\x00\x01") == b"\x86\x02"  # not writable (input table)
 
 
 @given(
