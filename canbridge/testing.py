@@ -187,11 +187,20 @@ class BridgeHarness:
 
     async def until(self, predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01) -> None:
         """Wait until ``predicate()`` is true; AssertionError after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout} s")
-            await asyncio.sleep(interval)
+        await until(predicate, timeout, interval)
+
+
+async def until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01, *,
+                what: str = "condition", detail: Callable[[], object] | None = None) -> None:
+    """Wait until ``predicate()`` is true, checking every ``interval`` s; AssertionError naming ``what``
+    (and ``detail()``, e.g. what was seen instead) after ``timeout`` s. The one polling helper of the
+    test suites: a test waits for a condition, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            extra = f"; {detail()}" if detail is not None else ""
+            raise AssertionError(f"{what} not met within {timeout} s{extra}")
+        await asyncio.sleep(interval)
 
 
 # --- unit tests without a core ---------------------------------------------------------------------
