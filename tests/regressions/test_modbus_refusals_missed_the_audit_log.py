@@ -9,7 +9,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from tests.security.test_modbus import SETPOINT, Client, audit, bridge, fc6, fc16, mapped
+from tests.plugins.modbus.conftest import mapped
+from tests.security.test_modbus import SETPOINT, Client, audit, bridge, fc6, fc16
 
 
 async def test_out_of_range_holding_register_write_is_audited(tmp_path: Path) -> None:

@@ -291,8 +291,13 @@ async def flood(sock: socket.socket, blob: bytes, state: dict[str, Any]) -> None
         try:
             state["sent"] += sock.send(view[state["sent"] : state["sent"] + (1 << 20)])
         except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_writer(sock, lambda f=ready: f.done() or f.set_result(None))
+            ready: asyncio.Future[None] = loop.create_future()
+
+            def writable(f: asyncio.Future[None] = ready) -> None:
+                if not f.done():
+                    f.set_result(None)
+
+            loop.add_writer(sock, writable)
             state["blocked"] = True
             try:
                 await ready
