@@ -23,8 +23,8 @@ from canbridge import (
     WriteRefused,
 )
 from canbridge.core.app import demo_config, unique_channel
-from canbridge.testing import BridgeHarness
-from tests.core.test_busrunner import fake_runtime, until
+from canbridge.testing import BridgeHarness, until
+from tests.core.test_busrunner import fake_runtime
 
 SET = "demo.MotorCommand.SpeedSetpoint"
 TORQUE = "demo.MotorCommand.TorqueLimit"

@@ -21,6 +21,7 @@ import pytest
 
 from canbridge.config import BusConfig
 from canbridge.core.can.socketcan import SocketcanDriver, can_available
+from canbridge.testing import until
 
 REQUIRED = os.environ.get("CANBRIDGE_SOCKETCAN_REQUIRED") == "1"
 HOW = "runs against a real kernel: make test-socketcan (or sudo bash tools/vm/run-in-vm.sh)"
@@ -100,13 +101,7 @@ class Collector:
         self.errors.append(exc)
 
     async def until(self, pred: Callable[[], object], limit: float = 10.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + limit
-        while not pred():
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {limit}s waiting for {what}; {len(self.frames)} frames, errors {self.errors!r}"
-                )
-            await asyncio.sleep(0.02)
+        await until(pred, limit, 0.02, what=what, detail=lambda: f"{len(self.frames)} frames, errors {self.errors!r}")
 
     async def count(self, n: int, limit: float = 10.0) -> None:
         await self.until(lambda: len(self.frames) >= n, limit, f"{n} frames")

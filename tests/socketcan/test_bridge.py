@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from canbridge import BusState, Caller, Permission, Quality, RefusalReason, WriteRefused
+from canbridge import BusState, Caller, Permission, Quality, RefusalReason, WriteRefused, testing
 from tests.socketcan.conftest import Candump, cansend, ip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,11 +53,7 @@ def config(dev: str, tmp: Path, kernel_filters: bool = True, **mapping: Any) -> 
 
 
 async def until(pred: Callable[[], object], limit: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + limit
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    await testing.until(pred, limit, 0.05, what=what)
 
 
 @pytest.fixture
