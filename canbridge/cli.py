@@ -201,7 +201,7 @@ def _names(items: Sequence[str]) -> str:
 def _mapping_warnings(i: int, mc: MappingConfig, table: MappingTable, file: str | None,
                       lines: dict[Any, int]) -> list[Problem]:
     """It runs, but: received messages that never turn stale, DBC limits the raw bits cannot reach."""
-    from canbridge.core.mapping.table import _raw_limits
+    from canbridge._model import physical_range
 
     key = "dbc" if mc.dbc is not None else "signals"
     where = (file, lines.get(("mappings", i, key)), f"mappings[{i}].{key}") if file else (str(mc.file), None, None)
@@ -219,7 +219,7 @@ def _mapping_warnings(i: int, mc: MappingConfig, table: MappingTable, file: str 
             mn, mx = sig.minimum, sig.maximum
             if sig.is_float or (mn is None and mx is None) or (mn == 0 and mx == 0):
                 continue
-            lo, hi = _raw_limits(sig)
+            lo, hi = physical_range(sig.length, sig.is_signed, sig.is_float, sig.scale, sig.offset)
             tol = abs(sig.scale) * 1e-6  # a limit one rounding away from the raw range is not clipped
             if (mn is not None and mn < lo - tol) or (mx is not None and mx > hi + tol):
                 new_lo = max(lo, mn) if mn is not None else lo
