@@ -241,12 +241,19 @@ def parse_frame_object(obj: Mapping[str, object]) -> Frame:
 
 
 def parse_frame(obj: object) -> Frame:
-    """Parse a raw frame given as a :class:`Frame`, a cansend string or a frame object."""
+    """Parse a raw frame given as a :class:`Frame`, a cansend string, ``{"cansend": "..."}`` or a frame
+    object."""
     if isinstance(obj, Frame):
         return obj
     if isinstance(obj, str):
         return parse_cansend(obj)
     if isinstance(obj, Mapping):
+        if "cansend" in obj:  # {"cansend": "123#DEADBEEF"}: the string form inside a JSON object
+            if len(obj) != 1:
+                raise FrameFormatError("give either {'cansend': '...'} or a frame object, not both")
+            if not isinstance(obj["cansend"], str):
+                raise FrameFormatError("'cansend' must be a string such as 123#DEADBEEF")
+            return parse_cansend(obj["cansend"])
         return parse_frame_object(obj)
     raise FrameFormatError(
         f"a frame must be a cansend string or a frame object, got {type(obj).__name__}"
