@@ -352,12 +352,14 @@ async function resync() {
 }
 
 // The signal list, the stream and the buses start together: values are on screen as soon as the list
-// arrives, whatever the stream or the bus panel take.
+// arrives, whatever the stream or the bus panel take. The list is asked for first: with several tabs
+// open the browser's six connections per server may be taken by streams.
 async function load() {
   state.loaded = false;
+  const list = api("/signals");
   connect();
   loadBuses();
-  const r = await api("/signals");
+  const r = await list;
   if (!r.ok) {
     $("sig-count").textContent = r.body && r.body.detail ? "— " + r.body.detail : "— not loaded";
     return;
