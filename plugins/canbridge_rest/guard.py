@@ -196,7 +196,7 @@ def content_type_problem(headers: Any, content_type: str, charset: str | None) -
 
 # --- JSON bodies ----------------------------------------------------------------------------------
 
-_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_SPECIAL = re.compile(r'[\[\]{}"\\]')
 
 
 class BodyError(ValueError):
@@ -204,10 +204,24 @@ class BodyError(ValueError):
 
 
 def _depth(text: str) -> int:
+    """The deepest nesting of arrays/objects, outside strings. One pass over the special characters
+    (linear: a pattern matching whole strings backtracks quadratically on unclosed ones)."""
     depth = deepest = 0
-    for m in _TOKENS.finditer(text):
+    in_string = False
+    escaped_at = -1  # the character after a backslash inside a string
+    for m in _SPECIAL.finditer(text):
+        i = m.start()
+        if i == escaped_at:
+            continue
         c = m.group()
-        if c in "[{":
+        if in_string:
+            if c == "\\":
+                escaped_at = i + 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
             depth += 1
             deepest = max(deepest, depth)
         elif c in "]}":
