@@ -296,3 +296,14 @@ def test_any_json_object_gives_a_frame_or_frame_format_error(obj: dict[str, obje
         parse_frame(obj)
     except FrameFormatError:
         pass
+
+
+@given(frames(), _bad_char(), st.integers(0, 200))
+def test_a_non_ascii_or_control_character_in_object_hex_data_is_refused(frame: Frame, bad: str, at: int) -> None:
+    obj = frame.to_nodered()
+    del obj["rawData"]
+    text = frame.data.hex(" ")
+    at %= len(text) + 1
+    obj["data"] = text[:at] + bad + text[at:]
+    with pytest.raises(FrameFormatError):
+        parse_frame_object(obj)
