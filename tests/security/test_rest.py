@@ -11,8 +11,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from canbridge_rest.app import ROUTES, STATE
 from canbridge_rest.guard import AuthLimiter, _depth, peer_key
+from canbridge_rest.plugin import RestService
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -52,6 +54,12 @@ async def _send(api: Api, method: str, path: str, body: bytes, headers: dict[str
 async def _nothing_sent(api: Api) -> None:
     with pytest.raises(TimeoutError):
         await api.h.next_sent(None, timeout=0.3)
+
+
+def _rest_app(api: Api) -> web.Application:
+    svc = api.h.service("rest")
+    assert isinstance(svc, RestService) and svc.app is not None
+    return svc.app
 
 
 def _refused(api: Api) -> dict[str, int]:
@@ -195,8 +203,7 @@ async def test_token_guessing_is_refused_after_the_burst_without_comparing_token
             api, "PUT", f"/api/v1/signals/{SETPOINT}", b'{"value": 1}', {"Authorization": "Bearer x"} | JSON_TYPE
         )
         assert status == 429 and _delta(before, _refused(api)) == {"rate_limited": 1}
-        app = api.h.service("rest").app
-        assert app is not None
+        app = _rest_app(api)
         lim = app[STATE].limiter
         assert lim.failures == 5 and lim.refused >= 36 and lim.limited_peers == 1
     lines = [r.getMessage() for r in caplog.records if "failed authentication" in r.getMessage()]
@@ -398,9 +405,8 @@ def _concrete(path: str) -> str:
 
 async def test_every_get_route_answers_head_as_get_does() -> None:
     async with running(OPEN) as api:
-        app = api.h.service("rest").app
-        assert app is not None
-        paths = sorted({r.resource.canonical for r in app.router.routes() if r.method == "GET"})  # type: ignore[union-attr]
+        app = _rest_app(api)
+        paths = sorted({r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource})
         assert len(paths) == len([r for r in ROUTES if r.method == "GET"]) + 2  # + dashboard and static
         for path in paths:
             url = api.u(_concrete(path))
