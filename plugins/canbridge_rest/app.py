@@ -21,6 +21,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 import canbridge
 from canbridge_rest import models
 from canbridge_rest.config import RestConfig, Role
+from canbridge_rest.guard import (
+    STATE_CHANGING,
+    AuthLimiter,
+    BodyError,
+    content_type_problem,
+    cross_origin_problem,
+    loads,
+    origin_allowed,
+)
 from canbridge_rest.streams import SlowClient, StreamHub, StreamParamError, dumps, parse_params, run_stream
 
 log = logging.getLogger("canbridge.rest")
@@ -41,6 +50,10 @@ class ApiError(Exception):
         detail: str,
         target: str | None = None,
         headers: dict[str, str] | None = None,
+        *,
+        audited: bool = False,
+        reason: canbridge.RefusalReason | None = None,
+        index: int | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -48,6 +61,9 @@ class ApiError(Exception):
         self.detail = detail
         self.target = target
         self.headers = headers or {}
+        self.audited = audited  # the bridge already recorded this refusal
+        self.reason = reason  # the reason to audit it with (else derived from the status)
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -80,10 +96,14 @@ class RestState:
     openapi: dict[str, Any] | None = None
     requests: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     started: bool = False
+    limiter: AuthLimiter = field(default_factory=lambda: AuthLimiter(10, 6.0))
+    refusals_unaudited: int = 0  # refusals the bridge could not record (logged)
 
 
 STATE = web.AppKey("canbridge_rest.state", RestState)
 IDENTITY = web.RequestKey("canbridge_rest.identity", Identity)
+VALUE = web.RequestKey("canbridge_rest.value", object)  # what a write attempt asked for, for the audit log
+MAX_WRITE_ITEMS = 256
 
 REFUSAL_STATUS = {
     canbridge.RefusalReason.UNKNOWN_SIGNAL: 404,
@@ -133,10 +153,13 @@ def _state(request: web.Request) -> RestState:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error is a JSON body ``{status, error, detail}``, 404/405/413 from aiohttp included."""
     state = _state(request)
+    route = state.routes.get(request.match_info.route)
     try:
         resp = await handler(request)
     except ApiError as e:
-        resp = _json(models.error(e.status, e.code, e.detail, e.target), e.status, e.headers)
+        if not e.audited:
+            _audit_refusal(request, route, e.status, e.detail, e.reason)
+        resp = _json(models.error(e.status, e.code, e.detail, e.target, e.index), e.status, e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -149,6 +172,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             )
         elif e.status == 413:
             detail = f"the request body is larger than {state.config.max_body_bytes} bytes"
+        _audit_refusal(request, route, e.status, detail, None)
         headers = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
         resp = _json(models.error(e.status, _STATUS_CODES.get(e.status, "error"), detail), e.status, headers)
     except (asyncio.CancelledError, ConnectionResetError):
@@ -156,16 +180,107 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("REST %s %s failed", request.method, request.path)
         resp = _json(models.error(500, "internal_error", "the server failed; see its log"), 500)
-    route = state.routes.get(request.match_info.route)
     # labels from a fixed set only: a client must not grow the metrics with made-up methods or paths
     method = request.method if request.method in _METHODS else "other"
     state.requests[(method, route.path if route else "other", resp.status)] += 1
     return resp
 
 
+_REASON_BY_STATUS = {
+    401: canbridge.RefusalReason.UNAUTHENTICATED,
+    403: canbridge.RefusalReason.NOT_ALLOWED,
+    429: canbridge.RefusalReason.RATE_LIMITED,
+}
+
+
+def _is_write(request: web.Request, route: Route | None) -> bool:
+    return route is not None and route.method in STATE_CHANGING and request.method == route.method
+
+
+def _write_target(request: web.Request, route: Route) -> str:
+    """The audit log's target: the signal, the bus's raw frames (as the write path names them), or
+    the operation for a multi-signal write."""
+    info = request.match_info
+    if "name" in info:
+        return info["name"]
+    if "bus" in info:
+        return f"{info['bus']} (raw frame)"
+    return f"rest:{route.method} {route.path}"
+
+
+def _audit_refusal(
+    request: web.Request,
+    route: Route | None,
+    status: int,
+    detail: str,
+    reason: canbridge.RefusalReason | None,
+) -> None:
+    """A write attempt refused here (authentication, cross-origin, body form) is audited like one the
+    write path refused; the audit log rate-limits these records per peer."""
+    if route is None or not _is_write(request, route) or status < 400:
+        return
+    state = _state(request)
+    why = reason or _REASON_BY_STATUS.get(status, canbridge.RefusalReason.UNSUPPORTED)
+    ident = request.get(IDENTITY)
+    caller = (
+        _caller(request)
+        if ident is not None
+        else canbridge.Caller(plugin="rest", user=None, address=request.remote, permissions=frozenset())
+    )
+    try:
+        state.bridge.refuse(_write_target(request, route), request.get(VALUE), caller, why, detail)
+    except Exception:  # never turn a refusal into a 500; the bridge reports its audit state itself
+        state.refusals_unaudited += 1
+        log.exception("REST: could not audit a refused %s %s", request.method, request.path)
+
+
+@web.middleware
+async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Before authentication: a state-changing request or a WebSocket upgrade from another origin is
+    refused (403), and a state-changing request must be application/json (415): a cross-site form or
+    text/plain POST needs no CORS preflight."""
+    state = _state(request)
+    route = state.routes.get(request.match_info.route)
+    if route is None:
+        return await handler(request)
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    if request.method in STATE_CHANGING or upgrade:
+        anon = state.config.anonymous_role()
+        open_route = route.role is None or (anon is not None and anon.includes(route.role))
+        problem = cross_origin_problem(
+            request.method if not upgrade else "WebSocket upgrade",
+            request.headers,
+            request.scheme,
+            request.host,
+            state.config,
+            open_route,
+        )
+        if problem is not None:
+            log.info("REST: refused %s %s from %s: %s", request.method, request.path, request.remote, problem)
+            raise ApiError(403, "cross_origin", problem, reason=canbridge.RefusalReason.NOT_ALLOWED)
+    if request.method in STATE_CHANGING:
+        problem = content_type_problem(request.headers, request.content_type, request.charset)
+        if problem is not None:
+            raise ApiError(415, "unsupported_media_type", problem, reason=canbridge.RefusalReason.UNSUPPORTED)
+    return await handler(request)
+
+
+def _failed_auth(request: web.Request, error: str, detail: str) -> ApiError:
+    state = _state(request)
+    state.limiter.failed(request.remote)
+    return ApiError(
+        401,
+        error,
+        detail,
+        headers={"WWW-Authenticate": f'Bearer error="{error if error == "invalid_token" else "invalid_request"}"'},
+        reason=canbridge.RefusalReason.UNAUTHENTICATED,
+    )
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer tokens with roles; the route table says which role each route needs."""
+    """Bearer tokens with roles; the route table says which role each route needs. An address that
+    failed too often is refused (429) before its token is looked at."""
     state = _state(request)
     route = state.routes.get(request.match_info.route)
     need = route.role if route is not None else None
@@ -174,27 +289,27 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     header = request.headers.get("Authorization")
     token: str | None = None
+    if header is not None or (route is not None and route.token_in_query and "access_token" in request.query):
+        wait = state.limiter.retry_after(request.remote)
+        if wait is not None:
+            raise ApiError(
+                429,
+                "too_many_failed_logins",
+                f"too many failed authentications from {request.remote}; try again in {math.ceil(wait)} s",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                reason=canbridge.RefusalReason.RATE_LIMITED,
+            )
     if header is not None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise ApiError(
-                401,
-                "invalid_token",
-                "use 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
-            )
+            raise _failed_auth(request, "invalid_request", "use 'Authorization: Bearer <token>'")
         token = value.strip()
     elif route is not None and route.token_in_query:
         token = request.query.get("access_token")
     if token is not None:
         found = state.tokens.get(hashlib.sha256(token.encode("utf-8")).hexdigest())
         if found is None:
-            raise ApiError(
-                401,
-                "invalid_token",
-                "the bearer token is not known",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
+            raise _failed_auth(request, "invalid_token", "the bearer token is not known")
         identity = Identity(found[0], found[1])
     else:
         identity = Identity(None, state.config.anonymous_role())
@@ -229,7 +344,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return web.Response(
             status=204,
             headers={
-                "Access-Control-Allow-Methods": "GET, PUT, POST",
+                "Access-Control-Allow-Methods": "GET, HEAD, PUT, POST",
                 "Access-Control-Allow-Headers": "Authorization, Content-Type",
                 "Access-Control-Max-Age": "600",
             },
@@ -238,7 +353,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _origin_allowed(config: RestConfig, origin: str) -> bool:
-    return "*" in config.cors_origins or origin in config.cors_origins
+    return origin_allowed(config, origin)
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
@@ -271,21 +386,20 @@ def _caller(request: web.Request) -> canbridge.Caller:
     )
 
 
-def _reject_constant(c: str) -> Any:
-    raise ValueError(f"{c} is not a number JSON allows")
-
-
 async def _body(request: web.Request) -> Any:
     raw = await request.read()  # raises 413 past client_max_size
     if not raw:
         raise ApiError(400, "bad_request", "a JSON body is needed")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, "bad_json", f"the body is not valid JSON: {e}") from None
+        body = loads(raw, _state(request).config.max_json_depth)
+    except BodyError as e:
+        raise ApiError(400, "bad_json", str(e)) from None
+    request[VALUE] = body
+    return body
 
 
 def _refused(e: canbridge.WriteRefused, bridge: canbridge.Bridge) -> ApiError:
+    """A refusal of the write path (already audited there) as an error response."""
     status = REFUSAL_STATUS.get(e.reason, 400)
     headers: dict[str, str] = {}
     if status == 429:
@@ -294,7 +408,8 @@ def _refused(e: canbridge.WriteRefused, bridge: canbridge.Bridge) -> ApiError:
         headers["Retry-After"] = str(max(1, math.ceil(1 / rate)) if rate else 1)
     elif status == 503:
         headers["Retry-After"] = "1"
-    return ApiError(status, e.reason.value, e.detail, e.target, headers)
+    index = getattr(e, "index", None)
+    return ApiError(status, e.reason.value, e.detail, e.target, headers, audited=True, index=index)
 
 
 def _signal_info(state: RestState, name: str) -> canbridge.SignalInfo:
@@ -341,10 +456,19 @@ async def get_signal(request: web.Request) -> web.StreamResponse:
     return _json(models.signal(state.statics[name], info, state.bridge.read(name)))
 
 
+def _receipt(receipt: canbridge.WriteReceipt) -> dict[str, Any]:
+    return {
+        "name": receipt.name,
+        "value": models.finite(receipt.value),
+        "raw": receipt.raw,
+        "cyclic": receipt.cyclic,
+        "frame": models.frame(receipt.frame),
+    }
+
+
 async def put_signal(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     name = request.match_info["name"]
-    _signal_info(state, name)
     body = await _body(request)
     if not isinstance(body, dict) or "value" not in body:
         raise ApiError(400, "bad_request", 'the body must be a JSON object {"value": ...}', name)
@@ -353,32 +477,50 @@ async def put_signal(request: web.Request) -> web.StreamResponse:
         raise ApiError(
             400, "bad_request", f"unknown key(s) {', '.join(extra)}; only 'value' is allowed", name
         )
-    value = body["value"]
-    if not isinstance(value, (bool, int, float, str)):
-        raise ApiError(
-            422,
-            canbridge.RefusalReason.WRONG_TYPE.value,
-            f"the value must be a number, true/false or a choice text, got {json.dumps(value)}",
-            name,
-        )
+    request[VALUE] = body["value"]
     try:
+        # the value as JSON gave it: judging it (type, finiteness, limits) is the write path's job.
         # shielded: a client that hangs up must not cut an accepted write short
-        receipt = await asyncio.shield(state.bridge.write(name, value, _caller(request)))
+        receipt = await asyncio.shield(state.bridge.write(name, body["value"], _caller(request)))
     except canbridge.WriteRefused as e:
         if e.target is None:
             e.target = name
         raise _refused(e, state.bridge) from None
     except canbridge.UnknownSignal as e:
-        raise ApiError(404, "unknown_signal", str(e), name) from None
-    return _json(
-        {
-            "name": receipt.name,
-            "value": models.finite(receipt.value),
-            "raw": receipt.raw,
-            "cyclic": receipt.cyclic,
-            "frame": models.frame(receipt.frame),
-        }
-    )
+        raise ApiError(404, "unknown_signal", str(e), name, audited=True) from None
+    return _json(_receipt(receipt))
+
+
+async def put_signals(request: web.Request) -> web.StreamResponse:
+    """Several signals, all or nothing (``Bridge.write_many``): one refused item refuses them all."""
+    state = _state(request)
+    body = await _body(request)
+    form = 'the body must be a JSON list [{"name": "<bus>.<message>.<signal>", "value": ...}, ...]'
+    if not isinstance(body, list) or not body:
+        raise ApiError(400, "bad_request", form)
+    if len(body) > MAX_WRITE_ITEMS:
+        raise ApiError(400, "bad_request", f"{len(body)} writes in one request; at most {MAX_WRITE_ITEMS}")
+    items: list[tuple[str, object]] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(body):
+        if not isinstance(item, dict) or set(item) != {"name", "value"} or not isinstance(item["name"], str):
+            raise ApiError(400, "bad_request", f"item {i}: {form}", index=i)
+        name = item["name"]
+        if name in seen:
+            raise ApiError(
+                400, "bad_request", f"item {i} writes {name} again (item {seen[name]}); give each signal once",
+                name, index=i,
+            )
+        seen[name] = i
+        items.append((name, item["value"]))
+    try:
+        receipts = await asyncio.shield(state.bridge.write_many(items, _caller(request)))
+    except canbridge.WriteRefused as e:
+        err = _refused(e, state.bridge)
+        if e.index is not None:
+            err.detail = f"item {e.index}: {e.detail}; nothing was sent"
+        raise err from None
+    return _json({"writes": [_receipt(r) for r in receipts]})
 
 
 def _bus_or_404(state: RestState, bus: str) -> canbridge.BusStatus:
@@ -405,24 +547,22 @@ async def get_bus(request: web.Request) -> web.StreamResponse:
 async def post_frame(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     bus = request.match_info["bus"]
-    _bus_or_404(state, bus)
     body = await _body(request)
+    caller = _caller(request)
     try:
-        if isinstance(body, dict) and "cansend" in body:
-            if len(body) != 1:
-                raise canbridge.FrameFormatError("give either {'cansend': '...'} or a frame object, not both")
-            if not isinstance(body["cansend"], str):
-                raise canbridge.FrameFormatError("'cansend' must be a string such as 123#DEADBEEF")
-            frame = canbridge.parse_frame(body["cansend"])
-        elif isinstance(body, dict):
-            frame = canbridge.parse_frame(body)
-        else:
-            raise canbridge.FrameFormatError(
-                'the body must be a frame object {"canid": ..., "data": [...]} or {"cansend": "123#DEADBEEF"}'
+        if isinstance(body, dict) and body.get("bus") is not None and body["bus"] != bus:
+            raise state.bridge.refuse(
+                f"{bus} (raw frame)",
+                body,
+                caller,
+                canbridge.RefusalReason.INVALID_FRAME,
+                f"the frame object names bus {body['bus']!r} but was posted to bus {bus!r}",
             )
-        sent = await asyncio.shield(state.bridge.send_frame(bus, frame, _caller(request)))
+        # the frame as JSON gave it (cansend string, {"cansend": ...} or frame object): the write path
+        # parses it, and audits a malformed one
+        sent = await asyncio.shield(state.bridge.send_frame(bus, body, caller))
     except canbridge.FrameFormatError as e:
-        raise ApiError(400, canbridge.RefusalReason.INVALID_FRAME.value, str(e), bus) from None
+        raise ApiError(400, canbridge.RefusalReason.INVALID_FRAME.value, str(e), bus, audited=True) from None
     except canbridge.WriteRefused as e:
         if e.target is None:
             e.target = bus
@@ -460,7 +600,17 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     if not state.bridge.ready:
         problems.append("the bridge is starting or stopping (not every plugin has started)")
     ready = not problems
-    return _json({"ready": ready, "buses": buses, "problems": problems}, 200 if ready else 503)
+    stats = state.bridge.stats()
+    audit = {"available": stats.audit_available, "error": stats.audit_error, "failures": stats.audit_failures}
+    # the audit log does not make the service unready (reads go on), it makes it unwritable
+    body = {
+        "ready": ready,
+        "writable": ready and stats.audit_available,
+        "audit": audit,
+        "buses": buses,
+        "problems": problems,
+    }
+    return _json(body, 200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
@@ -520,6 +670,8 @@ def _buffered(request: web.Request) -> int:
 async def sse(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     params = _stream_params(request)
+    if request.method == "HEAD":  # what GET would start, without starting an endless stream
+        return web.Response(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
     closing = _slots(state)
     cfg = state.config
     try:
@@ -590,6 +742,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     cfg = state.config
     params = _stream_params(request)
+    if request.method == "HEAD" or request.headers.get("Upgrade", "").lower() != "websocket":
+        raise ApiError(400, "bad_request", "this is a WebSocket endpoint: connect with an Upgrade: websocket request")
     closing = _slots(state)
     try:
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=cfg.max_body_bytes, writer_limit=2**16)
@@ -669,6 +823,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 ROUTES: list[Route] = [
     Route("GET", f"{API}/signals", list_signals, Role.READ, "listSignals"),
     Route("GET", f"{API}/signals/{{name}}", get_signal, Role.READ, "getSignal"),
+    Route("PUT", f"{API}/signals", put_signals, Role.WRITE, "writeSignals"),
     Route("PUT", f"{API}/signals/{{name}}", put_signal, Role.WRITE, "writeSignal"),
     Route("GET", f"{API}/buses", list_buses, Role.READ, "listBuses"),
     Route("GET", f"{API}/buses/{{bus}}", get_bus, Role.READ, "getBus"),
@@ -693,21 +848,23 @@ def make_app(bridge: canbridge.Bridge, config: RestConfig) -> web.Application:
         hub=StreamHub(config.max_stream_clients),
         statics={n: models.static_signal(i) for n, i in bridge.signals.items()},
         tokens=tokens,
+        limiter=AuthLimiter(config.auth_failures_burst, config.auth_failures_per_minute),
     )
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[cors_middleware, error_middleware, auth_middleware],
+        middlewares=[cors_middleware, error_middleware, guard_middleware, auth_middleware],
     )
     app[STATE] = state
-    for r in ROUTES:
-        aio_route = app.router.add_route(r.method, r.path, r.handler, name=r.name)
-        state.routes[aio_route] = r
+    routes = list(ROUTES)
     if config.dashboard:
-        state.routes[app.router.add_route("GET", "/", dashboard, name="dashboard")] = Route(
-            "GET", "/", dashboard, None, "dashboard"
-        )
-        static = Route("GET", "/static/{file}", static_file, None, "static")
-        state.routes[app.router.add_route("GET", static.path, static_file, name="static")] = static
+        routes += [
+            Route("GET", "/", dashboard, None, "dashboard"),
+            Route("GET", "/static/{file}", static_file, None, "static"),
+        ]
+    for r in routes:
+        state.routes[app.router.add_route(r.method, r.path, r.handler, name=r.name)] = r
+        if r.method == "GET":  # monitoring tools probe with HEAD: every GET route answers it
+            state.routes[app.router.add_route("HEAD", r.path, r.handler)] = r
     app.on_response_prepare.append(_on_prepare)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -110,9 +110,24 @@ class RestConfig(Strict):
     anonymous_write: bool = Field(False, description="signal writes need no token (loopback only)")
     anonymous_admin: bool = Field(False, description="raw frames need no token (loopback only)")
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024, description="request body limit")
+    max_json_depth: int = Field(
+        32, ge=2, le=200, description="deepest nesting of arrays/objects a JSON body may have (400 beyond)"
+    )
+    auth_failures_burst: int = Field(
+        10,
+        ge=1,
+        le=100_000,
+        description="failed authentications one address (IPv6: one /64) may make at once before it is "
+        "refused with 429",
+    )
+    auth_failures_per_minute: float = Field(
+        6.0, gt=0, le=100_000, description="failed authentications per minute an address regains after the burst"
+    )
     tls: TlsConfig | None = Field(None, description="serve HTTPS")
     cors_origins: list[str] = Field(
-        default_factory=list, description="origins allowed to call the API from a browser ('*' for any)"
+        default_factory=list,
+        description="origins allowed to call the API from a browser, writes and WebSocket upgrades included "
+        "('*' for any); the server's own origin is always allowed",
     )
     dashboard: bool = Field(True, description="serve the web dashboard at /")
     max_stream_clients: int = Field(100, ge=1, description="SSE and WebSocket clients at once")

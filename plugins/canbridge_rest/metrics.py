@@ -100,8 +100,17 @@ class BridgeCollector(Collector):
         subs = GaugeMetricFamily("canbridge_subscribers", "Open signal subscriptions (all plugins)")
         lag = GaugeMetricFamily("canbridge_subscriber_lag_max_seconds", "Oldest change not yet delivered")
         quality = GaugeMetricFamily("canbridge_signals", "Signals by quality", labels=["quality"])
+        audit_ok = GaugeMetricFamily(
+            "canbridge_audit_available",
+            "1 while the audit log can be written; 0: every write is refused (audit_unavailable) - alarm",
+        )
+        audit_fail = CounterMetricFamily(
+            "canbridge_audit_failures", "Audit records that could not be written (each write refused)"
+        )
         if not empty:
             bs = bridge.stats()
+            audit_ok.add_metric([], 1.0 if bs.audit_available else 0.0)
+            audit_fail.add_metric([], bs.audit_failures)
             accepted.add_metric([], bs.writes_accepted)
             for reason in canbridge.RefusalReason:
                 refused.add_metric([reason.value], bs.writes_refused.get(reason.value, 0))
@@ -112,7 +121,7 @@ class BridgeCollector(Collector):
             counts = Counter(v.quality.value for v in bridge.read_many())
             for q in canbridge.Quality:
                 quality.add_metric([q.value], counts.get(q.value, 0))
-        out += [accepted, refused, batches, upd, subs, lag, quality]
+        out += [accepted, refused, batches, upd, subs, lag, quality, audit_ok, audit_fail]
 
         hub = state.hub
         clients = GaugeMetricFamily("canbridge_rest_stream_clients", "SSE and WebSocket clients connected")
@@ -126,14 +135,27 @@ class BridgeCollector(Collector):
             "HTTP requests by route and status",
             labels=["method", "route", "status"],
         )
+        auth_failed = CounterMetricFamily(
+            "canbridge_rest_auth_failures", "Requests with an unknown or malformed token"
+        )
+        auth_limited = CounterMetricFamily(
+            "canbridge_rest_auth_limited", "Requests refused (429) after too many failed authentications"
+        )
+        limited_peers = GaugeMetricFamily(
+            "canbridge_rest_auth_limited_peers", "Addresses refused now for failed authentications"
+        )
         if not empty:
+            lim = state.limiter
+            auth_failed.add_metric([], lim.failures)
+            auth_limited.add_metric([], lim.refused)
+            limited_peers.add_metric([], lim.limited_peers)
             clients.add_metric([], hub.clients)
             dropped.add_metric([], hub.dropped_slow)
             busy.add_metric([], hub.refused_busy)
             events.add_metric([], hub.events_sent)
             for (method, route, status), n in sorted(state.requests.items()):
                 reqs.add_metric([method, route, str(status)], n)
-        out += [clients, dropped, busy, events, reqs]
+        out += [clients, dropped, busy, events, reqs, auth_failed, auth_limited, limited_peers]
         return out
 
 

@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 import canbridge
 
@@ -65,8 +65,30 @@ class WriteRequest(BaseModel):
     value: float | int | bool | str
 
 
+class WriteItem(BaseModel):
+    """One item of a multi-signal write."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="<bus>.<message>.<signal>")
+    value: float | int | bool | str
+
+
+class WriteManyRequest(RootModel[list[WriteItem]]):
+    """Several signal writes, all or nothing: when one is refused none is sent. Each signal once."""
+
+    root: list[WriteItem] = Field(min_length=1, max_length=256)
+
+
+class NodeBuffer(_Out):
+    """Bytes as a Node.js Buffer serialises to JSON (``Buffer.from(obj)`` reads it back)."""
+
+    type: Literal["Buffer"]
+    data: list[int]
+
+
 class FrameOut(_Out):
-    """A frame in node-red-contrib-socketcan's format, plus its cansend string."""
+    """A frame in node-red-contrib-socketcan's format (its received objects carry ``rawData``), plus its
+    cansend string. ``canfd``, ``brs`` and ``bus`` are canbridge's additions."""
 
     timestamp: int | None = Field(description="milliseconds since the epoch")
     ext: bool
@@ -76,6 +98,7 @@ class FrameOut(_Out):
     canfd: bool
     brs: bool = Field(description="CAN FD bit rate switch")
     data: list[int]
+    rawData: NodeBuffer = Field(description="the data as a Node.js Buffer in JSON")  # node-red spells it so
     err: bool
     bus: str | None
     cansend: str
@@ -89,24 +112,41 @@ class WriteResult(_Out):
     frame: FrameOut
 
 
+class WriteManyResult(_Out):
+    """Every write of the request, in its order; items of one message share one frame."""
+
+    writes: list[WriteResult]
+
+
+_Bytes = list[Annotated[int, Field(ge=0, le=255)]]
+
+
+class NodeBufferIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["Buffer"]
+    data: _Bytes = Field(max_length=64)
+
+
 class FrameObjectIn(BaseModel):
-    """A frame as node-red-contrib-socketcan sends it (``timestamp``, ``err``, ``rawData`` and ``bus``
-    are accepted, as in the frames this API sends, and ignored)."""
+    """A frame as node-red-contrib-socketcan sends it. ``timestamp``, ``rawData``, ``err`` (false only:
+    error frames cannot be sent) and ``bus`` are accepted as the frames this API sends carry them, so a
+    received frame can be sent back; ``rawData`` must hold the same bytes as ``data``, ``bus`` must be
+    the bus of the URL."""
 
     model_config = ConfigDict(extra="forbid")
     canid: int = Field(ge=0, le=0x1FFFFFFF, description="up to 0x7FF unless ext is true")
-    data: list[Annotated[int, Field(ge=0, le=255)]] | str | None = Field(
-        None, max_length=128, description="bytes, or a hex string"
+    data: _Bytes | str | NodeBufferIn | None = Field(
+        None, description="bytes, a hex string ('16 2D AA FF', '162DAAFF', '16.2D') or a Buffer object"
     )
     ext: bool | None = None
     rtr: bool | None = None
     canfd: bool | None = None
     brs: bool | None = None
     dlc: int | None = Field(None, ge=0, le=64, description="byte count; for rtr frames the requested length")
-    timestamp: Any = None
-    err: Any = None
-    rawData: Any = None  # node-red spells it so
-    bus: Any = None
+    timestamp: float | None = Field(None, description="ignored (ms since the epoch)")
+    err: Literal[False] | None = Field(None, description="error frames cannot be sent")
+    rawData: _Bytes | NodeBufferIn | None = None  # node-red spells it so
+    bus: str | None = Field(None, description="the bus of the URL, when given")
 
 
 class CansendIn(BaseModel):
@@ -167,14 +207,25 @@ class Error(_Out):
     error: str = Field(description="a stable code: unknown_signal, not_writable, rate_limited, ...")
     detail: str = Field(description="what is wrong, for people")
     target: str | None = None
+    index: int | None = Field(None, description="which item of a multi-signal write was refused")
 
 
 class Health(_Out):
     status: Literal["ok"]
 
 
+class Audit(_Out):
+    """The audit log: while it cannot be written no write is sent (refused with audit_unavailable)."""
+
+    available: bool
+    error: str | None = Field(description="why it cannot be written, while it cannot")
+    failures: int = Field(description="audit records that could not be written since start")
+
+
 class Ready(_Out):
-    ready: bool
+    ready: bool = Field(description="buses open and the service started (reads work); see 'writable'")
+    writable: bool = Field(description="ready and the audit log can be written: writes can be accepted")
+    audit: Audit
     buses: dict[str, str]
     problems: list[str]
 
@@ -291,8 +342,12 @@ def message_age(ms: canbridge.MessageStatus) -> dict[str, Any]:
     }
 
 
-def error(status: int, code: str, detail: str, target: str | None = None) -> dict[str, Any]:
+def error(
+    status: int, code: str, detail: str, target: str | None = None, index: int | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"status": status, "error": code, "detail": detail}
     if target is not None:
         out["target"] = target
+    if index is not None:
+        out["index"] = index
     return out

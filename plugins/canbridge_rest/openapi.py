@@ -25,6 +25,9 @@ _MODELS: list[type[BaseModel]] = [
     models.SignalUpdate,
     models.WriteRequest,
     models.WriteResult,
+    models.WriteItem,
+    models.WriteManyRequest,
+    models.WriteManyResult,
     models.FrameOut,
     models.FrameObjectIn,
     models.CansendIn,
@@ -35,6 +38,7 @@ _MODELS: list[type[BaseModel]] = [
     models.MessageAge,
     models.Error,
     models.Health,
+    models.Audit,
     models.Ready,
 ]
 
@@ -95,6 +99,15 @@ _STREAM_PARAMS = [
     _q("access_token", "a bearer token, for clients that cannot send headers (EventSource)"),
 ]
 
+_WRITE_ERRORS = {
+    "403": _err(
+        "not writable, not allowed for this token, or a cross-origin request (Origin / Sec-Fetch-Site of "
+        "another site; allow it in cors_origins)"
+    ),
+    "413": _err("the body is too large"),
+    "415": _err("the body is not Content-Type: application/json"),
+}
+
 # Operation details by route name; responses for authentication are added from the route's role.
 _OPS: dict[str, dict[str, Any]] = {
     "listSignals": {
@@ -125,13 +138,35 @@ _OPS: dict[str, dict[str, Any]] = {
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("WriteRequest")}}},
         "responses": {
             "200": _json(_ref("WriteResult"), "written; the frame as sent"),
-            "400": _err('the body is not {"value": ...}'),
-            "403": _err("not writable, or not allowed for this token"),
+            "400": _err('the body is not {"value": ...}, or not JSON (the detail says why)'),
+            **_WRITE_ERRORS,
             "404": _err("no such signal"),
-            "413": _err("the body is too large"),
-            "422": _err("wrong type (e.g. an unknown choice text) or out of range"),
+            "422": _err("wrong type (e.g. an unknown choice text, NaN, a list) or out of range"),
             "429": _err("written too often; see Retry-After", retry_after=True),
-            "503": _err("the bus is down, or the frame waits for its first reception", retry_after=True),
+            "503": _err(
+                "the bus is down, the frame waits for its first reception, or the audit log cannot be "
+                "written (audit_unavailable: nothing is sent while it cannot)",
+                retry_after=True,
+            ),
+        },
+    },
+    "writeSignals": {
+        "summary": "Write several signals all or nothing: when one is refused, none is sent",
+        "description": "Every item is judged as a single write would be; the first refused item is named "
+        "by 'index' (and 'target'). Items of one message go out as one frame.",
+        "tags": ["signals"],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref("WriteManyRequest")}},
+        },
+        "responses": {
+            "200": _json(_ref("WriteManyResult"), "all written, in the order given"),
+            "400": _err("the body is not a list of {name, value}, a signal appears twice, or not JSON"),
+            **_WRITE_ERRORS,
+            "404": _err("an item names no signal; 'index' says which"),
+            "422": _err("an item has the wrong type or is out of range; 'index' says which"),
+            "429": _err("an item's signal is written too often; see Retry-After", retry_after=True),
+            "503": _err("a bus is down or the audit log cannot be written", retry_after=True),
         },
     },
     "listBuses": {
@@ -152,17 +187,24 @@ _OPS: dict[str, dict[str, Any]] = {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {"oneOf": [_ref("FrameObjectIn"), _ref("CansendIn")]}}
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            _ref("FrameObjectIn"),
+                            _ref("CansendIn"),
+                            {"type": "string", "description": "a cansend string", "examples": ["123#DEADBEEF"]},
+                        ]
+                    }
+                }
             },
         },
         "responses": {
             "200": _json(_ref("FrameSent"), "sent"),
-            "400": _err("the frame is malformed; the detail says how"),
-            "403": _err("raw frames are not allowed for this token"),
+            "400": _err("the frame is malformed (the detail says how), or the body is not JSON"),
+            **_WRITE_ERRORS,
             "404": _err("no such bus"),
-            "413": _err("the body is too large"),
             "429": _err("sent too often", retry_after=True),
-            "503": _err("the bus is down", retry_after=True),
+            "503": _err("the bus is down or the audit log cannot be written", retry_after=True),
         },
     },
     "stream": {
@@ -190,6 +232,7 @@ _OPS: dict[str, dict[str, Any]] = {
         "responses": {
             "101": {"description": "switching to the WebSocket protocol"},
             "400": _err("not a WebSocket upgrade, or a parameter is invalid"),
+            "403": _err("an upgrade from another origin (cross-site WebSocket hijacking); see cors_origins"),
             "503": _err("too many stream clients", retry_after=True),
         },
     },
@@ -206,6 +249,8 @@ _OPS: dict[str, dict[str, Any]] = {
     "readyz": {
         "summary": "Buses open and the service started",
         "tags": ["operations"],
+        "description": "Stays ready (200) while the audit log cannot be written (reads go on); then "
+        "'writable' is false and 'audit' says why.",
         "responses": {"200": _json(_ref("Ready"), "ready"), "503": _json(_ref("Ready"), "not ready")},
     },
     "metrics": {
@@ -262,6 +307,10 @@ def build(
             op["x-canbridge-role"] = r.role.value
             op["responses"]["401"] = _err("no token, or an unknown token")
             op["responses"].setdefault("403", _err(f"the token's role is below {r.role.value}"))
+            limited = "too many failed authentications from this address; see Retry-After"
+            if "429" in op["responses"]:
+                limited = op["responses"]["429"]["description"] + "; or " + limited
+            op["responses"]["429"] = _err(limited, retry_after=True)
         paths.setdefault(r.path, {})[r.method.lower()] = _with_examples(op, bridge)
     scheme = "https" if config.tls else "http"
     return {

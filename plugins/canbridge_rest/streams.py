@@ -36,6 +36,8 @@ class StreamParams:
     frames: bool
     frame_bus: str | None
     interval: float
+    # (bus, can_id, extended) of the messages the name/message filters select; None: every frame
+    frame_ids: frozenset[tuple[str, int, bool]] | None = None
 
 
 def _flag(v: object, key: str) -> bool:
@@ -61,14 +63,18 @@ def parse_params(
     if bus is not None and bus not in bridge.buses:
         raise StreamParamError(f"unknown bus {bus!r}; buses: {', '.join(bridge.buses)}")
     names: tuple[str, ...] | None = None
+    frame_ids: frozenset[tuple[str, int, bool]] | None = None
     if pattern is not None or bus is not None or message is not None:
+        infos = bridge.signals
         names = tuple(
             n
-            for n, info in bridge.signals.items()
+            for n, info in infos.items()
             if (pattern is None or fnmatch.fnmatchcase(n, pattern))
             and (bus is None or info.bus == bus)
             and (message is None or info.message == message)
         )
+        if pattern is not None or message is not None:  # frames of the selected signals' messages
+            frame_ids = frozenset((infos[n].bus, infos[n].frame_id, infos[n].extended) for n in names)
     raw_interval = q.get("interval", default_interval)
     try:
         interval = float(raw_interval)
@@ -82,6 +88,7 @@ def parse_params(
         frames=_flag(q.get("frames", False), "frames"),
         frame_bus=bus,
         interval=interval,
+        frame_ids=frame_ids,
     )
 
 
@@ -178,6 +185,11 @@ async def run_stream(
                     )
                 else:
                     assert fsub is not None
+                    ids = params.frame_ids
+                    if ids is not None:
+                        batch = [f for f in batch if (f.bus, f.can_id, f.extended) in ids]
+                        if not batch:
+                            continue
                     await send(
                         "frames",
                         {"frames": [models.frame(f) for f in batch], "dropped": fsub.dropped},

@@ -10,6 +10,9 @@ const state = {
   selected: null,
   stream: null,
   filter: "",
+  loaded: false,        // the signal list arrived and the table exists
+  pending: new Map(),   // stream updates that came before the table: applied once it exists
+  shown: false,         // a value has been on screen (performance mark "canbridge-first-value")
 };
 
 const $ = (id) => document.getElementById(id);
@@ -124,6 +127,10 @@ function renderRow(name, flash) {
   } else {
     vcell.textContent = fmtValue(s.value, s.info);
   }
+  if (!state.shown && s.value !== null && s.value !== undefined) {
+    state.shown = true;
+    performance.mark("canbridge-first-value");  // the browser test reports time to first value
+  }
   const pill = tr.cells[3].firstChild;
   pill.className = "pill q-" + s.quality;
   pill.textContent = s.quality;
@@ -136,6 +143,7 @@ function renderRow(name, flash) {
 }
 
 function applyUpdate(u) {
+  if (!state.loaded) { state.pending.set(u.name, u); return; }
   const s = state.signals.get(u.name);
   if (!s) return;
   const changed = s.value !== u.value || s.quality !== u.quality;
@@ -343,8 +351,15 @@ async function resync() {
   }
 }
 
+// The signal list, the stream and the buses start together: values are on screen as soon as the list
+// arrives, whatever the stream or the bus panel take. The list is asked for first: with several tabs
+// open the browser's six connections per server may be taken by streams.
 async function load() {
-  const r = await api("/signals");
+  state.loaded = false;
+  const list = api("/signals");
+  connect();
+  loadBuses();
+  const r = await list;
   if (!r.ok) {
     $("sig-count").textContent = r.body && r.body.detail ? "— " + r.body.detail : "— not loaded";
     return;
@@ -355,13 +370,17 @@ async function load() {
     record(s.name, s.value);
   }
   buildTable();
+  state.loaded = true;
+  for (const u of state.pending.values()) {  // stream updates newer than the list (by source time)
+    const cur = state.signals.get(u.name);
+    if (cur && (u.timestamp_ns || 0) >= (cur.timestamp_ns || 0)) applyUpdate(u);
+  }
+  state.pending.clear();
   fillWriteForm();
   if (!state.selected) {
     const first = [...state.signals.values()].find((s) => s.info.type !== "bool" && s.info.direction === "rx");
     if (first) select(first.info.name);
   }
-  await loadBuses();
-  connect();
 }
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -15,6 +15,7 @@ from tests.plugins.rest.conftest import Api, bridge_config, running
 SPEED = "demo.MotorStatus.MotorSpeed"
 STATE = "demo.MotorStatus.MotorState"
 SETPOINT = "demo.MotorCommand.SpeedSetpoint"
+JSON_TYPE = {"Content-Type": "application/json"}
 MODE = "demo.MotorCommand.Mode"
 MOTOR_FRAME = "100#E8033C0000120000"  # speed 1000 rpm, 20 degC, state 2 (Running), enabled
 
@@ -144,7 +145,7 @@ async def test_write_refusals(api: Api, name: str, value: Any, status: int, reas
     ],
 )
 async def test_malformed_write_is_400(api: Api, body: bytes, detail: str) -> None:
-    status, got, _ = await api.put(f"/api/v1/signals/{SETPOINT}", data=body)
+    status, got, _ = await api.put(f"/api/v1/signals/{SETPOINT}", data=body, headers=JSON_TYPE)
     assert status == 400 and detail in got["detail"]
     await _no_frame(api)
 
@@ -310,7 +311,7 @@ async def test_errors_are_json_for_404_405_413() -> None:
             assert r.status == 405 and body["error"] == "method_not_allowed"
             assert "PUT" in r.headers["Allow"] and "PUT" in body["detail"]
         status, body, _ = await api.put(
-            f"/api/v1/signals/{SETPOINT}", data=b'{"value": 1, "pad": "' + b"x" * 4096 + b'"}'
+            f"/api/v1/signals/{SETPOINT}", data=b'{"value": 1, "pad": "' + b"x" * 4096 + b'"}', headers=JSON_TYPE
         )
         assert status == 413 and body["error"] == "body_too_large" and "1024" in body["detail"]
         await _no_frame(api)
@@ -324,7 +325,13 @@ async def test_health_ready_and_readiness_problems(api: Api, monkeypatch: pytest
     status, body, _ = await api.get("/healthz")
     assert status == 200 and body == {"status": "ok"}
     status, body, _ = await api.get("/readyz")
-    assert status == 200 and body == {"ready": True, "buses": {"demo": "active"}, "problems": []}
+    assert status == 200 and body == {
+        "ready": True,
+        "writable": True,
+        "audit": {"available": True, "error": None, "failures": 0},
+        "buses": {"demo": "active"},
+        "problems": [],
+    }
 
     real = api.h.bridge.bus_status
 
