@@ -7,9 +7,10 @@ they never import :mod:`canbridge.core`. A test enforces that layering.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from canbridge._errors import PluginError, RefusalReason, WriteRefused
 from canbridge._model import (
     BridgeStats,
     BusInfo,
@@ -139,8 +140,28 @@ class Bridge(ABC):
     async def write(self, name: str, value: Value | str, caller: Caller) -> WriteReceipt:
         """Write a signal through the write path; raises :class:`WriteRefused` with a reason.
 
-        ``value`` may be a choice text for signals with choices. Nothing is sent when refused.
+        ``value`` may be a choice text for signals with choices. Pass the protocol's decoded value as
+        it is (NaN, a string, a list, None): judging it is the write path's job, and its refusal is
+        audited. Nothing is sent when refused.
         """
+
+    async def write_many(self, items: Sequence[tuple[str, object]], caller: Caller) -> list[WriteReceipt]:
+        """Write several signals all or nothing: every item is judged first, and when one is refused
+        nothing is sent and :class:`WriteRefused` names it (``index``). Items of one message go out as
+        one frame. For multi-register (Modbus FC 16) and multi-node (OPC UA Write) requests.
+
+        Not abstract, so that test doubles written against earlier versions keep working.
+        """
+        raise PluginError(f"{type(self).__name__} does not implement write_many")
+
+    def refuse(self, target: str, value: object, caller: Caller, reason: RefusalReason,
+               detail: str) -> WriteRefused:
+        """Audit a write attempt refused before it reached the write path (authentication, permission,
+        protocol form) and return the :class:`WriteRefused` for the plugin to raise or translate.
+
+        Not abstract, so that test doubles written against earlier versions keep working.
+        """
+        return WriteRefused(reason, detail, target)
 
     @abstractmethod
     async def send_frame(self, bus: str, frame: Frame | str | Mapping[str, object], caller: Caller) -> Frame:

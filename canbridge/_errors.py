@@ -92,13 +92,21 @@ class RefusalReason(StrEnum):
     WAITING = "waiting_for_initial_data"
     UNKNOWN_BUS = "unknown_bus"
     INVALID_FRAME = "invalid_frame"
+    UNAUTHENTICATED = "unauthenticated"  # no or wrong credentials (the plugin decided, the write path audited)
+    UNSUPPORTED = "unsupported_request"  # a protocol write form the bridge does not take (e.g. half a value)
+    AUDIT_UNAVAILABLE = "audit_unavailable"  # the audit log cannot be written: nothing is sent while that lasts
 
 
 class WriteRefused(CanbridgeError):
-    """The write path refused a write (or a raw frame) and sent nothing."""
+    """The write path refused a write (or a raw frame) and sent nothing.
 
-    def __init__(self, reason: RefusalReason, detail: str, target: str | None = None) -> None:
+    ``index`` is the position of the refused item in a :meth:`Bridge.write_many` call (None otherwise).
+    """
+
+    def __init__(self, reason: RefusalReason, detail: str, target: str | None = None,
+                 index: int | None = None) -> None:
         self.reason = reason
         self.detail = detail
         self.target = target
+        self.index = index
         super().__init__(f"{target}: {detail}" if target else detail)

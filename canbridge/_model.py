@@ -285,3 +285,7 @@ class BridgeStats:
     store_update_seconds_total: float  # time spent applying batches to the store
     subscribers: int
     max_subscriber_lag_s: float  # oldest undelivered change among subscribers
+    # The audit log is an alarm point: while it cannot be written, every write is refused.
+    audit_available: bool = True
+    audit_error: str | None = None  # why the last audit write failed (None while available)
+    audit_failures: int = 0  # audit writes that failed since start

@@ -125,6 +125,14 @@ class AuditConfig(Strict):
 
     file: Path | None = Field(None, description="default: <state_dir>/audit.jsonl")
     enabled: bool = Field(True, description="write the audit log")
+    max_mb: float = Field(100.0, gt=0, description="rotate the file at this size (MiB)")
+    backups: int = Field(10, ge=0, le=1000, description="rotated files kept (audit.jsonl.1 ... .N)")
+    fsync: bool = Field(False, description="fsync after every record: survives a power cut, costs a disk "
+                        "flush per write")
+    refusal_rate: float = Field(20.0, gt=0, description="refusal records per second and peer; more are counted "
+                                "in one 'suppressed' record, so a flood of refused writes cannot fill the disk")
+    refusal_burst: int = Field(200, ge=1, description="refusal records a peer may cause at once before the rate "
+                               "bound applies")
 
 
 class WaveProfile(Strict):

@@ -541,15 +541,50 @@ class FakeBridge(Bridge):
 
     async def write(self, name: str, value: Value | str, caller: Caller) -> WriteReceipt:
         try:
-            receipt = self._write(name, value, caller)
+            phys, raw = self._judge(name, value, caller)
         except WriteRefused as e:
             self._refused[e.reason.value] += 1
             self.writes.append(WriteRecord(name, value, caller, refused=e))
             raise
+        receipt = self._apply(name, phys, raw)
         self.writes.append(WriteRecord(name, value, caller, receipt=receipt))
         return receipt
 
-    def _write(self, name: str, value: Value | str, caller: Caller) -> WriteReceipt:
+    async def write_many(self, items: Sequence[tuple[str, object]], caller: Caller) -> list[WriteReceipt]:
+        """All or nothing, as the real write path: every item judged, one refusal refuses them all."""
+        judged: list[tuple[str, Value, int]] = []
+        first: WriteRefused | None = None
+        for i, (name, value) in enumerate(items):
+            try:
+                phys, raw = self._judge(name, value, caller)  # type: ignore[arg-type]
+                judged.append((name, phys, raw))
+            except WriteRefused as e:
+                e.index = i
+                self._refused[e.reason.value] += 1
+                self.writes.append(WriteRecord(name, value, caller, refused=e))  # type: ignore[arg-type]
+                first = first or e
+        if first is not None:
+            for name, phys, _ in judged:
+                self._refused[first.reason.value] += 1
+                self.writes.append(WriteRecord(name, phys, caller, refused=WriteRefused(
+                    first.reason, f"not sent: item {first.index} of this request was refused", name, first.index)))
+            raise first
+        out = []
+        for name, phys, raw in judged:
+            receipt = self._apply(name, phys, raw)
+            self.writes.append(WriteRecord(name, phys, caller, receipt=receipt))
+            out.append(receipt)
+        return out
+
+    def refuse(self, target: str, value: object, caller: Caller, reason: RefusalReason,
+               detail: str) -> WriteRefused:
+        """Recorded in :attr:`writes` (as refused) and counted, as the real bridge audits it."""
+        e = WriteRefused(reason, detail, target)
+        self._refused[reason.value] += 1
+        self.writes.append(WriteRecord(target, value, caller, refused=e))  # type: ignore[arg-type]
+        return e
+
+    def _judge(self, name: str, value: Value | str, caller: Caller) -> tuple[Value, int]:
         info = self._signals.get(name)
         if info is None:
             raise WriteRefused(RefusalReason.UNKNOWN_SIGNAL, "no such signal in the mapping table", name)
@@ -576,6 +611,11 @@ class FakeBridge(Bridge):
             hooked = self.on_write(info, phys, caller)
             if hooked is not None:
                 raise WriteRefused(hooked, "refused by the test", name)
+        return phys, raw
+
+    def _apply(self, name: str, phys: Value, raw: int) -> WriteReceipt:
+        info = self._signals[name]
+        status = self._status[info.bus]
         msg = self._messages[self._message_of[name]]
         frame = Frame(msg.frame_id, bytes(msg.length), extended=msg.extended, fd=msg.fd, bus=info.bus)
         self._status[info.bus] = dataclasses.replace(status, tx_frames=status.tx_frames + 1)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
-from pluggy._compat import DistFacade
 
 from canbridge import hookspecs
 from canbridge._errors import PluginError
@@ -67,9 +66,13 @@ def make_plugin_manager(load_entry_points: bool = True,
                 continue
             pm.register(plugin, name=ep.name)
             dist = getattr(ep, "dist", None)
-            if dist is not None:  # what pluggy's own loader records, so list_plugin_distinfo() works
-                pm._plugin_distinfo.append((plugin, DistFacade(dist)))  # type: ignore[arg-type]
+            if dist is not None:  # kept by us: pluggy's own record of it is private API
+                _DISTRIBUTIONS[id(plugin)] = (dist.metadata["Name"], dist.version)
     return pm
+
+
+# plugin object id -> (distribution name, version), for `canbridge plugins`
+_DISTRIBUTIONS: dict[int, tuple[str, str]] = {}
 
 
 def collect(pm: pluggy.PluginManager) -> Registry:
@@ -105,14 +108,12 @@ def load_registry(load_entry_points: bool = True) -> tuple[pluggy.PluginManager,
 def installed_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
     """What ``canbridge plugins`` lists: each plugin with its distribution, version and hooks."""
     out = []
-    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        dist = dists.get(id(plugin))
+        dist = _DISTRIBUTIONS.get(id(plugin))
         if dist is not None:
-            version = dist.version
-            project = dist.project_name
+            project, version = dist
         else:
             project = "canbridge"
             version = importlib.metadata.version("canbridge")

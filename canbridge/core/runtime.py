@@ -8,18 +8,17 @@ then stops plugins in reverse order and closes the buses, each step bounded in t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from canbridge._bridge import Bridge, FrameSubscription, Subscription
-from canbridge._errors import ConfigError, PluginError, Problem, UnknownSignal
+from canbridge._errors import ConfigError, PluginError, Problem, RefusalReason, UnknownSignal, WriteRefused
 from canbridge._model import (
     BridgeStats,
     BusInfo,
@@ -115,6 +114,11 @@ class Runtime(Bridge):
         self._started: list[tuple[str, Service]] = []
         self._ready = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self.supervisor_errors = 0
+        self._duty_logged: dict[str, float] = {}
+        self._fatal: asyncio.Event | None = None
+        self._stopping = False
+        self.failure: BaseException | None = None  # why a task the bridge cannot run without ended
 
     # --- Bridge facade ---
     @property
@@ -192,6 +196,17 @@ class Runtime(Bridge):
             raise PluginError("the bridge is not running")
         return await self.writes.write(name, value, caller)
 
+    async def write_many(self, items: Sequence[tuple[str, object]], caller: Caller) -> list[WriteReceipt]:
+        if self.writes is None:
+            raise PluginError("the bridge is not running")
+        return await self.writes.write_many(items, caller)
+
+    def refuse(self, target: str, value: object, caller: Caller, reason: RefusalReason,
+               detail: str) -> WriteRefused:
+        if self.writes is None:
+            return WriteRefused(reason, detail, target)
+        return self.writes.refuse(reason, detail, target, caller, value)
+
     async def send_frame(self, bus: str, frame: Frame | str | Mapping[str, object], caller: Caller) -> Frame:
         if self.writes is None:
             raise PluginError("the bridge is not running")
@@ -199,6 +214,7 @@ class Runtime(Bridge):
 
     def stats(self) -> BridgeStats:
         w = self.writes
+        a = self.audit
         return BridgeStats(
             writes_accepted=w.accepted if w else 0,
             writes_refused=dict(w.refused) if w else {},
@@ -206,6 +222,9 @@ class Runtime(Bridge):
             store_update_seconds_total=self.store.update_seconds,
             subscribers=self.store.subscriber_count,
             max_subscriber_lag_s=self.store.max_lag(),
+            audit_available=a.available if a else True,
+            audit_error=a.error if a else None,
+            audit_failures=a.failures if a else 0,
         )
 
     # --- state changes ---
@@ -226,58 +245,87 @@ class Runtime(Bridge):
                     self.store.set_message_quality(e.index, Quality.STALE if seen else Quality.WAITING)
 
     async def _supervise(self) -> None:
-        """Staleness, writer timeouts and bus polling, a few times a second."""
+        """Staleness, writer timeouts, bus polling and the audit probe, a few times a second.
+
+        Each duty runs on its own: one that raises is logged (once a minute at most) and counted in
+        ``supervisor_errors``, and the others and the next tick go on. Supervision never ends silently.
+        """
         tick = 0
         while True:
             await asyncio.sleep(0.1)
             tick += 1
             now = time.monotonic()
-            store = self.store
-            for e in self.table.message_list:
-                if e.timeout_s is not None and store.msg_quality[e.index] is Quality.GOOD and \
-                        now - store.msg_mono[e.index] > e.timeout_s:
-                    store.set_message_quality(e.index, Quality.STALE)
-            self._writer_timeouts(now)
+            self._duty("staleness", self.store.expire, now)
+            if self.writes is not None:
+                self._duty("writer timeouts", self.writes.expire_writers, now)
             if tick % 10 == 0:
-                for r in self.runners.values():
-                    r.poll()
+                self._duty("bus polling", self._poll_buses, now)
+                self._duty("audit probe", self._probe_audit, now)
 
-    def _writer_timeouts(self, now: float) -> None:
-        w = self.writes
-        if w is None:
-            return
-        for e in self.table.message_list:
-            t = e.transmit
-            if t is None or t.writer_timeout_ms is None or t.on_writer_timeout == "keep":
-                continue
-            last = w.last_write.get(e.index)
-            if last is None or now - last < t.writer_timeout_ms / 1000:
-                continue
-            runner = self.runners[e.info.bus]
-            del w.last_write[e.index]
-            log.warning("%s: no write for %d ms; %s", e.info.name, t.writer_timeout_ms,
-                        "stopping its transmission" if t.on_writer_timeout == "stop" else "back to initial values")
-            if t.on_writer_timeout == "stop":
-                runner.stop_cyclic(e.index)
-                self.store.set_message_quality(e.index, Quality.STALE)
-            else:
-                w.shadow[e.index] = e.initial
-                if t.period_ms and e.index in runner.cyclic:
-                    runner.set_cyclic(e.index, _frame(e, e.initial), t.period_ms / 1000)
-                w.publish_payload(e, e.initial)
+    def _duty(self, what: str, fn: Callable[[float], object], now: float) -> None:
+        try:
+            fn(now)
+        except Exception as e:
+            self.supervisor_errors += 1
+            last = self._duty_logged.get(what, 0.0)
+            if now - last >= 60.0:
+                self._duty_logged[what] = now
+                log.error("supervisor: %s failed (%d failures so far; it runs again next tick): %s: %s", what,
+                          self.supervisor_errors, type(e).__name__, e, exc_info=e)
+
+    def _poll_buses(self, now: float) -> None:
+        for r in self.runners.values():
+            r.poll()
+
+    def _probe_audit(self, now: float) -> None:
+        if self.audit is not None:
+            self.audit.probe()
 
     # --- lifecycle ---
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """A task the bridge cannot run without: if it ends on its own, the bridge stops, loudly."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_ended)
+        self._tasks.append(task)
+
+    def _task_ended(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        why = f"{type(exc).__name__}: {exc}" if exc else "it returned"
+        log.critical("task %s ended (%s): the bridge stops", task.get_name(), why, exc_info=exc)
+        if self.failure is None:
+            self.failure = exc or RuntimeError(f"task {task.get_name()} ended")
+        if self._fatal is not None:
+            self._fatal.set()
+
     async def start(self) -> None:
-        """Open buses, start cyclic frames and supervision, then start plugins in order."""
+        """Open buses, start cyclic frames and supervision, then start plugins in order.
+
+        A failure at any step stops what was started (buses, tasks, plugins) before it is raised.
+        """
+        self._stopping = False
+        self._fatal = asyncio.Event()
+        try:
+            await self._start()
+        except BaseException as e:
+            if not isinstance(e, PluginError):
+                log.error("the bridge failed to start: %s: %s", type(e).__name__, e)
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         audit_path = None
-        if self.config.audit.enabled:
-            audit_path = self.config.audit.file or (self.state_dir / "audit.jsonl")
+        a = self.config.audit
+        if a.enabled:
+            audit_path = a.file or (self.state_dir / "audit.jsonl")
             if not audit_path.is_absolute():
                 audit_path = self.base_dir / audit_path
-        self.audit = AuditLog(audit_path)
+        self.audit = AuditLog(audit_path, max_bytes=int(a.max_mb * 2**20), backups=a.backups, fsync=a.fsync,
+                              refusal_rate=a.refusal_rate, refusal_burst=a.refusal_burst)
         self.writes = WritePath(self.table, self.store, self.runners, self.audit)
         for r in self.runners.values():
-            self._tasks.append(asyncio.create_task(r.run(), name=f"bus-{r.cfg.name}"))
+            self._spawn(r.run(), f"bus-{r.cfg.name}")
         await asyncio.gather(*(r.wait_opened(5.0) for r in self.runners.values()))
         for e in self.table.message_list:  # transmitted messages start from their shadow
             t = e.transmit
@@ -291,7 +339,7 @@ class Runtime(Bridge):
                 self.runners[e.info.bus].set_cyclic(e.index, _frame(e, e.initial), t.period_ms / 1000)
                 if not self.runners[e.info.bus].usable:
                     self.store.set_message_quality(e.index, Quality.BAD)
-        self._tasks.append(asyncio.create_task(self._supervise(), name="supervisor"))
+        self._spawn(self._supervise(), "supervisor")
         ordered = sorted(self._plugins.items(), key=lambda kv: (kv[1][0].order, kv[0]))
         for name, (spec, cfg) in ordered:
             try:
@@ -299,8 +347,7 @@ class Runtime(Bridge):
                 await asyncio.wait_for(service.start(), START_TIMEOUT_S)
             except BaseException as e:
                 log.error("plugin %s failed to start: %s", name, e)
-                await self.stop()
-                if isinstance(e, asyncio.CancelledError):
+                if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                     raise
                 raise PluginError(f"plugin {name!r} failed to start: {type(e).__name__}: {e}") from e
             self.services[name] = service
@@ -310,6 +357,7 @@ class Runtime(Bridge):
     async def stop(self) -> None:
         """Stop plugins in reverse order, then cyclic frames and buses; every step bounded."""
         self._ready = False
+        self._stopping = True
         for name, service in reversed(self._started):
             try:
                 await asyncio.wait_for(service.stop(), STOP_TIMEOUT_S)
@@ -326,25 +374,50 @@ class Runtime(Bridge):
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S + 1)
             for t in pending:
+                log.error("task %s did not stop within %.0f s: cancelled", t.get_name(), STOP_TIMEOUT_S + 1)
                 t.cancel()
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*tasks, return_exceptions=True)
+            for t, result in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+                if isinstance(result, Exception):  # said, never swallowed
+                    log.error("task %s ended with %s: %s", t.get_name(), type(result).__name__, result)
         if self.audit is not None:
             self.audit.close()
 
     async def run(self, shutdown_trigger: Callable[[], Awaitable[Any]]) -> None:
-        """Serve until ``shutdown_trigger()`` completes, then stop."""
+        """Serve until ``shutdown_trigger()`` completes, then stop.
+
+        Serving runs in a TaskGroup (hypercorn's pattern): the trigger and the watch on the bridge's own
+        tasks race, and whichever ends first stops the bridge. When a task the bridge needs died, ``run``
+        raises :class:`PluginError` after a clean stop, so a service manager restarts it.
+        """
         await self.start()
         if self.config.gc_freeze:
             gc.collect()
             gc.freeze()  # start-up objects never need collecting: shorter GC pauses on the receive path
+        assert self._fatal is not None
+        fatal = self._fatal
         try:
-            await shutdown_trigger()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    trigger = tg.create_task(_await(shutdown_trigger), name="shutdown-trigger")
+                    watch = tg.create_task(fatal.wait(), name="task-watch")
+                    await asyncio.wait({trigger, watch}, return_when=asyncio.FIRST_COMPLETED)
+                    trigger.cancel()
+                    watch.cancel()
+            except BaseExceptionGroup as group:  # a failing trigger raises its own error, not a group
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
         finally:
             await self.stop()
+        if self.failure is not None:
+            raise PluginError(f"the bridge stopped because a task it needs ended: {self.failure}") from self.failure
 
     def endpoints(self) -> dict[str, list[str]]:
         return {name: list(s.endpoints()) for name, s in self.services.items()}
+
+
+async def _await(trigger: Callable[[], Awaitable[Any]]) -> None:
+    await trigger()
 
 
 def _frame(e: Any, payload: bytes) -> Frame:

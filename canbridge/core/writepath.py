@@ -2,25 +2,33 @@
 
 Order of checks (the first that fails refuses the write, and nothing is sent): the signal exists, it
 is writable, the caller holds the write permission, the value has the right type, it is inside the
-signal's limits, the bus is usable, the frame has its initial data, the rate is within its bound.
-Then read-modify-write of the frame's shadow, send once or update the cyclic transmission, and only
-after the bus took it, commit the shadow and the store. Every outcome goes to the audit log.
+signal's limits, the bus is usable, the frame has its initial data, the rate is within its bound,
+the audit log can be written. Then read-modify-write of the frame's shadow, the audit record, send
+once or update the cyclic transmission, and only after the bus took it, commit the shadow and the
+store. Every outcome goes to the audit log, and no frame leaves without its record (audit.py).
+
+``write_many`` judges every item before anything is sent: one refused item refuses the request.
+Plugins hand values over as their protocol decoded them; judging them is this module's job alone.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from canbridge._errors import BusError, FrameFormatError, RefusalReason, WriteRefused
 from canbridge._frames import parse_frame
 from canbridge._model import Caller, Frame, Permission, Quality, SignalInfo, Value, WriteReceipt
-from canbridge.core.audit import AuditLog
+from canbridge.core.audit import AuditLog, AuditUnavailable
 from canbridge.core.busrunner import BusRunner
 from canbridge.core.store import SignalStore
 from canbridge.core.table import MappingTable, MessageEntry
+
+log = logging.getLogger("canbridge")
 
 
 def check_type(info: SignalInfo, value: object) -> Value:
@@ -70,17 +78,35 @@ class _Bucket:
         self.tokens = self.capacity
         self.stamp = time.monotonic()
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
+
+    def ready(self) -> bool:
+        self._refill()
+        return self.tokens >= 1.0
+
+    def take(self) -> bool:
+        if self.ready():
             self.tokens -= 1.0
             return True
         return False
 
     def retry_after(self) -> float:
         return max(0.0, (1.0 - self.tokens) / self.rate)
+
+
+@dataclass(slots=True)
+class _Judged:
+    """A write that passed every check: what to insert into which message."""
+
+    info: SignalInfo
+    entry: MessageEntry
+    runner: BusRunner
+    phys: Value
+    raw: int
+    bucket: _Bucket | None
 
 
 class WritePath:
@@ -98,69 +124,148 @@ class WritePath:
         self.refused: dict[str, int] = {r.value: 0 for r in RefusalReason}
 
     # --- helpers ---
-    def _refuse(self, reason: RefusalReason, detail: str, target: str, caller: Caller, value: Any) -> WriteRefused:
+    def refuse(self, reason: RefusalReason, detail: str, target: str, caller: Caller, value: Any,
+               index: int | None = None) -> WriteRefused:
+        """Count and audit a refusal; the exception to raise."""
         self.refused[reason.value] += 1
-        self.audit.record(who=str(caller), plugin=caller.plugin, user=caller.user, address=caller.address,
-                          target=target, value=value, result=reason.value, detail=detail)
-        return WriteRefused(reason, detail, target)
+        self.audit.record_refusal(who=str(caller), plugin=caller.plugin, user=caller.user, address=caller.address,
+                                  target=target, value=value, result=reason.value, detail=detail)
+        return WriteRefused(reason, detail, target, index)
+
+    def _accept_record(self, judged: list[_Judged], frames: Mapping[int, Frame], cyclic: Mapping[int, bool],
+                       caller: Caller, values: list[Any]) -> list[int]:
+        """Audit each write before its frame goes out (no frame without its record)."""
+        seqs = []
+        batch = len(judged) > 1
+        for j, value in zip(judged, values, strict=True):
+            extra: dict[str, Any] = {"batch": len(judged)} if batch else {}
+            try:
+                seqs.append(self.audit.record(
+                    who=str(caller), plugin=caller.plugin, user=caller.user, address=caller.address,
+                    target=j.info.name, value=j.phys, raw=j.raw, result="accepted",
+                    frame=frames[j.entry.index].to_cansend(), cyclic=cyclic[j.entry.index], **extra))
+            except AuditUnavailable as e:
+                for done in seqs:  # a batch is all or nothing: what was recorded is withdrawn
+                    self.audit.record_event(event="withdrawn", of=done, result=RefusalReason.AUDIT_UNAVAILABLE.value,
+                                            detail="the rest of the batch could not be recorded; nothing sent")
+                raise self.refuse(RefusalReason.AUDIT_UNAVAILABLE,
+                                  f"the audit log cannot be written ({e}); no write is sent while it cannot",
+                                  j.info.name, caller, value) from None
+        return seqs
 
     # --- signals ---
-    async def write(self, name: str, value: Any, caller: Caller) -> WriteReceipt:
+    def _judge(self, name: str, value: Any, caller: Caller, index: int | None = None) -> _Judged:
+        """Every check of one write, in order; the first that fails refuses it (audited)."""
         info = self.table.signals.get(name)
         if info is None:
-            raise self._refuse(RefusalReason.UNKNOWN_SIGNAL, "no such signal in the mapping table", name,
-                               caller, value)
+            raise self.refuse(RefusalReason.UNKNOWN_SIGNAL, "no such signal in the mapping table", name,
+                              caller, value, index)
         if not info.writable:
             why = "the signal is received, not transmitted" if info.direction == "rx" else \
                 "the signal is not in the mapping's 'writable' list"
-            raise self._refuse(RefusalReason.NOT_WRITABLE, why, name, caller, value)
+            raise self.refuse(RefusalReason.NOT_WRITABLE, why, name, caller, value, index)
         if Permission.WRITE not in caller.permissions:
-            raise self._refuse(RefusalReason.NOT_ALLOWED, f"{caller} may not write signals", name, caller, value)
+            raise self.refuse(RefusalReason.NOT_ALLOWED, f"{caller} may not write signals", name, caller, value,
+                              index)
         try:
             phys = check_type(info, value)
         except TypeError as e:
-            raise self._refuse(RefusalReason.WRONG_TYPE, str(e), name, caller, value) from None
+            raise self.refuse(RefusalReason.WRONG_TYPE, str(e), name, caller, value, index) from None
         try:
             check_limits(info, phys)
         except ValueError as e:
-            raise self._refuse(RefusalReason.OUT_OF_RANGE, str(e), name, caller, value) from None
-        mi = self.table.signal_message[info.index]
-        entry = self.table.message_list[mi]
-        enc = entry.encoders[info.signal]
+            raise self.refuse(RefusalReason.OUT_OF_RANGE, str(e), name, caller, value, index) from None
+        entry = self.table.message_list[self.table.signal_message[info.index]]
         try:
-            raw = enc.to_raw(phys)
+            raw = entry.encoders[info.signal].to_raw(phys)
         except (ValueError, OverflowError) as e:
-            raise self._refuse(RefusalReason.OUT_OF_RANGE, str(e), name, caller, value) from None
+            raise self.refuse(RefusalReason.OUT_OF_RANGE, str(e), name, caller, value, index) from None
         runner = self.runners[info.bus]
         if not runner.usable:
-            raise self._refuse(RefusalReason.BUS_DOWN, f"bus {info.bus} is {runner.state.value}"
-                               + (f" ({runner.last_error})" if runner.last_error else ""), name, caller, value)
-        base = self._base_payload(entry, runner)
-        if base is None:
-            raise self._refuse(RefusalReason.WAITING, f"message {entry.info.message} is seeded from the bus and "
-                               "no frame of it has been received yet", name, caller, value)
-        bucket = self._buckets.get(info.index)
+            raise self.refuse(RefusalReason.BUS_DOWN, f"bus {info.bus} is {runner.state.value}"
+                              + (f" ({runner.last_error})" if runner.last_error else ""), name, caller, value, index)
+        if self._base_payload(entry, runner) is None:
+            raise self.refuse(RefusalReason.WAITING, f"message {entry.info.message} is seeded from the bus and "
+                              "no frame of it has been received yet", name, caller, value, index)
+        bucket = None
         if info.max_write_rate is not None:
+            bucket = self._buckets.get(info.index)
             if bucket is None:
                 bucket = self._buckets[info.index] = _Bucket(info.max_write_rate)
-            if not bucket.take():
-                raise self._refuse(RefusalReason.RATE_LIMITED,
-                                   f"more than {info.max_write_rate:g} writes/s; retry in "
-                                   f"{bucket.retry_after():.2f} s", name, caller, value)
-        payload = enc.insert(base, raw)
-        if info.multiplexer and info.multiplexer_ids:
-            mux_enc = entry.encoders.get(info.multiplexer)
-            if mux_enc is not None:
-                payload = mux_enc.insert(payload, mux_enc.to_raw(info.multiplexer_ids[0]))
-        frame = Frame(entry.info.frame_id, payload, extended=entry.info.extended, fd=entry.info.fd,
-                      bus=info.bus)
-        cyclic = self._transmit(entry, runner, frame, name, caller, phys)
-        self._commit(entry, payload)
-        self.accepted += 1
-        self.audit.record(who=str(caller), plugin=caller.plugin, user=caller.user, address=caller.address,
-                          target=name, value=phys, raw=raw, result="accepted", frame=frame.to_cansend(),
-                          cyclic=cyclic)
-        return WriteReceipt(name, phys, raw, frame, cyclic)
+            if not bucket.ready():
+                raise self.refuse(RefusalReason.RATE_LIMITED,
+                                  f"more than {info.max_write_rate:g} writes/s; retry in "
+                                  f"{bucket.retry_after():.2f} s", name, caller, value, index)
+        if not self.audit.available:  # checked last: a refusal for a reason of its own says that reason
+            raise self.refuse(RefusalReason.AUDIT_UNAVAILABLE,
+                              f"the audit log cannot be written ({self.audit.error}); no write is sent while it "
+                              "cannot", name, caller, value, index)
+        return _Judged(info, entry, runner, phys, raw, bucket)
+
+    async def write(self, name: str, value: Any, caller: Caller) -> WriteReceipt:
+        return (await self.write_many([(name, value)], caller, single=True))[0]
+
+    async def write_many(self, items: Sequence[tuple[str, Any]], caller: Caller, *,
+                         single: bool = False) -> list[WriteReceipt]:
+        """All or nothing: judge every item, then one read-modify-write frame per message."""
+        if not items:
+            return []
+        judged: list[_Judged] = []
+        values: list[Any] = []
+        first: WriteRefused | None = None
+        for i, (name, value) in enumerate(items):
+            try:
+                judged.append(self._judge(name, value, caller, None if single else i))
+                values.append(value)
+            except WriteRefused as e:  # judge the rest too, so that each refused item is audited
+                first = first or e
+        if first is not None:
+            for j, value in zip(judged, values, strict=True):  # audited too: asked for, not sent
+                self.refuse(first.reason, f"not sent: item {first.index} of this request was refused "
+                            f"({first.detail})", j.info.name, caller, value, first.index)
+            raise first
+        for j in judged:  # every bucket was ready; a signal named twice takes one token
+            if j.bucket is not None and j.bucket.tokens >= 1.0:
+                j.bucket.tokens -= 1.0
+        # read-modify-write: the items of one message go into one payload, in request order
+        payloads: dict[int, bytes] = {}
+        order: list[_Judged] = []
+        for j in judged:
+            ent = j.entry
+            if ent.index not in payloads:
+                base = self._base_payload(ent, j.runner)
+                assert base is not None  # judged above
+                payloads[ent.index] = base
+                order.append(j)
+            payload = ent.encoders[j.info.signal].insert(payloads[ent.index], j.raw)
+            if j.info.multiplexer and j.info.multiplexer_ids:
+                mux_enc = ent.encoders.get(j.info.multiplexer)
+                if mux_enc is not None:
+                    payload = mux_enc.insert(payload, mux_enc.to_raw(j.info.multiplexer_ids[0]))
+            payloads[ent.index] = payload
+        frames = {j.entry.index: Frame(j.entry.info.frame_id, payloads[j.entry.index], extended=j.entry.info.extended,
+                                       fd=j.entry.info.fd, bus=j.info.bus) for j in order}
+        cyclic = {j.entry.index: bool(j.entry.transmit is not None and j.entry.transmit.period_ms) for j in order}
+        seqs = self._accept_record(judged, frames, cyclic, caller, values)
+        sent: set[int] = set()
+        for j in order:
+            try:
+                self._transmit(j.entry, j.runner, frames[j.entry.index])
+            except BusError as e:
+                failed = [k for k, x in enumerate(judged) if x.entry.index not in sent]
+                for k in failed:
+                    self.refused[RefusalReason.BUS_DOWN.value] += 1
+                    self.audit.record_event(event="send_failed", of=seqs[k], target=judged[k].info.name,
+                                            result=RefusalReason.BUS_DOWN.value, detail=str(e))
+                done = sorted({x.info.name for x in judged if x.entry.index in sent})
+                detail = str(e) + (f"; already sent: {', '.join(done)}" if done else "")
+                raise WriteRefused(RefusalReason.BUS_DOWN, detail, judged[failed[0]].info.name,
+                                   None if single else failed[0]) from None
+            sent.add(j.entry.index)
+            self._commit(j.entry, payloads[j.entry.index])
+        self.accepted += len(judged)
+        return [WriteReceipt(j.info.name, j.phys, j.raw, frames[j.entry.index], cyclic[j.entry.index])
+                for j in judged]
 
     def _base_payload(self, entry: MessageEntry, runner: BusRunner) -> bytes | None:
         tcfg = entry.transmit
@@ -168,17 +273,12 @@ class WritePath:
             return runner.last_payload.get(entry.key)
         return self.shadow[entry.index]
 
-    def _transmit(self, entry: MessageEntry, runner: BusRunner, frame: Frame, name: str, caller: Caller,
-                  value: Any) -> bool:
+    def _transmit(self, entry: MessageEntry, runner: BusRunner, frame: Frame) -> None:
         tcfg = entry.transmit
-        try:
-            if tcfg is not None and tcfg.period_ms:
-                runner.set_cyclic(entry.index, frame, tcfg.period_ms / 1000)
-                return True
+        if tcfg is not None and tcfg.period_ms:
+            runner.set_cyclic(entry.index, frame, tcfg.period_ms / 1000)
+        else:
             runner.send(frame)
-            return False
-        except BusError as e:
-            raise self._refuse(RefusalReason.BUS_DOWN, str(e), name, caller, value) from None
 
     def _commit(self, entry: MessageEntry, payload: bytes) -> None:
         self.shadow[entry.index] = payload
@@ -188,42 +288,75 @@ class WritePath:
 
     def publish_payload(self, entry: MessageEntry, payload: bytes) -> None:
         """Show what the bridge transmits in the store: tx signals read back their sent values."""
-        changed: list[int] = []
-        entry.decoder(payload, self.store.values, changed)
-        self.store.msg_ts[entry.index] = time.time_ns()
-        self.store.msg_mono[entry.index] = time.monotonic()
-        if self.store.msg_quality[entry.index] is not Quality.GOOD:
-            self.store.msg_quality[entry.index] = Quality.GOOD
-            changed.extend(entry.signal_indices)
-        self.store.publish(changed)
+        self.store.transmitted(entry.index, entry.decoder, payload, entry.signal_indices)
+
+    def expire_writers(self, now: float) -> None:
+        """The dead-man switch: a transmitted message whose writer went quiet for ``writer_timeout_ms``
+        stops, or goes back to its initial values (``on_writer_timeout``)."""
+        for e in self.table.message_list:
+            t = e.transmit
+            if t is None or t.writer_timeout_ms is None or t.on_writer_timeout == "keep":
+                continue
+            last = self.last_write.get(e.index)
+            if last is None or now - last < t.writer_timeout_ms / 1000:
+                continue
+            runner = self.runners[e.info.bus]
+            del self.last_write[e.index]
+            log.warning("%s: no write for %d ms; %s", e.info.name, t.writer_timeout_ms,
+                        "stopping its transmission" if t.on_writer_timeout == "stop" else "back to initial values")
+            if t.on_writer_timeout == "stop":
+                runner.stop_cyclic(e.index)
+                self.store.set_message_quality(e.index, Quality.STALE)
+                continue
+            self.shadow[e.index] = e.initial
+            self.publish_payload(e, e.initial)
+            if t.period_ms and e.index in runner.cyclic:
+                try:
+                    runner.set_cyclic(e.index, Frame(e.info.frame_id, e.initial, extended=e.info.extended,
+                                                     fd=e.info.fd, bus=e.info.bus), t.period_ms / 1000)
+                except BusError as err:
+                    # the bus is down: the runner restarts the (initial) cyclic frame when it returns;
+                    # this must not end supervision (it did: staleness stopped for every bus)
+                    log.warning("%s: initial values not transmitted now: %s", e.info.name, err)
 
     # --- raw frames ---
     async def send_frame(self, bus: str, frame: Any, caller: Caller) -> Frame:
         target = f"{bus} (raw frame)"
+        shown = frame if isinstance(frame, (str, Mapping)) else str(frame)
         if Permission.RAW not in caller.permissions:
-            raise self._refuse(RefusalReason.NOT_ALLOWED, f"{caller} may not send raw frames", target, caller,
-                               str(frame))
+            raise self.refuse(RefusalReason.NOT_ALLOWED, f"{caller} may not send raw frames", target, caller, shown)
         runner = self.runners.get(bus)
         if runner is None:
-            raise self._refuse(RefusalReason.UNKNOWN_BUS, f"no bus named {bus!r}; buses: "
-                               f"{', '.join(sorted(self.runners))}", target, caller, str(frame))
+            raise self.refuse(RefusalReason.UNKNOWN_BUS, f"no bus named {bus!r}; buses: "
+                              f"{', '.join(sorted(self.runners))}", target, caller, shown)
         try:
             parsed = parse_frame(frame)
         except FrameFormatError as e:
-            self._refuse(RefusalReason.INVALID_FRAME, str(e), target, caller, str(frame))
+            self.refuse(RefusalReason.INVALID_FRAME, str(e), target, caller, shown)
             raise
         if parsed.fd and not runner.cfg.fd:
-            raise self._refuse(RefusalReason.INVALID_FRAME, f"bus {bus} is not configured for CAN FD (fd: true)",
-                               target, caller, parsed.to_cansend())
+            raise self.refuse(RefusalReason.INVALID_FRAME, f"bus {bus} is not configured for CAN FD (fd: true)",
+                              target, caller, parsed.to_cansend())
         parsed = Frame(parsed.can_id, parsed.data, parsed.extended, parsed.rtr, parsed.fd, parsed.brs,
                        dlc=parsed.dlc, bus=bus)
+        if not runner.usable:
+            raise self.refuse(RefusalReason.BUS_DOWN, f"bus {bus} is {runner.state.value}"
+                              + (f" ({runner.last_error})" if runner.last_error else ""), target, caller,
+                              parsed.to_cansend())
+        try:
+            seq = self.audit.record(who=str(caller), plugin=caller.plugin, user=caller.user, address=caller.address,
+                                    target=target, value=parsed.to_cansend(), result="accepted")
+        except AuditUnavailable as e:
+            raise self.refuse(RefusalReason.AUDIT_UNAVAILABLE, f"the audit log cannot be written ({e}); no frame "
+                              "is sent while it cannot", target, caller, parsed.to_cansend()) from None
         try:
             runner.send(parsed)
         except BusError as e:
-            raise self._refuse(RefusalReason.BUS_DOWN, str(e), target, caller, parsed.to_cansend()) from None
+            self.refused[RefusalReason.BUS_DOWN.value] += 1
+            self.audit.record_event(event="send_failed", of=seq, target=target, result=RefusalReason.BUS_DOWN.value,
+                                    detail=str(e))
+            raise WriteRefused(RefusalReason.BUS_DOWN, str(e), target) from None
         self.accepted += 1
-        self.audit.record(who=str(caller), plugin=caller.plugin, user=caller.user, address=caller.address,
-                          target=target, value=parsed.to_cansend(), result="accepted")
         return parsed
 
 

@@ -63,6 +63,9 @@ REFUSAL_CODES: dict[RefusalReason, ExcCodes] = {
     RefusalReason.BUS_DOWN: ExcCodes.GATEWAY_NO_RESPONSE,
     RefusalReason.UNKNOWN_BUS: ExcCodes.GATEWAY_PATH_UNAVIABLE,
     RefusalReason.INVALID_FRAME: ExcCodes.DEVICE_FAILURE,
+    RefusalReason.UNAUTHENTICATED: ExcCodes.ILLEGAL_ADDRESS,
+    RefusalReason.UNSUPPORTED: ExcCodes.ILLEGAL_VALUE,
+    RefusalReason.AUDIT_UNAVAILABLE: ExcCodes.DEVICE_FAILURE,  # 04: nothing was written
 }
 
 # The request and response classes pymodbus registers for each function code this server serves.

@@ -71,6 +71,9 @@ REFUSAL_STATUS: dict[RefusalReason, int] = {
     RefusalReason.WAITING: StatusCodes.BadWaitingForInitialData,
     RefusalReason.UNKNOWN_BUS: StatusCodes.BadInvalidArgument,
     RefusalReason.INVALID_FRAME: StatusCodes.BadInvalidArgument,
+    RefusalReason.UNAUTHENTICATED: StatusCodes.BadUserAccessDenied,
+    RefusalReason.UNSUPPORTED: StatusCodes.BadWriteNotSupported,
+    RefusalReason.AUDIT_UNAVAILABLE: StatusCodes.BadResourceUnavailable,
 }
 
 _POLICIES: dict[tuple[str, str], ua.SecurityPolicyType] = {

@@ -96,6 +96,9 @@ REFUSAL_STATUS = {
     canbridge.RefusalReason.BUS_DOWN: 503,
     canbridge.RefusalReason.WAITING: 503,
     canbridge.RefusalReason.INVALID_FRAME: 400,
+    canbridge.RefusalReason.UNAUTHENTICATED: 401,
+    canbridge.RefusalReason.UNSUPPORTED: 400,
+    canbridge.RefusalReason.AUDIT_UNAVAILABLE: 503,
 }
 
 _METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})

@@ -1,0 +1,1 @@
+"""Attack classes per protocol, resource limits before authentication, and faults (disk full, signals)."""
