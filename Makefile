@@ -49,11 +49,16 @@ test-socketcan: setup
 	  echo "tier socketcan SKIPPED: its tools are missing; install: sudo bash tools/tiers/socketcan.sh"; exit 0; \
 	fi; exit $$rc
 
-# The suite on the LOWEST version pyproject.toml allows of every direct dependency, in its own venv
-# (tools/tiers/lowest-deps.sh builds it). Not part of `make test`: CI runs it after that.
+# The suite and the SocketCAN tier on the LOWEST version pyproject.toml allows of every direct dependency,
+# in its own venv (tools/tiers/lowest-deps.sh builds it). Not part of `make test`: CI runs it after that.
 test-lowest:
 	bash tools/tiers/lowest-deps.sh
 	$(VENV_LOWEST)/bin/python -m pytest tests --ignore=tests/socketcan -x -q $(PYTEST_ARGS)
+	@VENV=$(VENV_LOWEST) OUT=test-results/socketcan-lowest bash tools/vm/run-in-vm.sh; rc=$$?; \
+	if [ $$rc -eq 77 ]; then \
+	  if [ "$$CANBRIDGE_REQUIRE_TIERS" = 1 ]; then echo "tier socketcan (lowest): tools missing (required)"; exit 1; fi; \
+	  echo "tier socketcan (lowest) SKIPPED: its tools are missing; install: sudo bash tools/tiers/socketcan.sh"; exit 0; \
+	fi; exit $$rc
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

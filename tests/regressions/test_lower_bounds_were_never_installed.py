@@ -1,10 +1,11 @@
 """Regression: pyproject.toml declared lower bounds nobody had installed (issue 9, finding 8).
 
 `pluggy>=1.3` allowed a pluggy without the private module the host imported, `aiohttp>=3.9` one without
-`web.RequestKey`, `cryptography>=41` one asyncua 2.1 refuses, `pymodbus>=3.16` and `cryptography>=45.0.0`
-yanked releases, `pyroute2>=0.7` a release that does not exist. `make test-lowest` (CI) now runs the suite on
-exactly the lower bounds, from tools/constraints-lowest.txt; these tests keep that file honest: it must be
-the bounds pyproject.toml declares, and every dependency must have a bound it can pin.
+`web.RequestKey`, `cryptography>=41` one asyncua 2.1 refuses, `pymodbus>=3.16` a yanked release, `pyroute2>=0.7`
+a release that does not exist and, from there to 0.7.9, ones that silently drop CAN bit timing.
+`make test-lowest` (CI) now runs the suite on exactly the lower bounds, from tools/constraints-lowest.txt;
+these tests keep that file honest: it must be the bounds pyproject.toml declares, and every dependency must
+have a bound it can pin.
 """
 
 from __future__ import annotations
