@@ -14,9 +14,9 @@ from canbridge._errors import BusError, BusUnavailable
 from canbridge._model import BusState, BusStatus, Frame, RawFrame
 from canbridge._plugin import BusDriver, BusKind, PeriodicHandle
 from canbridge.config import BusConfig
-from canbridge.core.errorframes import classify_error_frame
+from canbridge.core.can.errorframes import classify_error_frame
+from canbridge.core.mapping.table import MappingTable
 from canbridge.core.store import SignalStore
-from canbridge.core.table import MappingTable
 
 log = logging.getLogger("canbridge.bus")
 

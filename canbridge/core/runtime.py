@@ -18,7 +18,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from canbridge._bridge import Bridge, FrameSubscription, Subscription
-from canbridge._errors import ConfigError, PluginError, Problem, RefusalReason, UnknownSignal, WriteRefused
+from canbridge._errors import (
+    ConfigError,
+    PluginError,
+    Problem,
+    RefusalReason,
+    UnknownBus,
+    UnknownSignal,
+    WriteRefused,
+)
 from canbridge._model import (
     BridgeStats,
     BusInfo,
@@ -39,8 +47,8 @@ from canbridge.config import Config, LineMap, problems_from_validation
 from canbridge.core.audit import AuditLog
 from canbridge.core.busrunner import BusRunner
 from canbridge.core.host import Registry
+from canbridge.core.mapping.table import MappingTable, build_table
 from canbridge.core.store import SignalStore
-from canbridge.core.table import MappingTable, build_table
 from canbridge.core.writepath import WritePath
 
 log = logging.getLogger("canbridge")
@@ -73,13 +81,20 @@ def validate_plugins(config: Config, registry: Registry, file: str | None = None
 
 def check_bus_kinds(config: Config, registry: Registry, file: str | None = None,
                     lines: LineMap | None = None) -> list[Problem]:
+    """Each bus names a known kind, and its ``options:`` pass that kind's options model."""
     problems = []
     for i, b in enumerate(config.buses):
-        if registry.bus_kind(b.interface) is None:
+        kind = registry.bus_kind(b.interface)
+        if kind is None:
             known = ", ".join(sorted(registry.bus_kinds))
             problems.append(Problem(
                 f"unknown interface {b.interface!r}: not a canbridge bus kind ({known}) nor a python-can interface",
                 file, (lines or {}).get(("buses", i, "interface")), f"buses[{i}].interface"))
+        elif kind.options_model is not None:
+            try:
+                kind.options_model.model_validate(b.options)
+            except ValidationError as e:
+                problems.extend(problems_from_validation(e, file, lines or {}, ("buses", i, "options")))
     return problems
 
 
@@ -173,11 +188,14 @@ class Runtime(Bridge):
 
     def subscribe_frames(self, bus: str | None = None, maxlen: int = 1000) -> FrameSubscription:
         if bus is not None and bus not in self.runners:
-            raise KeyError(f"no bus named {bus!r}")
+            raise UnknownBus(f"no bus named {bus!r}; buses: {', '.join(self.runners)}")
         return self.store.subscribe_frames(bus, maxlen)
 
     def bus_status(self, name: str) -> BusStatus:
-        return self.runners[name].status()
+        runner = self.runners.get(name)
+        if runner is None:
+            raise UnknownBus(f"no bus named {name!r}; buses: {', '.join(self.runners)}")
+        return runner.status()
 
     def message_status(self, bus: str | None = None) -> list[MessageStatus]:
         now = time.monotonic()

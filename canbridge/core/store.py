@@ -18,8 +18,8 @@ from typing import Any
 
 from canbridge._bridge import FrameSubscription, Subscription
 from canbridge._model import Frame, FrameFlags, Quality, RawFrame, SignalValue
-from canbridge.core.codec import Decoder
-from canbridge.core.table import EXT_KEY, MappingTable
+from canbridge.core.mapping.codec import Decoder
+from canbridge.core.mapping.table import EXT_KEY, MappingTable
 
 GOOD = Quality.GOOD
 _ERR = int(FrameFlags.ERROR)
@@ -164,10 +164,6 @@ class SignalStore:
         sub = _FrameSubscription(self, bus, maxlen)
         self._frame_subs.append(sub)
         return sub
-
-    @property
-    def frame_taps(self) -> list[_FrameSubscription]:
-        return self._frame_subs
 
     def max_lag(self) -> float:
         now = time.monotonic()

@@ -25,8 +25,8 @@ from canbridge._frames import parse_frame
 from canbridge._model import Caller, Frame, Permission, Quality, SignalInfo, Value, WriteReceipt
 from canbridge.core.audit import AuditLog, AuditUnavailable
 from canbridge.core.busrunner import BusRunner
+from canbridge.core.mapping.table import MappingTable, MessageEntry
 from canbridge.core.store import SignalStore
-from canbridge.core.table import MappingTable, MessageEntry
 
 log = logging.getLogger("canbridge")
 
