@@ -64,6 +64,10 @@ def test_defaults_are_secure() -> None:
         ({"security_policies": ["None", "None"]}, "listed twice"),
         ({"security_modes": ["None"]}, "SignAndEncrypt"),
         ({"listne": "opc.tcp://127.0.0.1:4840"}, "Extra inputs"),
+        ({"security_policies": ["None"]}, "passwords would travel in clear text"),
+        ({"limits": {"max_chunk_size": 1000}}, "greater than or equal to 8192"),
+        ({"limits": {"max_connections": 5, "max_connections_per_address": 6}}, "larger than max_connections"),
+        ({"limits": {"max_sessions": 5}}, "Extra inputs"),
     ],
 )
 def test_configuration_errors(overrides: dict[str, Any], message: str) -> None:
@@ -180,7 +184,7 @@ async def served(tmp_path: Path, pki_seed: Path) -> AsyncIterator[tuple[FakeBrid
     bridge = FakeBridge(small_table(), state_dir=tmp_path)
     config = cfg(
         listen="opc.tcp://127.0.0.1:0",
-        security_policies=["None"],
+        security_policies=["None"], users={},
         allow_anonymous=True,
         anonymous_role="operator",
         update_interval=0.01,
@@ -334,7 +338,7 @@ async def test_port_in_use_is_a_clear_error(served: Any, tmp_path: Path) -> None
         FakeBridge(small_table(), state_dir=tmp_path),
         cfg(
             listen=f"opc.tcp://127.0.0.1:{port}",
-            security_policies=["None"],
+            security_policies=["None"], users={},
             allow_anonymous=True,
             pki_dir=str(tmp_path / "pki2"),
         ),
@@ -347,7 +351,10 @@ async def test_port_in_use_is_a_clear_error(served: Any, tmp_path: Path) -> None
 async def test_ipv6_loopback(tmp_path: Path) -> None:
     svc = OpcUaService(
         FakeBridge(small_table(), state_dir=tmp_path),
-        cfg(listen="opc.tcp://[::1]:0", security_policies=["None"], allow_anonymous=True, pki_dir=str(tmp_path)),
+        cfg(
+            listen="opc.tcp://[::1]:0", security_policies=["None"], users={}, allow_anonymous=True,
+            pki_dir=str(tmp_path),
+        ),
     )
     try:
         await svc.start()
