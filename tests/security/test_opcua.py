@@ -3,6 +3,8 @@
 Raw sockets send hand-built UA binary headers; the asyncua client stands for a legitimate client.
 Memory bounds are asserted with wide margins only; latencies and timings are printed, not asserted.
 """
+# The OPC UA fixtures come from tests/plugins/opcua/conftest.py, imported by name: F811 flags each use.
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import canbridge_opcua._config as opcua_config_module
 import pytest
 from asyncua import Client, ua
 from asyncua.ua.ua_binary import nodeid_to_binary, struct_to_binary, uatcp_to_binary
-
-import canbridge_opcua._config as opcua_config_module
 from canbridge_opcua._config import hash_password
+
 from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures
     OPERATOR,
     READER,
@@ -356,9 +358,9 @@ async def test_register_server_is_refused(opcua_config: Cfg, pki_seed: Path) -> 
 async def test_rejected_certificates_are_capped(tmp_path: Path) -> None:
     from asyncua.common.utils import ServiceError
     from asyncua.crypto.cert_gen import generate_self_signed_app_certificate
-    from cryptography.hazmat.primitives.serialization import Encoding
     from canbridge_opcua._security import Pki, TrustListValidator
     from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
     from cryptography.x509 import DNSName, UniformResourceIdentifier
 
     pki = Pki(tmp_path / "pki")
@@ -418,9 +420,9 @@ async def test_cleartext_password_on_unencrypted_channel_is_refused(opcua_config
         async with connect_encrypted_token(url):  # the same login with the token encrypted is fine
             pass
         assert svc.users.failed_logins == 0  # refused before any password check
-    async with running(opcua_config(allow_cleartext_passwords=True), seed=pki_seed) as (_h, _svc, url):
-        async with plaintext_client(url, OPERATOR) as c:
-            assert await ns_index(c) > 0
+    cfg = opcua_config(allow_cleartext_passwords=True)
+    async with running(cfg, seed=pki_seed) as (_h, _svc, url), plaintext_client(url, OPERATOR) as c:
+        assert await ns_index(c) > 0
 
 
 @contextlib.asynccontextmanager
