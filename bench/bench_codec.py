@@ -5,7 +5,7 @@
 
 For each message: cantools ``Database.decode_message(frame_id, data)`` (what a naive bridge
 does per frame), ``Message.decode(data, decode_choices=False)``, and the generated decoder
-from :mod:`canbridge.core.codec`, on the same random payloads (every value changes, the worst
+from :mod:`canbridge.core.mapping.codec`, on the same random payloads (every value changes, the worst
 case for the generated decoder, which stores and reports changes) and on one repeated payload
 (nothing changes). Prints CPU µs per frame (best of R runs) and the ratio to cantools; the
 encode columns compare ``Message.encode(values, strict=False)`` with ``encode_message``.
@@ -27,7 +27,7 @@ import cantools
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from canbridge.core.codec import compile_decoder, encode_message  # noqa: E402
+from canbridge.core.mapping.codec import compile_decoder, encode_message  # noqa: E402
 
 EIGHT = """VERSION ""
 BO_ 291 Eight: 8 ECU

@@ -68,15 +68,15 @@ from can.interfaces.socketcan.socketcan import capture_message  # noqa: E402
 from canbridge._model import BusState, Quality  # noqa: E402
 from canbridge._plugin import BusKind  # noqa: E402
 from canbridge.config import BusConfig, parse_config  # noqa: E402
-from canbridge.core import mmsg  # noqa: E402
 from canbridge.core.app import DEMO_DBC  # noqa: E402
 from canbridge.core.busrunner import BusRunner  # noqa: E402
-from canbridge.core.host import collect, make_plugin_manager  # noqa: E402
+from canbridge.core.can import receive as mmsg  # noqa: E402
 
 # the SocketCAN driver's own drain: the code the bridge runs on a CAN_RAW socket
-from canbridge.core.socketcan import drain  # noqa: E402
+from canbridge.core.can.receive import drain  # noqa: E402
+from canbridge.core.host import collect, make_plugin_manager  # noqa: E402
+from canbridge.core.mapping.table import build_table  # noqa: E402
 from canbridge.core.store import SignalStore  # noqa: E402
-from canbridge.core.table import build_table  # noqa: E402
 
 CAN_EFF_FLAG = 0x80000000
 FRAME = struct.Struct("=IB3x8s")  # struct can_frame: can_id, len, pad/res/len8_dlc, data[8]

@@ -14,6 +14,7 @@ from canbridge._errors import (
     PluginError,
     Problem,
     RefusalReason,
+    UnknownBus,
     UnknownSignal,
     WriteRefused,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "SignalInfo",
     "SignalValue",
     "Subscription",
+    "UnknownBus",
     "UnknownSignal",
     "Value",
     "WriteReceipt",

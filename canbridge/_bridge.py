@@ -126,11 +126,12 @@ class Bridge(ABC):
 
     @abstractmethod
     def subscribe_frames(self, bus: str | None = None, maxlen: int = 1000) -> FrameSubscription:
-        """Subscribe to raw received frames of one bus (all when None), bounded to ``maxlen``."""
+        """Subscribe to raw received frames of one bus (all when None), bounded to ``maxlen``; raises
+        :class:`UnknownBus` for an unknown bus."""
 
     @abstractmethod
     def bus_status(self, name: str) -> BusStatus:
-        """State and counters of one bus; raises KeyError for an unknown bus."""
+        """State and counters of one bus; raises :class:`UnknownBus` (a KeyError) for an unknown bus."""
 
     @abstractmethod
     def message_status(self, bus: str | None = None) -> list[MessageStatus]:

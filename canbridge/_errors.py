@@ -79,6 +79,13 @@ class UnknownSignal(CanbridgeError, KeyError):
         return str(self.args[0]) if self.args else "unknown signal"
 
 
+class UnknownBus(CanbridgeError, KeyError):
+    """No bus of that name is configured (a KeyError too, for code written against earlier versions)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown bus"
+
+
 class RefusalReason(StrEnum):
     """Why the write path refused a write; plugins map these to their protocol's error codes."""
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import cantools.database.can
 
     from canbridge._bridge import Bridge
+    from canbridge.config import BusConfig
 
 hookimpl = pluggy.HookimplMarker("canbridge")
 """Decorator for a plugin's hook implementations."""
@@ -111,9 +112,10 @@ class BusKind:
     """A southbound bus kind: ``interface: <name>`` in a bus's configuration opens it."""
 
     name: str
-    open: Callable[[Any], BusDriver]  # called with the bus's configuration model
+    open: Callable[[BusConfig], BusDriver]  # called with the bus's validated configuration
     description: str = ""
-    options_model: type[BaseModel] | None = None  # validates the bus's ``options:`` when given
+    # validates the bus's ``options:`` (``canbridge check`` and start-up report its problems with key paths)
+    options_model: type[BaseModel] | None = None
 
 
 @dataclass(frozen=True)

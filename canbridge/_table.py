@@ -16,7 +16,7 @@ def load_table(config_path: Path) -> Mapping[str, SignalInfo]:
     """
     from canbridge.config import load_config
     from canbridge.core.host import load_registry
-    from canbridge.core.table import build_table
+    from canbridge.core.mapping.table import build_table
 
     config, lines = load_config(config_path)
     _, registry = load_registry()

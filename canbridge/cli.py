@@ -39,7 +39,7 @@ def _print_problems(e: ConfigError, out: Any = None) -> None:
 
 def _interface_problems(config: Config, file: str | None, lines: dict[Any, int] | None) -> list[Problem]:
     """Interfaces that are missing or down, with how to fix them (socketcan only)."""
-    from canbridge.core.interfaces import check_interface
+    from canbridge.core.can.interfaces import check_interface
 
     out = []
     for i, b in enumerate(config.buses):
@@ -61,8 +61,8 @@ def _partial_problems(data: Any, file: str | None, lines: dict[Any, int], regist
     from pydantic import ValidationError
 
     from canbridge.config import BusConfig, MappingConfig
+    from canbridge.core.mapping.table import build_table
     from canbridge.core.runtime import check_bus_kinds, validate_plugins
-    from canbridge.core.table import build_table
 
     out: list[Problem] = []
     if not isinstance(data, Mapping):
@@ -111,8 +111,8 @@ def _partial_problems(data: Any, file: str | None, lines: dict[Any, int], regist
 def collect_problems(path: Path, registry: Any, interfaces: bool = True) -> tuple[Config | None, list[Problem]]:
     """Every problem of a configuration file, at once: schema, bus kinds, mappings, plugins, interfaces."""
     from canbridge.config import load_yaml
+    from canbridge.core.mapping.table import build_table
     from canbridge.core.runtime import check_bus_kinds, validate_plugins
-    from canbridge.core.table import build_table
 
     file = str(path)
     try:
@@ -140,7 +140,7 @@ def collect_problems(path: Path, registry: Any, interfaces: bool = True) -> tupl
 
 def cmd_check(args: argparse.Namespace) -> int:
     from canbridge.core.host import load_registry
-    from canbridge.core.table import build_table
+    from canbridge.core.mapping.table import build_table
 
     _, registry = load_registry()
     if args.dbc:

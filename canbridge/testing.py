@@ -25,7 +25,7 @@ from typing import Any
 import can
 
 from canbridge._bridge import Bridge, FrameSubscription, Subscription
-from canbridge._errors import FrameFormatError, RefusalReason, UnknownSignal, WriteRefused
+from canbridge._errors import FrameFormatError, RefusalReason, UnknownBus, UnknownSignal, WriteRefused
 from canbridge._frames import parse_frame
 from canbridge._model import (
     BridgeStats,
@@ -45,8 +45,8 @@ from canbridge._model import (
 )
 from canbridge._plugin import Service
 from canbridge.core.app import demo_config, runtime_from_data, simulators, unique_channel
+from canbridge.core.can.pycan import frame_to_message, message_to_raw
 from canbridge.core.host import collect, make_plugin_manager
-from canbridge.core.pycan import frame_to_message, message_to_raw
 from canbridge.core.runtime import Runtime
 from canbridge.core.writepath import check_limits, check_type
 
@@ -452,7 +452,7 @@ class FakeBridge(Bridge):
             if frame.bus is None:
                 frame = dataclasses.replace(frame, bus=bus)
             if frame.bus not in self._buses:
-                raise KeyError(f"no bus named {frame.bus!r}")
+                raise UnknownBus(f"no bus named {frame.bus!r}")
             parsed.append(frame)
         for sub in self._frame_subs:
             sub.push(parsed)
@@ -517,7 +517,7 @@ class FakeBridge(Bridge):
 
     def subscribe_frames(self, bus: str | None = None, maxlen: int = 1000) -> FrameSubscription:
         if bus is not None and bus not in self._buses:
-            raise KeyError(f"no bus named {bus!r}")
+            raise UnknownBus(f"no bus named {bus!r}")
         sub = _FakeFrameSubscription(self, bus, maxlen)
         self._frame_subs.append(sub)
         return sub
@@ -525,7 +525,7 @@ class FakeBridge(Bridge):
     def bus_status(self, name: str) -> BusStatus:
         status = self._status.get(name)
         if status is None:
-            raise KeyError(f"no bus named {name!r}")
+            raise UnknownBus(f"no bus named {name!r}")
         return status
 
     def message_status(self, bus: str | None = None) -> list[MessageStatus]:

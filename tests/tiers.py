@@ -56,6 +56,19 @@ def _py(mod: str) -> Callable[[], str | None]:
     return check
 
 
+def _root_mount() -> str | None:
+    if os.geteuid() != 0:
+        return "not root (mounting a tiny tmpfs needs it; CI runs as root)"
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        return "mount/umount not found"
+    try:
+        if "tmpfs" not in Path("/proc/filesystems").read_text():
+            return "the kernel has no tmpfs"
+    except OSError:
+        return "/proc/filesystems unreadable"
+    return None
+
+
 def _all(*checks: Callable[[], str | None]) -> Callable[[], str | None]:
     def check() -> str | None:
         msgs = [m for c in checks if (m := c())]
@@ -72,6 +85,7 @@ TIERS: dict[str, Tier] = {
         Tier("modbus-rtu", "Modbus RTU over a socat pseudo-terminal pair", _cmd("socat")),
         Tier("browser", "web dashboard in headless Chromium", _all(_cmd("chromium"), _py("playwright"))),
         Tier("schemathesis", "OpenAPI document checked by schemathesis", _py("schemathesis")),
+        Tier("faults", "a real full disk under the audit log (tiny tmpfs)", _root_mount),
         Tier("can-utils", "can-utils log files replayed (canplayer formats)", _cmd("candump")),
     )
 }

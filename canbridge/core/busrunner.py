@@ -11,19 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from canbridge._errors import BusError, BusUnavailable
-from canbridge._model import BusState, BusStatus, Frame, FrameFlags, Quality, RawFrame
+from canbridge._model import BusState, BusStatus, Frame, RawFrame
 from canbridge._plugin import BusDriver, BusKind, PeriodicHandle
 from canbridge.config import BusConfig
-from canbridge.core.errorframes import classify_error_frame
+from canbridge.core.can.errorframes import classify_error_frame
+from canbridge.core.mapping.table import MappingTable
 from canbridge.core.store import SignalStore
-from canbridge.core.table import EXT_KEY, MappingTable
 
 log = logging.getLogger("canbridge.bus")
 
-GOOD = Quality.GOOD
-_ERR = int(FrameFlags.ERROR)
-_EXT = int(FrameFlags.EXTENDED)
-_RTR = int(FrameFlags.RTR)
 # Bits on the wire besides the data field, interframe space included (no stuffing): 47 standard, 67 extended.
 _OVERHEAD_STD = 47
 _OVERHEAD_EXT = 67
@@ -101,76 +97,15 @@ class BusRunner:
 
     # --- receive path: once per batch, never an await per frame ---
     def on_frames(self, batch: list[RawFrame]) -> None:
-        t0 = time.perf_counter()
-        store = self.store
-        lookup = self._lookup
-        last = self.last_payload
-        values = store.values
-        msg_ts = store.msg_ts
-        msg_mono = store.msg_mono
-        counts = store.msg_count
-        mq = store.msg_quality
-        changed: list[int] = []
-        revived: list[int] = []
-        mono = time.monotonic()
-        nbytes = 0
-        n_ext = 0
-        unmapped = 0
-        decode_errors = 0
-        n_err = 0
-        for frame in batch:
-            can_id, flags, data, ts = frame
-            if flags & _ERR:
-                n_err += 1
-                self._error_frame(can_id, data)
-                continue
-            nbytes += len(data)
-            if flags & _EXT:
-                n_ext += 1
-                key = can_id | EXT_KEY
-            else:
-                key = can_id
-            entry = lookup.get(key)
-            if entry is None:
-                unmapped += 1
-                continue
-            mi, dec = entry
-            if flags & _RTR:  # a remote request carries no data: it must not make old values look fresh
-                self.rtr_frames += 1
-                continue
-            if last.get(key) != data:
-                try:
-                    dec(data, values, changed)
-                except ValueError:  # nor does a malformed frame
-                    decode_errors += 1
-                    continue
-                last[key] = data
-            msg_ts[mi] = ts
-            msg_mono[mi] = mono
-            counts[mi] += 1
-            if mq[mi] is not GOOD:
-                mq[mi] = GOOD
-                revived.append(mi)
-        n = len(batch)
-        self.rx_frames += n - n_err
+        """The receive path of this bus: the store decodes and publishes, the runner counts."""
+        n_err, unmapped, decode_errors, rtr, n_ext, nbytes = self.store.receive(
+            self.cfg.name, batch, self._lookup, self.last_payload, self._msg_signals, self._error_frame)
+        n = len(batch) - n_err
+        self.rx_frames += n
         self.unmapped_frames += unmapped
         self.decode_errors += decode_errors
-        self._bits += (n - n_err) * _OVERHEAD_STD + n_ext * (_OVERHEAD_EXT - _OVERHEAD_STD) + nbytes * 8
-        for mi in revived:
-            changed.extend(self._msg_signals[mi])
-        taps = store.frame_taps
-        if taps:
-            name = self.cfg.name
-            frames = None
-            for tap in taps:
-                if tap.bus is None or tap.bus == name:
-                    if frames is None:
-                        frames = [_to_frame(f, name) for f in batch]
-                    tap.push(frames)
-        if changed:
-            store.publish(changed)
-        store.batches += 1
-        store.update_seconds += time.perf_counter() - t0
+        self.rtr_frames += rtr
+        self._bits += n * _OVERHEAD_STD + n_ext * (_OVERHEAD_EXT - _OVERHEAD_STD) + nbytes * 8
 
     def _error_frame(self, can_id: int, data: bytes) -> None:
         self.error_frames += 1
@@ -245,7 +180,18 @@ class BusRunner:
 
     # --- supervision ---
     async def run(self) -> None:
-        """Open, read, and reopen with backoff until stopped."""
+        """Open, read, and reopen with backoff until stopped; whatever ends it leaves the bus closed."""
+        try:
+            await self._run()
+        finally:
+            driver, self.driver = self.driver, None
+            if driver is not None:  # only when _run ended on an exception: it closes its own driver
+                self._drop_cyclic_handles()
+                await _close_quietly(driver)
+            if self.state is not BusState.STOPPED:
+                self.set_state(BusState.STOPPED)
+
+    async def _run(self) -> None:
         delay = self.cfg.reconnect_min_s
         first = True
         while not self._stopping.is_set():
@@ -357,13 +303,6 @@ class BusRunner:
             restarts=int(k.get("restarts", 0) or 0), reconnects=self.reconnects,
             bus_load=round(self.bus_load, 2), last_error=self.last_error, since_ns=self.since_ns,
         )
-
-
-def _to_frame(f: RawFrame, bus: str) -> Frame:
-    can_id, flags, data, ts = f
-    return Frame(can_id, data, extended=bool(flags & _EXT), rtr=bool(flags & _RTR),
-                 fd=bool(flags & FrameFlags.FD), brs=bool(flags & FrameFlags.BRS),
-                 error=bool(flags & _ERR), timestamp_ns=ts, bus=bus)
 
 
 async def _close_quietly(driver: BusDriver) -> None:

@@ -18,7 +18,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from canbridge._bridge import Bridge, FrameSubscription, Subscription
-from canbridge._errors import BusError, ConfigError, PluginError, Problem, RefusalReason, UnknownSignal, WriteRefused
+from canbridge._errors import (
+    ConfigError,
+    PluginError,
+    Problem,
+    RefusalReason,
+    UnknownBus,
+    UnknownSignal,
+    WriteRefused,
+)
 from canbridge._model import (
     BridgeStats,
     BusInfo,
@@ -39,8 +47,8 @@ from canbridge.config import Config, LineMap, problems_from_validation
 from canbridge.core.audit import AuditLog
 from canbridge.core.busrunner import BusRunner
 from canbridge.core.host import Registry
+from canbridge.core.mapping.table import MappingTable, build_table
 from canbridge.core.store import SignalStore
-from canbridge.core.table import MappingTable, build_table
 from canbridge.core.writepath import WritePath
 
 log = logging.getLogger("canbridge")
@@ -73,13 +81,20 @@ def validate_plugins(config: Config, registry: Registry, file: str | None = None
 
 def check_bus_kinds(config: Config, registry: Registry, file: str | None = None,
                     lines: LineMap | None = None) -> list[Problem]:
+    """Each bus names a known kind, and its ``options:`` pass that kind's options model."""
     problems = []
     for i, b in enumerate(config.buses):
-        if registry.bus_kind(b.interface) is None:
+        kind = registry.bus_kind(b.interface)
+        if kind is None:
             known = ", ".join(sorted(registry.bus_kinds))
             problems.append(Problem(
                 f"unknown interface {b.interface!r}: not a canbridge bus kind ({known}) nor a python-can interface",
                 file, (lines or {}).get(("buses", i, "interface")), f"buses[{i}].interface"))
+        elif kind.options_model is not None:
+            try:
+                kind.options_model.model_validate(b.options)
+            except ValidationError as e:
+                problems.extend(problems_from_validation(e, file, lines or {}, ("buses", i, "options")))
     return problems
 
 
@@ -173,11 +188,14 @@ class Runtime(Bridge):
 
     def subscribe_frames(self, bus: str | None = None, maxlen: int = 1000) -> FrameSubscription:
         if bus is not None and bus not in self.runners:
-            raise KeyError(f"no bus named {bus!r}")
+            raise UnknownBus(f"no bus named {bus!r}; buses: {', '.join(self.runners)}")
         return self.store.subscribe_frames(bus, maxlen)
 
     def bus_status(self, name: str) -> BusStatus:
-        return self.runners[name].status()
+        runner = self.runners.get(name)
+        if runner is None:
+            raise UnknownBus(f"no bus named {name!r}; buses: {', '.join(self.runners)}")
+        return runner.status()
 
     def message_status(self, bus: str | None = None) -> list[MessageStatus]:
         now = time.monotonic()
@@ -255,8 +273,9 @@ class Runtime(Bridge):
             await asyncio.sleep(0.1)
             tick += 1
             now = time.monotonic()
-            self._duty("staleness", self._staleness, now)
-            self._duty("writer timeouts", self._writer_timeouts, now)
+            self._duty("staleness", self.store.expire, now)
+            if self.writes is not None:
+                self._duty("writer timeouts", self.writes.expire_writers, now)
             if tick % 10 == 0:
                 self._duty("bus polling", self._poll_buses, now)
                 self._duty("audit probe", self._probe_audit, now)
@@ -279,42 +298,6 @@ class Runtime(Bridge):
     def _probe_audit(self, now: float) -> None:
         if self.audit is not None:
             self.audit.probe()
-
-    def _staleness(self, now: float) -> None:
-        store = self.store
-        for e in self.table.message_list:
-            if e.timeout_s is not None and store.msg_quality[e.index] is Quality.GOOD and \
-                    now - store.msg_mono[e.index] > e.timeout_s:
-                store.set_message_quality(e.index, Quality.STALE)
-
-    def _writer_timeouts(self, now: float) -> None:
-        w = self.writes
-        if w is None:
-            return
-        for e in self.table.message_list:
-            t = e.transmit
-            if t is None or t.writer_timeout_ms is None or t.on_writer_timeout == "keep":
-                continue
-            last = w.last_write.get(e.index)
-            if last is None or now - last < t.writer_timeout_ms / 1000:
-                continue
-            runner = self.runners[e.info.bus]
-            del w.last_write[e.index]
-            log.warning("%s: no write for %d ms; %s", e.info.name, t.writer_timeout_ms,
-                        "stopping its transmission" if t.on_writer_timeout == "stop" else "back to initial values")
-            if t.on_writer_timeout == "stop":
-                runner.stop_cyclic(e.index)
-                self.store.set_message_quality(e.index, Quality.STALE)
-                continue
-            w.shadow[e.index] = e.initial
-            w.publish_payload(e, e.initial)
-            if t.period_ms and e.index in runner.cyclic:
-                try:
-                    runner.set_cyclic(e.index, _frame(e, e.initial), t.period_ms / 1000)
-                except BusError as err:
-                    # the bus is down: the runner restarts the (initial) cyclic frame when it returns;
-                    # this must not end supervision (it did: staleness stopped for every bus)
-                    log.warning("%s: initial values not transmitted now: %s", e.info.name, err)
 
     # --- lifecycle ---
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:

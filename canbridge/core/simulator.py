@@ -13,7 +13,7 @@ from typing import Any
 
 import can
 
-from canbridge.core.table import MappingTable, MessageEntry, frame_key
+from canbridge.core.mapping.table import MappingTable, MessageEntry, frame_key
 
 log = logging.getLogger("canbridge.simulator")
 

@@ -1,8 +1,11 @@
 """The latest-value store: one slot per signal, quality per message, and coalescing subscriptions.
 
-The receive path writes values in place and hands the store the indices that changed, once per
-batch; each subscriber keeps a pending *set* of indices, so a slow subscriber costs at most one
-entry per signal and never stalls the receive path or the other subscribers.
+The store is the one owner of values, timestamps and qualities and of their publication. The
+receive path hands it each batch (:meth:`SignalStore.receive`: generated decoders write values in
+place, one pass, indices that changed published once per batch), the write path what it transmitted
+(:meth:`SignalStore.transmitted`), the supervisor the clock (:meth:`SignalStore.expire`). Each
+subscriber keeps a pending *set* of indices, so a slow subscriber costs at most one entry per signal
+and never stalls the receive path or the other subscribers.
 """
 
 from __future__ import annotations
@@ -10,12 +13,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from canbridge._bridge import FrameSubscription, Subscription
-from canbridge._model import Frame, Quality, SignalValue
-from canbridge.core.table import MappingTable
+from canbridge._model import Frame, FrameFlags, Quality, RawFrame, SignalValue
+from canbridge.core.mapping.codec import Decoder
+from canbridge.core.mapping.table import EXT_KEY, MappingTable
+
+GOOD = Quality.GOOD
+_ERR = int(FrameFlags.ERROR)
+_EXT = int(FrameFlags.EXTENDED)
+_RTR = int(FrameFlags.RTR)
 
 
 class SignalStore:
@@ -44,6 +53,89 @@ class SignalStore:
         )
 
     # --- writing (receive path, write path, supervisor) ---
+    def receive(self, bus: str, batch: list[RawFrame], lookup: Mapping[int, tuple[int, Decoder]],
+                last: dict[int, bytes], msg_signals: Mapping[int, Sequence[int]],
+                on_error_frame: Callable[[int, bytes], None]) -> tuple[int, int, int, int, int, int]:
+        """Apply one received batch of a bus; (error frames, unmapped, decode errors, remote requests,
+        extended frames, data bytes) for the bus's counters. One pass: this runs for every frame."""
+        t0 = time.perf_counter()
+        values = self.values
+        msg_ts = self.msg_ts
+        msg_mono = self.msg_mono
+        counts = self.msg_count
+        mq = self.msg_quality
+        changed: list[int] = []
+        revived: list[int] = []
+        mono = time.monotonic()
+        nbytes = n_ext = unmapped = decode_errors = n_err = rtr = 0
+        for frame in batch:
+            can_id, flags, data, ts = frame
+            if flags & _ERR:
+                n_err += 1
+                on_error_frame(can_id, data)
+                continue
+            nbytes += len(data)
+            if flags & _EXT:
+                n_ext += 1
+                key = can_id | EXT_KEY
+            else:
+                key = can_id
+            entry = lookup.get(key)
+            if entry is None:
+                unmapped += 1
+                continue
+            mi, dec = entry
+            if flags & _RTR:  # a remote request carries no data: it must not make old values look fresh
+                rtr += 1
+                continue
+            if last.get(key) != data:
+                try:
+                    dec(data, values, changed)
+                except ValueError:  # nor does a malformed frame
+                    decode_errors += 1
+                    continue
+                last[key] = data
+            msg_ts[mi] = ts
+            msg_mono[mi] = mono
+            counts[mi] += 1
+            if mq[mi] is not GOOD:
+                mq[mi] = GOOD
+                revived.append(mi)
+        for mi in revived:
+            changed.extend(msg_signals[mi])
+        taps = self._frame_subs
+        if taps:
+            frames = None
+            for tap in taps:
+                if tap.bus is None or tap.bus == bus:
+                    if frames is None:
+                        frames = [_to_frame(f, bus) for f in batch]
+                    tap.push(frames)
+        if changed:
+            self.publish(changed)
+        self.batches += 1
+        self.update_seconds += time.perf_counter() - t0
+        return n_err, unmapped, decode_errors, rtr, n_ext, nbytes
+
+    def transmitted(self, msg_index: int, decoder: Decoder, payload: bytes, signal_indices: Sequence[int]) -> None:
+        """What the bridge transmits shows in the store: its signals read back their sent values, good."""
+        changed: list[int] = []
+        decoder(payload, self.values, changed)
+        self.msg_ts[msg_index] = time.time_ns()
+        self.msg_mono[msg_index] = time.monotonic()
+        if self.msg_quality[msg_index] is not GOOD:
+            self.msg_quality[msg_index] = GOOD
+            changed.extend(signal_indices)
+        self.publish(changed)
+
+    def expire(self, now: float) -> None:
+        """Good messages older than their timeout become stale (``now`` is monotonic)."""
+        quality = self.msg_quality
+        mono = self.msg_mono
+        for e in self.table.message_list:
+            if e.timeout_s is not None and quality[e.index] is GOOD and now - mono[e.index] > e.timeout_s:
+                self.set_message_quality(e.index, Quality.STALE)
+
     def publish(self, changed: Iterable[int]) -> None:
         """Tell subscribers these signal indices changed (value or quality)."""
         changed = changed if isinstance(changed, (list, set, tuple, frozenset)) else list(changed)
@@ -72,10 +164,6 @@ class SignalStore:
         sub = _FrameSubscription(self, bus, maxlen)
         self._frame_subs.append(sub)
         return sub
-
-    @property
-    def frame_taps(self) -> list[_FrameSubscription]:
-        return self._frame_subs
 
     def max_lag(self) -> float:
         now = time.monotonic()
@@ -190,3 +278,10 @@ class _FrameSubscription(FrameSubscription):
             self._buf.clear()
             if batch:
                 yield batch
+
+
+def _to_frame(f: RawFrame, bus: str) -> Frame:
+    can_id, flags, data, ts = f
+    return Frame(can_id, data, extended=bool(flags & _EXT), rtr=bool(flags & _RTR),
+                 fd=bool(flags & FrameFlags.FD), brs=bool(flags & FrameFlags.BRS),
+                 error=bool(flags & _ERR), timestamp_ns=ts, bus=bus)

@@ -13,6 +13,7 @@ Plugins hand values over as their protocol decoded them; judging them is this mo
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -24,8 +25,10 @@ from canbridge._frames import parse_frame
 from canbridge._model import Caller, Frame, Permission, Quality, SignalInfo, Value, WriteReceipt
 from canbridge.core.audit import AuditLog, AuditUnavailable
 from canbridge.core.busrunner import BusRunner
+from canbridge.core.mapping.table import MappingTable, MessageEntry
 from canbridge.core.store import SignalStore
-from canbridge.core.table import MappingTable, MessageEntry
+
+log = logging.getLogger("canbridge")
 
 
 def check_type(info: SignalInfo, value: object) -> Value:
@@ -285,14 +288,36 @@ class WritePath:
 
     def publish_payload(self, entry: MessageEntry, payload: bytes) -> None:
         """Show what the bridge transmits in the store: tx signals read back their sent values."""
-        changed: list[int] = []
-        entry.decoder(payload, self.store.values, changed)
-        self.store.msg_ts[entry.index] = time.time_ns()
-        self.store.msg_mono[entry.index] = time.monotonic()
-        if self.store.msg_quality[entry.index] is not Quality.GOOD:
-            self.store.msg_quality[entry.index] = Quality.GOOD
-            changed.extend(entry.signal_indices)
-        self.store.publish(changed)
+        self.store.transmitted(entry.index, entry.decoder, payload, entry.signal_indices)
+
+    def expire_writers(self, now: float) -> None:
+        """The dead-man switch: a transmitted message whose writer went quiet for ``writer_timeout_ms``
+        stops, or goes back to its initial values (``on_writer_timeout``)."""
+        for e in self.table.message_list:
+            t = e.transmit
+            if t is None or t.writer_timeout_ms is None or t.on_writer_timeout == "keep":
+                continue
+            last = self.last_write.get(e.index)
+            if last is None or now - last < t.writer_timeout_ms / 1000:
+                continue
+            runner = self.runners[e.info.bus]
+            del self.last_write[e.index]
+            log.warning("%s: no write for %d ms; %s", e.info.name, t.writer_timeout_ms,
+                        "stopping its transmission" if t.on_writer_timeout == "stop" else "back to initial values")
+            if t.on_writer_timeout == "stop":
+                runner.stop_cyclic(e.index)
+                self.store.set_message_quality(e.index, Quality.STALE)
+                continue
+            self.shadow[e.index] = e.initial
+            self.publish_payload(e, e.initial)
+            if t.period_ms and e.index in runner.cyclic:
+                try:
+                    runner.set_cyclic(e.index, Frame(e.info.frame_id, e.initial, extended=e.info.extended,
+                                                     fd=e.info.fd, bus=e.info.bus), t.period_ms / 1000)
+                except BusError as err:
+                    # the bus is down: the runner restarts the (initial) cyclic frame when it returns;
+                    # this must not end supervision (it did: staleness stopped for every bus)
+                    log.warning("%s: initial values not transmitted now: %s", e.info.name, err)
 
     # --- raw frames ---
     async def send_frame(self, bus: str, frame: Any, caller: Caller) -> Frame:

@@ -31,8 +31,8 @@ from canbridge import (
     hookimpl,
 )
 from canbridge.config import BusConfig, parse_config
-from canbridge.core import errorframes as ef
 from canbridge.core.app import DEMO_DBC, build_runtime
+from canbridge.core.can import errorframes as ef
 from canbridge.core.host import Registry, collect, make_plugin_manager
 from canbridge.core.runtime import Runtime
 

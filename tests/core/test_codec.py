@@ -1,4 +1,4 @@
-"""Generated decoders and encoders (canbridge.core.codec) against cantools, on the demo DBC and on
+"""Generated decoders and encoders (canbridge.core.mapping.codec) against cantools, on the demo DBC and on
 hand-built messages; random bit layouts with hypothesis."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from cantools.database.conversion import BaseConversion
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from canbridge.core.codec import (
+from canbridge.core.mapping.codec import (
     compile_decoder,
     compile_encoder,
     compile_message_encoder,
@@ -395,7 +395,7 @@ def test_random_layouts_encode_like_cantools(case: tuple[Message, bytes]) -> Non
 
 def test_yaml_messages_decode_like_cantools() -> None:
     """Messages built from YAML (FD, nested multiplexers, float64) go through the same codec."""
-    from canbridge.core.formats import load_signals_yaml
+    from canbridge.core.mapping.formats import load_signals_yaml
 
     root = Path(__file__).resolve().parents[2]
     files = [

@@ -19,8 +19,8 @@ import cantools
 import pytest
 from cantools.database.can import Message, Signal
 
-from canbridge.core.codec import compile_decoder, compile_encoder, encode_message, fits
-from canbridge.core.formats import load_dbc
+from canbridge.core.mapping.codec import compile_decoder, compile_encoder, encode_message, fits
+from canbridge.core.mapping.formats import load_dbc
 
 DBC_DIR = Path(__file__).resolve().parents[1] / "data" / "dbc"
 LENIENT = {"FORD_CADS_64", "chrysler_cusw", "vw_mqb", "mazda_2017"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from canbridge import BusState
-from canbridge.core import errorframes as ef
-from canbridge.core.errorframes import classify_error_frame
+from canbridge.core.can import errorframes as ef
+from canbridge.core.can.errorframes import classify_error_frame
 
 
 def data(**at: int) -> bytes:

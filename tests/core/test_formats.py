@@ -1,4 +1,4 @@
-"""Mapping file formats (canbridge.core.formats): DBC/KCD/SYM/ARXML through cantools with errors
+"""Mapping file formats (canbridge.core.mapping.formats): DBC/KCD/SYM/ARXML through cantools with errors
 that name file and line, lenient mode for real-world DBCs, and hand-written YAML signals."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import cantools
 import pytest
 
 from canbridge import ConfigError, MappingError, MappingFormat
-from canbridge.core.codec import compile_decoder, initial_payload
-from canbridge.core.formats import (
+from canbridge.core.mapping.codec import compile_decoder, initial_payload
+from canbridge.core.mapping.formats import (
     FORMATS,
     detect_format,
     lenient_dbc_fixups,

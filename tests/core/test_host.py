@@ -21,7 +21,7 @@ from canbridge.cli import build_parser
 from canbridge.config import parse_config
 from canbridge.core.app import DEMO_DBC
 from canbridge.core.host import collect, installed_plugins, load_registry, make_plugin_manager
-from canbridge.core.table import build_table
+from canbridge.core.mapping.table import build_table
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""The replay bus kind (canbridge/core/replay.py): candump -L and ASC logs played through the mapping,
+"""The replay bus kind (canbridge/core/can/replay.py): candump -L and ASC logs played through the mapping,
 at recorded speed and fast, once and in a loop."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from canbridge import BusState, Caller, Quality
 from canbridge.core.app import DEMO_DBC, runtime_from_data
-from canbridge.core.replay import ReplayDriver
+from canbridge.core.can.replay import ReplayDriver
 from canbridge.core.runtime import Runtime
 from tests.core.test_busrunner import until
 

@@ -262,3 +262,43 @@ async def test_two_buses_with_the_same_dbc_at_run_time() -> None:
         with pytest.raises(TimeoutError):
             await h.next_sent(0x300, bus="left", timeout=0.3)
         assert h.bridge.bus_status("left").tx_frames == 0
+
+
+async def test_unknown_bus_is_named_and_still_a_key_error(tmp_path: Path) -> None:
+    from canbridge import UnknownBus
+
+    async with fake_runtime(tmp_path) as (rt, _):
+        for call in (lambda: rt.bus_status("nope"), lambda: rt.subscribe_frames("nope")):
+            with pytest.raises(UnknownBus, match="no bus named 'nope'; buses: demo") as info:
+                call()
+            assert isinstance(info.value, KeyError)
+
+
+@pytest.mark.parametrize(("options", "path", "needle"), [
+    ({"max_drain": 0}, "buses[0].options.max_drain", "greater than or equal to 1"),
+    ({"max_drain": "lots"}, "buses[0].options.max_drain", "valid integer"),
+    ({"recvmmsg": "sometimes"}, "buses[0].options.recvmmsg", "valid boolean"),
+])
+def test_a_bus_kinds_options_model_checks_options(tmp_path: Path, options: dict[str, object], path: str,
+                                                  needle: str) -> None:
+    from canbridge.config import parse_config
+    from canbridge.core.app import build_runtime
+    from canbridge.core.host import load_registry
+
+    data = {"buses": [{"name": "can0", "interface": "socketcan", "channel": "vcan0", "options": options}],
+            "mappings": []}
+    with pytest.raises(ConfigError) as info:
+        build_runtime(parse_config(data), load_registry(load_entry_points=False)[1], base_dir=tmp_path)
+    (problem,) = info.value.problems
+    assert problem.path == path and needle in problem.message
+
+
+def test_socketcan_options_pass_other_keys_to_python_can(tmp_path: Path) -> None:
+    from canbridge.config import parse_config
+    from canbridge.core.app import build_runtime
+    from canbridge.core.host import load_registry
+
+    data = {"buses": [{"name": "can0", "interface": "socketcan", "channel": "vcan0",
+                       "options": {"max_drain": 64, "local_loopback": True}}], "mappings": []}
+    rt = build_runtime(parse_config(data), load_registry(load_entry_points=False)[1], base_dir=tmp_path)
+    assert rt.config.buses[0].options == {"max_drain": 64, "local_loopback": True}

@@ -14,10 +14,11 @@ import pytest
 
 from canbridge import BusError, BusUnavailable, Frame, FrameFlags
 from canbridge.config import BusConfig
-from canbridge.core import mmsg
-from canbridge.core import socketcan as sc
-from canbridge.core.mmsg import MmsgReceiver
-from canbridge.core.socketcan import DrainStats, SocketcanDriver, build_can_frame, drain, pack_filters
+from canbridge.core.can import linuxcan as lc
+from canbridge.core.can import receive as recv
+from canbridge.core.can import socketcan as sc
+from canbridge.core.can.receive import DrainStats, MmsgReceiver, drain
+from canbridge.core.can.socketcan import SocketcanDriver, pack_filters
 
 EXT, RTR, FD, BRS, ESI, ERR = (
     int(f)
@@ -49,19 +50,34 @@ def canfd_frame(can_id: int, data: bytes, flags: int = 0) -> bytes:
     return struct.pack("=IBBBB64s", can_id, len(data), flags, 0, 0, data)
 
 
+
+def build_can_frame(frame: Frame) -> bytes:
+    """Test helper: the kernel's ``struct can_frame`` / ``struct canfd_frame`` bytes for a frame."""
+    can_id = frame.can_id | (lc.CAN_EFF_FLAG if frame.extended else 0)
+    if frame.rtr:
+        can_id |= lc.CAN_RTR_FLAG
+    if frame.error:
+        can_id |= lc.CAN_ERR_FLAG
+    if frame.fd:
+        fd_flags = lc.CANFD_BRS if frame.brs else 0
+        return struct.pack("=IBBBB64s", can_id, len(frame.data), fd_flags, 0, 0, frame.data)
+    length = frame.length if frame.rtr else len(frame.data)
+    return struct.pack("=IBBBB8s", can_id, length, 0, 0, 0, frame.data)
+
+
 def test_struct_sizes_match_the_kernel() -> None:
-    assert len(can_frame(0, b"")) == sc.CAN_MTU == 16
-    assert len(canfd_frame(0, b"")) == sc.CANFD_MTU == 72
+    assert len(can_frame(0, b"")) == lc.CAN_MTU == 16
+    assert len(canfd_frame(0, b"")) == lc.CANFD_MTU == 72
 
 
 def test_drain_parses_every_kind(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     a.send(can_frame(0x123, bytes.fromhex("DEADBEEF")))
-    a.send(can_frame(sc.CAN_EFF_FLAG | 0x18FEF100, b"\x01\x02"))
-    a.send(can_frame(sc.CAN_RTR_FLAG | 0x124, b"", length=4))
-    a.send(can_frame(sc.CAN_ERR_FLAG | 0x40, bytes(8)))
-    a.send(canfd_frame(0x321, bytes(range(64)), flags=sc.CANFD_BRS | sc.CANFD_ESI))
-    a.send(canfd_frame(sc.CAN_EFF_FLAG | 0x1ABCDEF0, b"\xaa" * 12))
+    a.send(can_frame(lc.CAN_EFF_FLAG | 0x18FEF100, b"\x01\x02"))
+    a.send(can_frame(lc.CAN_RTR_FLAG | 0x124, b"", length=4))
+    a.send(can_frame(lc.CAN_ERR_FLAG | 0x40, bytes(8)))
+    a.send(canfd_frame(0x321, bytes(range(64)), flags=lc.CANFD_BRS | lc.CANFD_ESI))
+    a.send(canfd_frame(lc.CAN_EFF_FLAG | 0x1ABCDEF0, b"\xaa" * 12))
     a.send(can_frame(0x7FF, b"\x01\x02\x03\x04\x05\x06\x07\x08"))
     a.send(b"\x00" * 5)  # not a CAN frame: ignored
     frames = drain(b, 100)
@@ -103,9 +119,9 @@ def test_drain_raises_errors_with_frames_read_before(pair: tuple[socket.socket, 
 
 
 def test_parse_can_frame_matches_drain() -> None:
-    assert sc.parse_can_frame(can_frame(sc.CAN_EFF_FLAG | 5, b"\x09"), 7) == (5, EXT, b"\x09", 7)
-    assert sc.parse_can_frame(canfd_frame(6, b"\x01" * 8, sc.CANFD_BRS), 8) == (6, FD | BRS, b"\x01" * 8, 8)
-    assert sc.parse_can_frame(can_frame(sc.CAN_RTR_FLAG | 7, b"", 2), 9) == (7, RTR, b"", 9)
+    assert recv.parse_can_frame(can_frame(lc.CAN_EFF_FLAG | 5, b"\x09"), 7) == (5, EXT, b"\x09", 7)
+    assert recv.parse_can_frame(canfd_frame(6, b"\x01" * 8, lc.CANFD_BRS), 8) == (6, FD | BRS, b"\x01" * 8, 8)
+    assert recv.parse_can_frame(can_frame(lc.CAN_RTR_FLAG | 7, b"", 2), 9) == (7, RTR, b"", 9)
 
 
 def test_build_can_frame_round_trips() -> None:
@@ -115,7 +131,7 @@ def test_build_can_frame_round_trips() -> None:
         Frame(0x321, bytes(range(48)), fd=True, brs=True),
         Frame(0x124, b"", rtr=True, dlc=3),
     ]
-    out = [sc.parse_can_frame(build_can_frame(f), 0) for f in cases]
+    out = [recv.parse_can_frame(build_can_frame(f), 0) for f in cases]
     assert out == [
         (0x123, 0, b"\x01\x02", 0),
         (0x18FEF100, EXT, b"\xff" * 8, 0),
@@ -132,8 +148,8 @@ def test_pack_filters() -> None:
         struct.unpack("=4I", pack_filters([(0x100, False), (0x18FEF100, True)]))[:2],
         struct.unpack("=4I", pack_filters([(0x100, False), (0x18FEF100, True)]))[2:],
     )
-    assert std == (0x100, 0x7FF | sc.CAN_EFF_FLAG)
-    assert ext == (0x18FEF100 | sc.CAN_EFF_FLAG, 0x1FFFFFFF | sc.CAN_EFF_FLAG)
+    assert std == (0x100, 0x7FF | lc.CAN_EFF_FLAG)
+    assert ext == (0x18FEF100 | lc.CAN_EFF_FLAG, 0x1FFFFFFF | lc.CAN_EFF_FLAG)
 
 
 def _matches(filters: bytes, raw_id: int) -> bool:
@@ -145,14 +161,14 @@ def _matches(filters: bytes, raw_id: int) -> bool:
 def test_filters_keep_standard_and_extended_apart() -> None:
     f = pack_filters([(0x100, False), (0x18FEF100, True)])
     assert _matches(f, 0x100)
-    assert not _matches(f, sc.CAN_EFF_FLAG | 0x100)  # extended 0x100 is another id
-    assert _matches(f, sc.CAN_EFF_FLAG | 0x18FEF100)
+    assert not _matches(f, lc.CAN_EFF_FLAG | 0x100)  # extended 0x100 is another id
+    assert _matches(f, lc.CAN_EFF_FLAG | 0x18FEF100)
     assert not _matches(f, 0x101)
-    assert _matches(f, sc.CAN_RTR_FLAG | 0x100)  # remote requests for a mapped id pass
+    assert _matches(f, lc.CAN_RTR_FLAG | 0x100)  # remote requests for a mapped id pass
 
 
 def test_set_filters_over_the_kernel_limit_receives_all(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="canbridge.core.socketcan")
+    caplog.set_level(logging.INFO, logger="canbridge.core.can.socketcan")
     drv = SocketcanDriver(BusConfig(name="b", channel="vcan0"))
     drv.set_filters([(i, False) for i in range(513)])
     assert drv._filters is None
@@ -165,7 +181,7 @@ async def test_open_without_kernel_can_support_says_so(monkeypatch: pytest.Monke
     real_socket = socket.socket
 
     def no_can(family: int = -1, *a: object, **k: object) -> socket.socket:
-        if family == sc.AF_CAN:
+        if family == lc.AF_CAN:
             raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
         return real_socket(family, *a, **k)  # type: ignore[arg-type]
 
@@ -187,7 +203,7 @@ async def test_send_before_open_raises() -> None:
 
 
 def test_missing_hints() -> None:
-    from canbridge.core.netlink import missing_hint
+    from canbridge.core.can.netlink import missing_hint
 
     assert missing_hint("vcan3") == "sudo ip link add dev vcan3 type vcan && sudo ip link set up vcan3"
     assert missing_hint("can1") == "sudo ip link set can1 up type can bitrate 500000 restart-ms 100"
@@ -195,7 +211,7 @@ def test_missing_hints() -> None:
 
 def test_netlink_errors_are_explained() -> None:
     from canbridge.config import NetlinkSettings
-    from canbridge.core.netlink import _translate, _wanted, _xstats
+    from canbridge.core.can.netlink import _translate, _wanted, _xstats
 
     class NlErr(Exception):
         def __init__(self, code: int) -> None:
@@ -238,7 +254,7 @@ def test_can_link_reads_controller_attributes(monkeypatch: pytest.MonkeyPatch) -
     """What a real `can` device reports over netlink (vcan has none of it), mapped to status keys."""
     import pyroute2
 
-    from canbridge.core import netlink
+    from canbridge.core.can import netlink
 
     data = _Nla(
         {
@@ -362,16 +378,16 @@ def test_read_path_transient_error_is_not_fatal() -> None:
 
 
 # --- recvmmsg: one system call per batch ------------------------------------------------------------
-needs_mmsg = pytest.mark.skipif(not mmsg.AVAILABLE, reason=f"recvmmsg unavailable: {mmsg.UNAVAILABLE}")
+needs_mmsg = pytest.mark.skipif(not recv.AVAILABLE, reason=f"recvmmsg unavailable: {recv.UNAVAILABLE}")
 
 EVERY_KIND = [
     can_frame(0x123, bytes.fromhex("DEADBEEF")),
-    can_frame(sc.CAN_EFF_FLAG | 0x18FEF100, b"\x01\x02"),
-    can_frame(sc.CAN_RTR_FLAG | 0x124, b"", length=4),
-    can_frame(sc.CAN_RTR_FLAG | sc.CAN_EFF_FLAG | 0x1234567, b"", length=8),
-    can_frame(sc.CAN_ERR_FLAG | 0x40, bytes(8)),
-    canfd_frame(0x321, bytes(range(64)), flags=sc.CANFD_BRS | sc.CANFD_ESI),
-    canfd_frame(sc.CAN_EFF_FLAG | 0x1ABCDEF0, b"\xaa" * 12),
+    can_frame(lc.CAN_EFF_FLAG | 0x18FEF100, b"\x01\x02"),
+    can_frame(lc.CAN_RTR_FLAG | 0x124, b"", length=4),
+    can_frame(lc.CAN_RTR_FLAG | lc.CAN_EFF_FLAG | 0x1234567, b"", length=8),
+    can_frame(lc.CAN_ERR_FLAG | 0x40, bytes(8)),
+    canfd_frame(0x321, bytes(range(64)), flags=lc.CANFD_BRS | lc.CANFD_ESI),
+    canfd_frame(lc.CAN_EFF_FLAG | 0x1ABCDEF0, b"\xaa" * 12),
     canfd_frame(0x322, b""),
     b"\x00" * 5,  # not a CAN frame: ignored by both paths
     can_frame(0x7FF, b"\x01\x02\x03\x04\x05\x06\x07\x08"),
@@ -387,7 +403,7 @@ def stamped_pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
     for _ in range(2):
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         b.setblocking(False)
-        b.setsockopt(socket.SOL_SOCKET, sc.SO_TIMESTAMPNS, 1)
+        b.setsockopt(socket.SOL_SOCKET, lc.SO_TIMESTAMPNS, 1)
         pairs.append((a, b))
     yield pairs
     for a, b in pairs:
@@ -396,17 +412,17 @@ def stamped_pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
 
 
 def test_frame_flag_values_match_the_enum() -> None:
-    assert (mmsg._EXT, mmsg._RTR, mmsg._FD, mmsg._BRS, mmsg._ESI, mmsg._ERR) == (EXT, RTR, FD, BRS, ESI, ERR)
-    assert (mmsg.CAN_EFF_FLAG, mmsg.CAN_RTR_FLAG, mmsg.CAN_ERR_FLAG) == (
-        sc.CAN_EFF_FLAG,
-        sc.CAN_RTR_FLAG,
-        sc.CAN_ERR_FLAG,
+    assert (recv._EXT, recv._RTR, recv._FD, recv._BRS, recv._ESI, recv._ERR) == (EXT, RTR, FD, BRS, ESI, ERR)
+    assert (recv.CAN_EFF_FLAG, recv.CAN_RTR_FLAG, recv.CAN_ERR_FLAG) == (
+        lc.CAN_EFF_FLAG,
+        lc.CAN_RTR_FLAG,
+        lc.CAN_ERR_FLAG,
     )
 
 
 @needs_mmsg
 def test_c_layouts_are_the_assumed_ones() -> None:
-    assert mmsg.layout_problem() is None
+    assert recv.layout_problem() is None
 
 
 @needs_mmsg
@@ -420,7 +436,7 @@ def test_recvmmsg_and_recvmsg_give_the_same_frames(stamped_pairs: list[tuple[soc
     rx = MmsgReceiver(64)
     s1, s2 = DrainStats(), DrainStats()
     batched, err1 = rx.drain(b1, 100, s1)
-    single, err2 = sc._drain(b2, 100, s2)
+    single, err2 = recv.drain_recvmsg(b2, 100, s2)
     assert err1 is None and err2 is None
     assert rx.calls == 1  # every frame in one system call
     assert (
@@ -484,7 +500,7 @@ def test_recvmmsg_without_kernel_timestamps_reads_the_clock_once(pair: tuple[soc
 def test_recvmmsg_walks_other_control_messages(pair: tuple[socket.socket, socket.socket]) -> None:
     # SO_PASSCRED adds SCM_CREDENTIALS next to the timestamp: not the usual layout, so the cmsg walk reads it
     a, b = pair
-    b.setsockopt(socket.SOL_SOCKET, sc.SO_TIMESTAMPNS, 1)
+    b.setsockopt(socket.SOL_SOCKET, lc.SO_TIMESTAMPNS, 1)
     b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     before = time.time_ns()
     a.send(can_frame(0x55, b"\x01"))
@@ -499,10 +515,10 @@ def test_recvmmsg_reads_the_drop_counter() -> None:
     # What the kernel writes for a CAN_RAW socket with SO_TIMESTAMPNS and SO_RXQ_OVFL (unix sockets
     # have no SO_RXQ_OVFL): the usual layout, and a counter alone through the cmsg walk.
     rx = MmsgReceiver(2)
-    ts_cmsg = struct.pack("=Qiiqq", 32, socket.SOL_SOCKET, sc.SO_TIMESTAMPNS, 12, 345)
-    ovfl_cmsg = struct.pack("=QiiI4x", 20, socket.SOL_SOCKET, sc.SO_RXQ_OVFL, 7)
+    ts_cmsg = struct.pack("=Qiiqq", 32, socket.SOL_SOCKET, lc.SO_TIMESTAMPNS, 12, 345)
+    ovfl_cmsg = struct.pack("=QiiI4x", 20, socket.SOL_SOCKET, lc.SO_RXQ_OVFL, 7)
     for i, (ctrl, frame) in enumerate(
-        [(ts_cmsg + ovfl_cmsg, can_frame(0x1, b"\x09")), (struct.pack("=QiiI4x", 20, 1, sc.SO_RXQ_OVFL, 9), b"")]
+        [(ts_cmsg + ovfl_cmsg, can_frame(0x1, b"\x09")), (struct.pack("=QiiI4x", 20, 1, lc.SO_RXQ_OVFL, 9), b"")]
     ):
         frame = frame or can_frame(0x2, b"\x08")
         struct.pack_into("=Q", rx._buf, i * 64 + 40, len(ctrl))  # msg_controllen

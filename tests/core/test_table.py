@@ -1,4 +1,4 @@
-"""The mapping table (canbridge/core/table.py) built from a configuration and mapping files."""
+"""The mapping table (canbridge/core/mapping/table.py) built from a configuration and mapping files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from canbridge import ConfigError, SignalInfo
 from canbridge.config import parse_config
 from canbridge.core.app import DEMO_DBC
 from canbridge.core.host import collect, make_plugin_manager
-from canbridge.core.table import EXT_KEY, MappingTable, build_table, frame_key
+from canbridge.core.mapping.table import EXT_KEY, MappingTable, build_table, frame_key
 
 FORMATS = collect(make_plugin_manager(load_entry_points=False)).formats
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -305,3 +305,142 @@ async def test_writer_timeout_stops_the_cyclic_frame() -> None:
             await h.next_sent(0x300, timeout=0.3)
         await h.bridge.write(SET, 2100, WRITER)  # a new write starts it again
         assert speed_of(await h.next_sent(0x300)) == 2100
+
+
+# --- write_many: all or nothing ------------------------------------------------------------------
+
+SOC = "demo.BatteryStatus.StateOfCharge"
+VOLT = "demo.BatteryStatus.PackVoltage"
+
+
+async def test_write_many_merges_one_message_into_one_frame() -> None:
+    async with BridgeHarness(config=config()) as h:
+        receipts = await h.bridge.write_many([(SET, 1200), (TORQUE, 55)], WRITER)
+        frame = await h.next_sent(0x300)
+        assert speed_of(frame) == 1200 and frame.data[3] == 55
+        assert [r.frame for r in receipts] == [receipts[0].frame] * 2  # one frame carries both
+        with pytest.raises(TimeoutError):
+            await h.next_sent(0x300, timeout=0.3)  # and no second one
+        records = audit(h.bridge.state_dir)
+        assert [(r["target"], r["result"], r["batch"]) for r in records] == [(SET, "accepted", 2),
+                                                                              (TORQUE, "accepted", 2)]
+
+
+async def test_write_many_spans_messages() -> None:
+    async with BridgeHarness(config=config(writable=["MotorCommand.*", "BatteryStatus.*"])) as h:
+        await h.bridge.write_many([(SET, 10), (SOC, 50), (TORQUE, 7)], WRITER)
+        a, b = await h.next_sent(0x300), await h.next_sent(0x200)
+        assert speed_of(a) == 10 and a.data[3] == 7 and b.data[4] == 100  # 50 % at 0.5 %/bit
+        assert h.bridge.read(SOC).value == 50
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    ((TORQUE, 101), RefusalReason.OUT_OF_RANGE),
+    ((TORQUE, math.nan), RefusalReason.WRONG_TYPE),
+    ((TORQUE, math.inf), RefusalReason.WRONG_TYPE),
+    ((TORQUE, "ten"), RefusalReason.WRONG_TYPE),
+    ((TORQUE, [1, 2]), RefusalReason.WRONG_TYPE),
+    ((TORQUE, None), RefusalReason.WRONG_TYPE),
+    ((TORQUE, b"\x01"), RefusalReason.WRONG_TYPE),
+    (("demo.MotorStatus.MotorSpeed", 1), RefusalReason.NOT_WRITABLE),
+    (("demo.Nope.Nothing", 1), RefusalReason.UNKNOWN_SIGNAL),
+])
+@pytest.mark.parametrize("position", [0, 1, 2])
+async def test_one_refused_item_refuses_the_whole_request(bad: tuple[str, Any], reason: RefusalReason,
+                                                          position: int) -> None:
+    async with BridgeHarness(config=config(writable=["MotorCommand.*", "BatteryStatus.*"])) as h:
+        items: list[tuple[str, Any]] = [(SET, 100), (SOC, 40)]
+        items.insert(position, bad)
+        h.clear_sent()
+        with pytest.raises(WriteRefused) as info:
+            await h.bridge.write_many(items, WRITER)
+        assert info.value.reason is reason and info.value.index == position
+        with pytest.raises(TimeoutError):
+            await h.next_sent(timeout=0.3)
+        assert h.bridge.read(SET).value == 0 and h.bridge.read(SOC).value != 40
+        records = audit(h.bridge.state_dir)
+        assert len(records) == 3  # every item of the request is audited, none as accepted
+        assert {r["result"] for r in records} == {reason.value}
+        assert all("not sent" in r["detail"] for r in records if r["target"] != bad[0])
+
+
+async def test_write_many_takes_no_rate_token_when_refused() -> None:
+    async with BridgeHarness(config=config(write_rate=1)) as h:
+        with pytest.raises(WriteRefused):
+            await h.bridge.write_many([(SET, 100), (TORQUE, 500)], WRITER)
+        await h.bridge.write(SET, 100, WRITER)  # the one token per second is still there
+
+
+async def test_write_many_is_rate_limited_as_a_whole() -> None:
+    async with BridgeHarness(config=config(write_rate=1)) as h:
+        await h.bridge.write(TORQUE, 5, WRITER)
+        with pytest.raises(WriteRefused) as info:
+            await h.bridge.write_many([(SET, 100), (TORQUE, 6)], WRITER)
+        assert info.value.reason is RefusalReason.RATE_LIMITED and info.value.index == 1
+        assert h.bridge.read(SET).value == 0
+
+
+async def test_write_many_of_nothing_sends_nothing() -> None:
+    async with BridgeHarness(config=config()) as h:
+        assert await h.bridge.write_many([], WRITER) == []
+        assert audit(h.bridge.state_dir) == []
+
+
+async def test_a_single_write_has_no_index() -> None:
+    async with BridgeHarness(config=config()) as h:
+        with pytest.raises(WriteRefused) as info:
+            await h.bridge.write(TORQUE, 500, WRITER)
+        assert info.value.index is None
+
+
+# --- refusals decided by plugins ------------------------------------------------------------------
+
+@pytest.mark.parametrize("reason", [RefusalReason.UNAUTHENTICATED, RefusalReason.NOT_ALLOWED,
+                                    RefusalReason.UNSUPPORTED])
+async def test_refuse_audits_and_counts(reason: RefusalReason) -> None:
+    async with BridgeHarness(config=config()) as h:
+        caller = Caller("rest", user=None, address="127.0.0.1")
+        e = h.bridge.refuse("rest:PUT /api/v1/signals/x", 5, caller, reason, "no token")
+        assert isinstance(e, WriteRefused) and e.reason is reason and e.detail == "no token"
+        (record,) = audit(h.bridge.state_dir)
+        assert (record["result"], record["plugin"], record["address"], record["value"]) == (
+            reason.value, "rest", "127.0.0.1", 5)
+        assert h.bridge.stats().writes_refused[reason.value] == 1
+
+
+# --- the audit log cannot be written ----------------------------------------------------------------
+
+async def test_no_frame_without_its_audit_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    from canbridge.core import audit as audit_mod
+    from tests.core.test_audit import FailingWrites
+
+    async with BridgeHarness(config=config()) as h:
+        await h.bridge.write(SET, 1, WRITER)
+        await h.next_sent(0x300)
+        failing = FailingWrites(budget=0)
+        monkeypatch.setattr(audit_mod.os, "write", failing)
+        for value, call in [(2, "write"), (3, "write_many"), (4, "frame")]:
+            with pytest.raises(WriteRefused) as info:
+                if call == "write":
+                    await h.bridge.write(SET, value, WRITER)
+                elif call == "write_many":
+                    await h.bridge.write_many([(SET, value), (TORQUE, value)], WRITER)
+                else:
+                    await h.bridge.send_frame("demo", f"300#{value:02X}", Caller("t", permissions=frozenset(
+                        {Permission.RAW})))
+            assert info.value.reason is RefusalReason.AUDIT_UNAVAILABLE
+            assert "audit log cannot be written" in info.value.detail
+        with pytest.raises(TimeoutError):
+            await h.next_sent(0x300, timeout=0.3)
+        assert h.bridge.read(SET).value == 1
+        stats = h.bridge.stats()
+        assert not stats.audit_available and "No space left" in (stats.audit_error or "")
+        assert stats.audit_failures >= 1 and stats.writes_refused["audit_unavailable"] >= 3
+        monkeypatch.setattr(audit_mod.os, "write", failing.real)  # space again: the alarm clears by itself
+        await h.until(lambda: h.bridge.stats().audit_available, timeout=3)
+        await h.bridge.write(SET, 5, WRITER)
+        assert speed_of(await h.next_sent(0x300)) == 5
+        records = audit(h.bridge.state_dir)
+        assert records[0]["result"] == "accepted" and records[1]["event"] == "audit_recovered"
+        assert [r["result"] for r in records[2:5]] == ["audit_unavailable"] * 3  # refusals kept and written
+        assert records[-1]["result"] == "accepted" and records[-1]["value"] == 5

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from canbridge.config import BusConfig
-from canbridge.core.socketcan import SocketcanDriver, can_available
+from canbridge.core.can.socketcan import SocketcanDriver, can_available
 
 REQUIRED = os.environ.get("CANBRIDGE_SOCKETCAN_REQUIRED") == "1"
 HOW = "runs against a real kernel: make test-socketcan (or sudo bash tools/vm/run-in-vm.sh)"

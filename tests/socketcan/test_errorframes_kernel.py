@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from canbridge import BusState, FrameFlags
-from canbridge.core import errorframes as ef
-from canbridge.core.linuxcan import AF_CAN, CAN_ERR_FLAG, CAN_RAW, CAN_RAW_ERR_FILTER, SOL_CAN_RAW
+from canbridge.core.can import errorframes as ef
+from canbridge.core.can.linuxcan import AF_CAN, CAN_ERR_FLAG, CAN_RAW, CAN_RAW_ERR_FILTER, SOL_CAN_RAW
 
 
 @pytest.fixture

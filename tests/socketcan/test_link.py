@@ -9,8 +9,8 @@ import pytest
 
 from canbridge import BusError, BusUnavailable, Frame
 from canbridge.config import NetlinkSettings
-from canbridge.core.netlink import configure_interface
-from canbridge.core.socketcan import SocketcanDriver
+from canbridge.core.can.netlink import configure_interface
+from canbridge.core.can.socketcan import SocketcanDriver
 from tests.socketcan.conftest import Collector, bus_config, cansend, ip
 
 

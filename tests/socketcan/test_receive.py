@@ -6,7 +6,7 @@ import socket
 import time
 
 from canbridge import FrameFlags
-from canbridge.core.socketcan import drain
+from canbridge.core.can.receive import drain
 from tests.socketcan.conftest import cansend, run
 
 EXT = int(FrameFlags.EXTENDED)

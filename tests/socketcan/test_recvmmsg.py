@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import time
 
-from canbridge.core.linuxcan import AF_CAN, CAN_EFF_FLAG, CAN_RAW
+from canbridge.core.can.linuxcan import AF_CAN, CAN_EFF_FLAG, CAN_RAW, SO_MEMINFO
 
 FRAME = struct.Struct("=IB3x8s")
+
+
+def _until_queued(sock: socket.socket, timeout: float = 5.0) -> None:
+    """Wait until the kernel has queued what was sent: vcan hands frames to the receive softirq, which
+    a loaded (emulated) machine may run after send() returned. Settled = the receive queue's memory
+    (SO_MEMINFO's rmem_alloc) is non-zero and unchanged over three looks 20 ms apart."""
+    deadline = time.monotonic() + timeout
+    select.select([sock], [], [], timeout)
+    last, same = -1, 0
+    while same < 3 and time.monotonic() < deadline:
+        rmem = struct.unpack_from("=I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[0]
+        same = same + 1 if rmem == last and rmem else 0
+        last = rmem
+        time.sleep(0.02)
 
 
 async def test_a_real_can_socket_is_read_with_recvmmsg_and_kernel_timestamps(open_driver) -> None:
@@ -28,6 +43,7 @@ async def test_a_real_can_socket_is_read_with_recvmmsg_and_kernel_timestamps(ope
         after = time.time_ns()
     finally:
         tx.close()
+    _until_queued(sock)
     calls = rx.calls
     frames, err = rx.drain(sock, 1024, drv.stats)
     assert err is None

@@ -14,7 +14,7 @@ from canbridge._errors import ConfigError, MappingError, Problem
 from canbridge._model import MessageInfo, SignalInfo
 from canbridge._plugin import MappingFormat
 from canbridge.config import Config, MappingConfig, TransmitConfig
-from canbridge.core.codec import Decoder, SignalEncoder, compile_decoder, compile_encoder, initial_payload
+from canbridge.core.mapping.codec import Decoder, SignalEncoder, compile_decoder, compile_encoder, initial_payload
 
 log = logging.getLogger("canbridge.mapping")
 

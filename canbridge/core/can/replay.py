@@ -16,7 +16,7 @@ from canbridge._errors import BusUnavailable
 from canbridge._model import Frame, RawFrame
 from canbridge._plugin import BusDriver, PeriodicHandle
 from canbridge.config import BusConfig, ReplayOptions
-from canbridge.core.pycan import message_to_raw
+from canbridge.core.can.pycan import message_to_raw
 
 log = logging.getLogger("canbridge.bus")
 

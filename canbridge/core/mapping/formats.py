@@ -35,7 +35,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from canbridge._errors import ConfigError, MappingError, Problem
 from canbridge._plugin import MappingFormat
 from canbridge.config import LineMap, Strict, load_yaml, problems_from_validation
-from canbridge.core.codec import fits
+from canbridge.core.mapping.codec import fits
 
 Message = cantools.database.can.Message
 Signal = cantools.database.can.Signal

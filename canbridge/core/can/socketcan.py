@@ -2,7 +2,7 @@
 
 Reception does not go through python-can: a non-blocking ``CAN_RAW`` socket is registered with the event
 loop, and when it is readable everything waiting is read with one ``recvmmsg`` per batch of up to 1024
-frames (canbridge.core.mmsg; ``recvmsg`` per frame where libc has no recvmmsg) and parsed from the kernel's
+frames (canbridge.core.can.receive; ``recvmsg`` per frame where libc has no recvmmsg) and parsed from the kernel's
 16-byte ``struct can_frame`` / 72-byte ``struct canfd_frame`` into :data:`canbridge.RawFrame` tuples,
 with the kernel's receive timestamp (SO_TIMESTAMPNS). That is several times cheaper per frame than
 ``can.Message`` objects and a ``Notifier`` (docs/socketcan.md, bench/), and it lets the bridge own the
@@ -20,10 +20,7 @@ import logging
 import os
 import socket
 import struct
-import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from canbridge import (
@@ -36,38 +33,26 @@ from canbridge import (
     RawFrame,
 )
 from canbridge.config import BusConfig
-from canbridge.core import mmsg, netlink
-from canbridge.core.linuxcan import (
+from canbridge.core.can import netlink, receive
+from canbridge.core.can.linuxcan import (
     AF_CAN,
     CAN_EFF_FLAG,
     CAN_EFF_MASK,
-    CAN_ERR_FLAG,
     CAN_ERR_MASK,
-    CAN_MTU,
     CAN_RAW,
     CAN_RAW_ERR_FILTER,
     CAN_RAW_FD_FRAMES,
     CAN_RAW_FILTER,
     CAN_RAW_FILTER_MAX,
-    CAN_RTR_FLAG,
     CAN_SFF_MASK,
-    CANFD_BRS,
-    CANFD_ESI,
-    CANFD_MTU,
     SO_MEMINFO,
     SO_RCVBUFFORCE,
     SO_RXQ_OVFL,
     SO_TIMESTAMPNS,
     SOL_CAN_RAW,
 )
-from canbridge.core.linuxcan import BRS as _BRS
-from canbridge.core.linuxcan import ERR as _ERR
-from canbridge.core.linuxcan import ESI as _ESI
-from canbridge.core.linuxcan import EXT as _EXT
-from canbridge.core.linuxcan import FD as _FD
-from canbridge.core.linuxcan import RTR as _RTR
-from canbridge.core.mmsg import MmsgReceiver
-from canbridge.core.pycan import frame_to_message
+from canbridge.core.can.pycan import frame_to_message
+from canbridge.core.can.receive import DEFAULT_DRAIN, DrainStats, MmsgReceiver, drain_recvmsg
 
 log = logging.getLogger(__name__)
 
@@ -76,162 +61,17 @@ _SK_MEMINFO_DROPS = 8
 
 
 
-_HEADER = struct.Struct("=IBB")  # can_id, len, flags (flags only meaningful in canfd_frame)
-_TIMESPEC = struct.Struct("=qq")  # struct timespec on 64-bit Linux
-_U32 = struct.Struct("=I")
 _FILTER = struct.Struct("=II")
-_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_U32.size)
+_U32 = struct.Struct("=I")
 
 # Errors on the read path that end reception: the interface went down, was deleted, or the socket closed.
 FATAL_ERRNOS = frozenset({errno.ENETDOWN, errno.ENODEV, errno.EBADF, errno.ENXIO, errno.ENOTCONN})
 
-DEFAULT_DRAIN = 1024  # frames read per readable event: bounds the time one drain keeps the loop busy
 _DRIVER_OPTIONS = frozenset({"max_drain", "recvmmsg"})  # options for this driver, not for python-can
 
 
 
-@dataclass
-class DrainStats:
-    """What :func:`drain` learned from ancillary data besides frames."""
 
-    overflow_drops: int = 0  # SO_RXQ_OVFL: frames the kernel dropped for a full receive queue (cumulative)
-    frames: int = 0
-    drains: int = 0
-
-
-def parse_can_frame(buf: bytes, timestamp_ns: int) -> RawFrame:
-    """Parse one ``struct can_frame`` (16 bytes) or ``struct canfd_frame`` (72 bytes)."""
-    raw_id, length, fd_flags = _HEADER.unpack_from(buf)
-    flags = 0
-    if raw_id & CAN_ERR_FLAG:
-        flags = _ERR
-        can_id = raw_id & CAN_ERR_MASK
-    elif raw_id & CAN_EFF_FLAG:
-        flags = _EXT
-        can_id = raw_id & CAN_EFF_MASK
-    else:
-        can_id = raw_id & CAN_SFF_MASK
-    if len(buf) == CANFD_MTU:
-        flags |= _FD
-        if fd_flags & CANFD_BRS:
-            flags |= _BRS
-        if fd_flags & CANFD_ESI:
-            flags |= _ESI
-        data = buf[8 : 8 + min(length, 64)]
-    elif raw_id & CAN_RTR_FLAG:
-        flags |= _RTR
-        data = b""  # a remote request carries no data; its length field is the requested size
-    else:
-        data = buf[8 : 8 + min(length, 8)]
-    return (can_id, flags, data, timestamp_ns)
-
-
-def _drain(sock: socket.socket, max_frames: int, stats: DrainStats | None) -> tuple[list[RawFrame], OSError | None]:
-    out: list[RawFrame] = []
-    append = out.append
-    recvmsg = sock.recvmsg
-    unpack_header = _HEADER.unpack_from
-    unpack_ts = _TIMESPEC.unpack_from
-    now_ns = 0
-    overflow = -1
-    err: OSError | None = None
-    for _ in range(max_frames):
-        try:
-            buf, ancdata, _flags, _addr = recvmsg(CANFD_MTU, _ANC_SIZE)
-        except BlockingIOError:
-            break
-        except InterruptedError:
-            continue
-        except OSError as e:
-            err = e
-            break
-        if not buf:
-            break
-        ts = 0
-        for level, kind, cdata in ancdata:
-            if level == socket.SOL_SOCKET:
-                if kind == SO_TIMESTAMPNS and len(cdata) >= 16:
-                    sec, nsec = unpack_ts(cdata)
-                    ts = sec * 1_000_000_000 + nsec
-                elif kind == SO_RXQ_OVFL and len(cdata) >= 4:
-                    overflow = _U32.unpack_from(cdata)[0]
-        if not ts:  # sockets without kernel timestamps (tests over socketpair): one clock read per drain
-            if not now_ns:
-                now_ns = time.time_ns()
-            ts = now_ns
-        size = len(buf)
-        if size != CAN_MTU and size != CANFD_MTU:
-            continue  # not a CAN frame: ignore rather than misparse
-        # inline of parse_can_frame: this loop runs for every frame
-        raw_id, length, fd_flags = unpack_header(buf)
-        if raw_id & CAN_ERR_FLAG:
-            flags = _ERR
-            can_id = raw_id & CAN_ERR_MASK
-        elif raw_id & CAN_EFF_FLAG:
-            flags = _EXT
-            can_id = raw_id & CAN_EFF_MASK
-        else:
-            flags = 0
-            can_id = raw_id & CAN_SFF_MASK
-        if size == CANFD_MTU:
-            flags |= _FD | (_BRS if fd_flags & CANFD_BRS else 0) | (_ESI if fd_flags & CANFD_ESI else 0)
-            append((can_id, flags, buf[8 : 8 + min(length, 64)], ts))
-        elif raw_id & CAN_RTR_FLAG:
-            append((can_id, flags | _RTR, b"", ts))
-        else:
-            append((can_id, flags, buf[8 : 8 + min(length, 8)], ts))
-    if stats is not None:
-        stats.frames += len(out)
-        stats.drains += 1
-        if overflow >= 0:
-            stats.overflow_drops = overflow
-    return out, err
-
-
-_local = threading.local()  # one recvmmsg receiver (its buffers) per thread calling drain()
-
-
-def _thread_receiver() -> MmsgReceiver | None:
-    rx: MmsgReceiver | None = getattr(_local, "rx", None)
-    if rx is None and mmsg.AVAILABLE:
-        rx = _local.rx = MmsgReceiver(DEFAULT_DRAIN)
-    return rx
-
-
-def drain(
-    sock: socket.socket,
-    max_frames: int = DEFAULT_DRAIN,
-    stats: DrainStats | None = None,
-    *,
-    batch: bool = True,
-) -> list[RawFrame]:
-    """Read up to ``max_frames`` waiting frames from a non-blocking datagram socket without blocking.
-
-    Works on a CAN_RAW socket and on any datagram socket carrying the same bytes (the benchmark uses a
-    ``socketpair(AF_UNIX, SOCK_DGRAM)``). With ``batch`` (and where libc has it) one ``recvmmsg`` reads
-    up to 1024 frames; otherwise one ``recvmsg`` per frame. A socket error other than "nothing
-    waiting" is raised; the frames read before it are on the exception as ``frames``.
-    """
-    rx = _thread_receiver() if batch and isinstance(sock, socket.socket) else None
-    frames, err = rx.drain(sock, max_frames, stats) if rx is not None else _drain(sock, max_frames, stats)
-    if err is not None:
-        err.frames = frames  # type: ignore[attr-defined]
-        raise err
-    return frames
-
-
-def build_can_frame(frame: Frame) -> bytes:
-    """The kernel's ``struct can_frame`` / ``struct canfd_frame`` bytes for a frame."""
-    can_id = frame.can_id | (CAN_EFF_FLAG if frame.extended else 0)
-    if frame.rtr:
-        can_id |= CAN_RTR_FLAG
-    if frame.error:
-        can_id |= CAN_ERR_FLAG
-    if frame.fd:
-        fd_flags = CANFD_BRS if frame.brs else 0
-        return struct.pack("=IBBBB64s", can_id, len(frame.data), fd_flags, 0, 0, frame.data)
-    length = frame.length if frame.rtr else len(frame.data)
-    return struct.pack("=IBBBB8s", can_id, length, 0, 0, 0, frame.data)
 
 
 def pack_filters(ids: Sequence[tuple[int, bool]] | None) -> bytes:
@@ -311,7 +151,7 @@ class SocketcanDriver(BusDriver):
         self._kind: str | None = None  # the link's kind (can, vcan, ...) once netlink told it
         self.max_drain = int(config.options.get("max_drain", DEFAULT_DRAIN))
         # recvmmsg: one system call per batch of frames (options.recvmmsg: false forces recvmsg per frame)
-        self._use_mmsg = bool(config.options.get("recvmmsg", True)) and mmsg.AVAILABLE
+        self._use_mmsg = bool(config.options.get("recvmmsg", True)) and receive.AVAILABLE
         self._receiver: MmsgReceiver | None = None
 
     # --- opening ---------------------------------------------------------------------------------
@@ -452,7 +292,7 @@ class SocketcanDriver(BusDriver):
         if rx is not None:
             frames, err = rx.drain(sock, self.max_drain, self.stats)
         else:
-            frames, err = _drain(sock, self.max_drain, self.stats)
+            frames, err = drain_recvmsg(sock, self.max_drain, self.stats)
         if frames and self._on_frames is not None:
             self._on_frames(frames)
         if err is None:
@@ -622,11 +462,6 @@ _BUS_STATES = {
     "bus-off": BusState.BUS_OFF,
     "stopped": BusState.DOWN,
 }
-
-
-def open_socketcan(config: BusConfig) -> SocketcanDriver:
-    """The :class:`canbridge.BusKind` factory for ``interface: socketcan``."""
-    return SocketcanDriver(config)
 
 
 def can_available() -> str | None:

@@ -12,8 +12,6 @@ CAN_RAW = getattr(socket, "CAN_RAW", 1)
 SOL_CAN_RAW = 101  # SOL_CAN_BASE + CAN_RAW
 CAN_RAW_FILTER = 1
 CAN_RAW_ERR_FILTER = 2
-CAN_RAW_LOOPBACK = 3
-CAN_RAW_RECV_OWN_MSGS = 4
 CAN_RAW_FD_FRAMES = 5
 CAN_RAW_FILTER_MAX = 512  # the kernel refuses longer filter lists
 

@@ -14,8 +14,11 @@ regions walks the batch without indexing arithmetic in Python. After each call t
 from a template (one memcpy): the kernel overwrites their ``msg_controllen``. Control buffers are not
 reset: only the first ``msg_controllen`` bytes of each are read, and those the kernel has just written.
 
-Semantics match the ``recvmsg`` loop in :mod:`canbridge.core.socketcan` (same :data:`RawFrame` tuples,
-same :class:`DrainStats`), with one difference in *when* an error is seen: ``recvmmsg`` stops at the
+This module is the one place that turns kernel bytes into :data:`RawFrame` tuples: the ``recvmmsg``
+receiver, the ``recvmsg`` loop for where libc has no ``recvmmsg``, and :func:`parse_can_frame` (the
+reference both loops inline, for speed; ``tests/core/test_socketcan_parse.py`` keeps them equal).
+Semantics of the two loops match (same tuples, same :class:`DrainStats`), with one difference in *when*
+an error is seen: ``recvmmsg`` stops at the
 first empty queue or error; an error that came after some frames is kept by the kernel (``sk_err``) and
 returned by the next call, and a socket with a pending error polls readable, so the event loop calls
 the driver again at once. A short batch therefore ends a drain without the extra ``EAGAIN`` call.
@@ -30,12 +33,14 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from canbridge.core.linuxcan import BRS as _BRS
-from canbridge.core.linuxcan import (
+from canbridge._model import RawFrame
+from canbridge.core.can.linuxcan import BRS as _BRS
+from canbridge.core.can.linuxcan import (
     CAN_EFF_FLAG,
     CAN_EFF_MASK,
     CAN_ERR_FLAG,
@@ -49,15 +54,11 @@ from canbridge.core.linuxcan import (
     SO_RXQ_OVFL,
     SO_TIMESTAMPNS,
 )
-from canbridge.core.linuxcan import ERR as _ERR
-from canbridge.core.linuxcan import ESI as _ESI
-from canbridge.core.linuxcan import EXT as _EXT
-from canbridge.core.linuxcan import FD as _FD
-from canbridge.core.linuxcan import RTR as _RTR
-
-if TYPE_CHECKING:
-    from canbridge import RawFrame
-    from canbridge.core.socketcan import DrainStats
+from canbridge.core.can.linuxcan import ERR as _ERR
+from canbridge.core.can.linuxcan import ESI as _ESI
+from canbridge.core.can.linuxcan import EXT as _EXT
+from canbridge.core.can.linuxcan import FD as _FD
+from canbridge.core.can.linuxcan import RTR as _RTR
 
 MSG_DONTWAIT = 0x40
 
@@ -166,7 +167,7 @@ class MmsgReceiver:
     def drain(
         self, sock: socket.socket | int, max_frames: int, stats: DrainStats | None
     ) -> tuple[list[RawFrame], OSError | None]:
-        """Read up to ``max_frames`` frames, as :func:`canbridge.core.socketcan._drain` does."""
+        """Read up to ``max_frames`` frames, as :func:`canbridge.core.can.socketcan._drain` does."""
         fd = sock if isinstance(sock, int) else sock.fileno()
         out: list[RawFrame] = []
         err: OSError | None = None
@@ -310,3 +311,142 @@ def layout_problem() -> str | None:
 # Loaded once at import: where it is None, callers use the recvmsg loop (UNAVAILABLE says why).
 _recvmmsg, UNAVAILABLE = _load_recvmmsg()
 AVAILABLE = _recvmmsg is not None
+
+
+_HEADER = struct.Struct("=IBB")  # can_id, len, flags (flags only meaningful in canfd_frame)
+_TIMESPEC = struct.Struct("=qq")  # struct timespec on 64-bit Linux
+_U32 = struct.Struct("=I")
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_U32.size)
+DEFAULT_DRAIN = 1024  # frames read per readable event: bounds the time one drain keeps the loop busy
+
+
+@dataclass
+class DrainStats:
+    """What :func:`drain` learned from ancillary data besides frames."""
+
+    overflow_drops: int = 0  # SO_RXQ_OVFL: frames the kernel dropped for a full receive queue (cumulative)
+    frames: int = 0
+    drains: int = 0
+
+
+def parse_can_frame(buf: bytes, timestamp_ns: int) -> RawFrame:
+    """Parse one ``struct can_frame`` (16 bytes) or ``struct canfd_frame`` (72 bytes)."""
+    raw_id, length, fd_flags = _HEADER.unpack_from(buf)
+    flags = 0
+    if raw_id & CAN_ERR_FLAG:
+        flags = _ERR
+        can_id = raw_id & CAN_ERR_MASK
+    elif raw_id & CAN_EFF_FLAG:
+        flags = _EXT
+        can_id = raw_id & CAN_EFF_MASK
+    else:
+        can_id = raw_id & CAN_SFF_MASK
+    if len(buf) == CANFD_MTU:
+        flags |= _FD
+        if fd_flags & CANFD_BRS:
+            flags |= _BRS
+        if fd_flags & CANFD_ESI:
+            flags |= _ESI
+        data = buf[8 : 8 + min(length, 64)]
+    elif raw_id & CAN_RTR_FLAG:
+        flags |= _RTR
+        data = b""  # a remote request carries no data; its length field is the requested size
+    else:
+        data = buf[8 : 8 + min(length, 8)]
+    return (can_id, flags, data, timestamp_ns)
+
+
+def drain_recvmsg(sock: socket.socket, max_frames: int,
+                  stats: DrainStats | None) -> tuple[list[RawFrame], OSError | None]:
+    """One ``recvmsg`` per frame: where libc has no ``recvmmsg``."""
+    out: list[RawFrame] = []
+    append = out.append
+    recvmsg = sock.recvmsg
+    unpack_header = _HEADER.unpack_from
+    unpack_ts = _TIMESPEC.unpack_from
+    now_ns = 0
+    overflow = -1
+    err: OSError | None = None
+    for _ in range(max_frames):
+        try:
+            buf, ancdata, _flags, _addr = recvmsg(CANFD_MTU, _ANC_SIZE)
+        except BlockingIOError:
+            break
+        except InterruptedError:
+            continue
+        except OSError as e:
+            err = e
+            break
+        if not buf:
+            break
+        ts = 0
+        for level, kind, cdata in ancdata:
+            if level == socket.SOL_SOCKET:
+                if kind == SO_TIMESTAMPNS and len(cdata) >= 16:
+                    sec, nsec = unpack_ts(cdata)
+                    ts = sec * 1_000_000_000 + nsec
+                elif kind == SO_RXQ_OVFL and len(cdata) >= 4:
+                    overflow = _U32.unpack_from(cdata)[0]
+        if not ts:  # sockets without kernel timestamps (tests over socketpair): one clock read per drain
+            if not now_ns:
+                now_ns = time.time_ns()
+            ts = now_ns
+        size = len(buf)
+        if size != CAN_MTU and size != CANFD_MTU:
+            continue  # not a CAN frame: ignore rather than misparse
+        # inline of parse_can_frame: this loop runs for every frame
+        raw_id, length, fd_flags = unpack_header(buf)
+        if raw_id & CAN_ERR_FLAG:
+            flags = _ERR
+            can_id = raw_id & CAN_ERR_MASK
+        elif raw_id & CAN_EFF_FLAG:
+            flags = _EXT
+            can_id = raw_id & CAN_EFF_MASK
+        else:
+            flags = 0
+            can_id = raw_id & CAN_SFF_MASK
+        if size == CANFD_MTU:
+            flags |= _FD | (_BRS if fd_flags & CANFD_BRS else 0) | (_ESI if fd_flags & CANFD_ESI else 0)
+            append((can_id, flags, buf[8 : 8 + min(length, 64)], ts))
+        elif raw_id & CAN_RTR_FLAG:
+            append((can_id, flags | _RTR, b"", ts))
+        else:
+            append((can_id, flags, buf[8 : 8 + min(length, 8)], ts))
+    if stats is not None:
+        stats.frames += len(out)
+        stats.drains += 1
+        if overflow >= 0:
+            stats.overflow_drops = overflow
+    return out, err
+
+
+_local = threading.local()  # one recvmmsg receiver (its buffers) per thread calling drain()
+
+
+def _thread_receiver() -> MmsgReceiver | None:
+    rx: MmsgReceiver | None = getattr(_local, "rx", None)
+    if rx is None and AVAILABLE:
+        rx = _local.rx = MmsgReceiver(DEFAULT_DRAIN)
+    return rx
+
+
+def drain(
+    sock: socket.socket,
+    max_frames: int = DEFAULT_DRAIN,
+    stats: DrainStats | None = None,
+    *,
+    batch: bool = True,
+) -> list[RawFrame]:
+    """Read up to ``max_frames`` waiting frames from a non-blocking datagram socket without blocking.
+
+    Works on a CAN_RAW socket and on any datagram socket carrying the same bytes (the benchmark uses a
+    ``socketpair(AF_UNIX, SOCK_DGRAM)``). With ``batch`` (and where libc has it) one ``recvmmsg`` reads
+    up to 1024 frames; otherwise one ``recvmsg`` per frame. A socket error other than "nothing
+    waiting" is raised; the frames read before it are on the exception as ``frames``.
+    """
+    rx = _thread_receiver() if batch and isinstance(sock, socket.socket) else None
+    frames, err = rx.drain(sock, max_frames, stats) if rx is not None else drain_recvmsg(sock, max_frames, stats)
+    if err is not None:
+        err.frames = frames  # type: ignore[attr-defined]
+        raise err
+    return frames

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from canbridge.core.netlink import missing_hint, sysfs_link
-from canbridge.core.socketcan import can_available
+from canbridge.core.can.netlink import missing_hint, sysfs_link
+from canbridge.core.can.socketcan import can_available
 
 
 def check_interface(channel: str) -> str | None:

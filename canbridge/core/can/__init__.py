@@ -1,0 +1,1 @@
+"""The CAN side: drivers, batch receive, Linux CAN constants, netlink, error frames, replay, python-can."""

@@ -1,0 +1,1 @@
+"""The mapping: signal database formats, the mapping table, generated codecs."""
