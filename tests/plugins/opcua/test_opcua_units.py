@@ -389,46 +389,44 @@ async def write_request(client: Client, *items: ua.WriteValue) -> list[str]:
     return [c.name for c in await client.uaclient.write(params)]
 
 
-@pytest.mark.parametrize(
-    ("variant", "passed"),
-    [
-        (ua.Variant("fast", ua.VariantType.String), "fast"),
-        (ua.Variant(b"\x01\x02", ua.VariantType.ByteString), b"\x01\x02"),
-        (ua.Variant(None, ua.VariantType.Null), None),
-        (ua.Variant([1, 2], ua.VariantType.UInt16), [1, 2]),
-        (ua.Variant(True, ua.VariantType.Boolean), True),
-        (ua.Variant(float("inf"), ua.VariantType.Double), float("inf")),
-    ],
-)
-async def test_values_go_to_the_write_path_as_decoded(served: Any, variant: ua.Variant, passed: Any) -> None:
-    bridge, _svc, client, idx = served
-    node = ua.NodeId("b0.Command.Setpoint", idx)
-    assert await write_request(client, write_value(node, variant)) == ["BadTypeMismatch"]
-    record = bridge.writes[-1]
-    assert record.value == passed and type(record.value) is type(passed)  # not pre-judged by the plugin
-    assert record.refused is not None and record.refused.reason is RefusalReason.WRONG_TYPE
+DECODED = [
+    (ua.Variant("fast", ua.VariantType.String), "fast"),
+    (ua.Variant(b"\x01\x02", ua.VariantType.ByteString), b"\x01\x02"),
+    (ua.Variant(None, ua.VariantType.Null), None),
+    (ua.Variant([1, 2], ua.VariantType.UInt16), [1, 2]),
+    (ua.Variant(True, ua.VariantType.Boolean), True),
+    (ua.Variant(float("inf"), ua.VariantType.Double), float("inf")),
+]
 
 
-@pytest.mark.parametrize(
-    ("attribute", "index_range", "code"),
-    [
-        (ua.AttributeIds.DisplayName, None, "BadNotWritable"),
-        (ua.AttributeIds.Description, None, "BadNotWritable"),
-        (ua.AttributeIds.Value, "0", "BadIndexRangeInvalid"),
-        (ua.AttributeIds.Value, "1:2", "BadIndexRangeInvalid"),
-    ],
-)
-async def test_unsupported_write_forms_are_audited(
-    served: Any, attribute: int, index_range: str | None, code: str
-) -> None:
+async def test_values_go_to_the_write_path_as_decoded(served: Any) -> None:
+    bridge, _svc, client, idx = served  # one server for all variants: starting one takes seconds
+    node = ua.NodeId("b0.Command.Setpoint", idx)
+    for variant, passed in DECODED:
+        assert await write_request(client, write_value(node, variant)) == ["BadTypeMismatch"], passed
+        record = bridge.writes[-1]
+        assert record.value == passed and type(record.value) is type(passed)  # not pre-judged by the plugin
+        assert record.refused is not None and record.refused.reason is RefusalReason.WRONG_TYPE
+
+
+UNSUPPORTED = [
+    (ua.AttributeIds.DisplayName, None, "BadNotWritable"),
+    (ua.AttributeIds.Description, None, "BadNotWritable"),
+    (ua.AttributeIds.Value, "0", "BadIndexRangeInvalid"),
+    (ua.AttributeIds.Value, "1:2", "BadIndexRangeInvalid"),
+]
+
+
+async def test_unsupported_write_forms_are_audited(served: Any) -> None:
     bridge, _svc, client, idx = served
     node = ua.NodeId("b0.Command.Setpoint", idx)
-    variant = ua.Variant(ua.LocalizedText("x")) if attribute != ua.AttributeIds.Value else ua.Variant(
-        10, ua.VariantType.UInt16)
-    assert await write_request(client, write_value(node, variant, attribute, index_range)) == [code]
-    record = bridge.writes[-1]
-    assert record.refused is not None and record.refused.reason is RefusalReason.UNSUPPORTED
-    assert record.name == "b0.Command.Setpoint" and record.caller.plugin == "opcua"
+    for attribute, index_range, code in UNSUPPORTED:
+        variant = ua.Variant(ua.LocalizedText("x")) if attribute != ua.AttributeIds.Value else ua.Variant(
+            10, ua.VariantType.UInt16)
+        assert await write_request(client, write_value(node, variant, attribute, index_range)) == [code]
+        record = bridge.writes[-1]
+        assert record.refused is not None and record.refused.reason is RefusalReason.UNSUPPORTED
+        assert record.name == "b0.Command.Setpoint" and record.caller.plugin == "opcua"
     assert not any(w.accepted for w in bridge.writes)
 
 
@@ -472,25 +470,23 @@ async def call_send_frame(client: Client, idx: int, bus: ua.Variant, frame: ua.V
     return res
 
 
-@pytest.mark.parametrize(
-    ("bus", "frame", "code", "at_fault", "text"),
-    [
-        ("nope", "123#00", "BadInvalidArgument", 0, "unknown_bus: no bus named 'nope'"),
-        ("b0", "12X#00", "BadInvalidArgument", 1, "invalid_frame: "),
-        ("b0", 291, "BadInvalidArgument", 1, "invalid_frame: "),  # not a string: passed on as it is
-    ],
-)
-async def test_send_frame_refusal_says_why(
-    served: Any, bus: str, frame: Any, code: str, at_fault: int, text: str
-) -> None:
+SEND_FRAME_REFUSALS = [
+    ("nope", "123#00", "BadInvalidArgument", 0, "unknown_bus: no bus named 'nope'"),
+    ("b0", "12X#00", "BadInvalidArgument", 1, "invalid_frame: "),
+    ("b0", 291, "BadInvalidArgument", 1, "invalid_frame: "),  # not a string: passed on as it is
+]
+
+
+async def test_send_frame_refusal_says_why(served: Any) -> None:
     bridge, _svc, client, idx = served
-    variant = ua.Variant(frame, ua.VariantType.String if isinstance(frame, str) else ua.VariantType.Int32)
-    res = await call_send_frame(client, idx, ua.Variant(bus, ua.VariantType.String), variant)
-    assert res.StatusCode.name == code
-    assert [r.is_good() for r in res.InputArgumentResults] == [i != at_fault for i in range(2)]
-    sent, detail = (v.Value for v in res.OutputArguments)
-    assert sent == "" and detail.startswith(text) and len(detail) > len("invalid_frame: ")
-    assert res.InputArgumentDiagnosticInfos[at_fault].AdditionalInfo in detail
+    for bus, frame, code, at_fault, text in SEND_FRAME_REFUSALS:
+        variant = ua.Variant(frame, ua.VariantType.String if isinstance(frame, str) else ua.VariantType.Int32)
+        res = await call_send_frame(client, idx, ua.Variant(bus, ua.VariantType.String), variant)
+        assert res.StatusCode.name == code
+        assert [r.is_good() for r in res.InputArgumentResults] == [i != at_fault for i in range(2)]
+        sent, detail = (v.Value for v in res.OutputArguments)
+        assert sent == "" and detail.startswith(text) and len(detail) > len("invalid_frame: ")
+        assert res.InputArgumentDiagnosticInfos[at_fault].AdditionalInfo in detail
     assert not bridge.frames
 
 
