@@ -5,7 +5,8 @@ Layout of the PKI folder (default ``<state_dir>/opcua/pki``)::
     own/cert.der        the server's application instance certificate (created on first start)
     private/key.pem     its private key (mode 0600)
     trusted/            client certificates (DER or PEM) the server accepts
-    rejected/           client certificates that tried to connect and were refused;
+    rejected/           client certificates that tried to connect and were refused (at most
+                        limits.max_rejected_certificates, oldest removed, none over 16 KiB);
                         an administrator approves one by moving it into trusted/
 """
 
@@ -36,7 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from canbridge_opcua._config import OpcUaConfig, Role, hash_iterations, hash_password, verify_password
 from canbridge_opcua._nodes import nodeid, status
-from canbridge_opcua.asyncua_compat import checked_login, peer_host
+from canbridge_opcua.asyncua_compat import checked_login, current_processor, peer_host
 
 log = logging.getLogger("canbridge.opcua")
 
@@ -205,8 +206,6 @@ class TrustListValidator:
 
 
 def _peer_of_current() -> Any:
-    from canbridge_opcua.asyncua_compat import current_processor
-
     proc = current_processor()
     return proc.name if proc is not None else "a client"
 
@@ -276,6 +275,9 @@ class UserManager:
                 self.peer_log.refused(peer, f"login of {username!r} refused without a check: "
                                       f"{len(fails.times)} failed logins within {lim.login_failure_window:g} s")
                 return None
+        if not self.cfg.users:  # no user names are offered: nothing to check, nothing to enumerate
+            self.failed_logins += 1
+            return None
         user = self.cfg.users.get(username)
         stored = user.password_hash if user is not None else self._dummy
         if self._sem is None:
@@ -293,7 +295,7 @@ class UserManager:
             fails = self._failures[host] = _Failures(deque())
         fails.times.append(time.monotonic())
         delay = min(lim.login_backoff_base * 2 ** (len(fails.times) - 1), lim.login_backoff_max)
-        log.warning("opcua: login refused for user %r from %s", username, host)
+        self.peer_log.refused(peer, f"login refused for user {username!r}")
         self.backoff_delays = [*self.backoff_delays[-99:], delay]
         if delay > 0:
             await asyncio.sleep(delay)

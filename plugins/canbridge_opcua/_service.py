@@ -1,6 +1,12 @@
 """The running OPC UA server: asyncua with canbridge's value pump, write path and security.
 
-How it hooks into asyncua 2.1 (server side, no patches to the library's classes):
+How it hooks into asyncua 2.1 (server side, no patches to the library's classes; every use of an
+asyncua internal is in :mod:`canbridge_opcua.asyncua_compat`, checked at start):
+
+* The transport is asyncua's with canbridge's limits in front (``asyncua_compat.GuardedProtocol``,
+  policy in :class:`_Transport`): chunk headers checked before their body is read, admission per
+  address and in total (half-open connections are evicted first), a handshake deadline, passwords
+  verified off the event loop before asyncua's synchronous ActivateSession, RegisterServer refused.
 
 * ``iserver.create_session`` is replaced so every client session is a :class:`_Session`. The session
   knows its user and peer address, so writes to signal variables go to ``bridge.write`` with a
@@ -420,9 +426,6 @@ class _Transport:
         victim.close()
         with contextlib.suppress(ValueError):
             newcomer.clients.remove(victim)
-
-    def gone(self, conn: GuardedProtocol) -> None:
-        pass
 
     async def check_login(self, proc: GuardedProcessor, username: str, password: str) -> LoginResult:
         user: RoleUser | None = await self.users.authenticate(proc.name, username, password)

@@ -205,8 +205,6 @@ class TransportHooks(Protocol):
 
     def admit(self, conn: GuardedProtocol) -> bool: ...
 
-    def gone(self, conn: GuardedProtocol) -> None: ...
-
     def refused(self, peer: Any, what: str) -> None: ...
 
     async def check_login(self, proc: GuardedProcessor, username: str, password: str) -> LoginResult: ...
@@ -412,7 +410,6 @@ class GuardedProtocol(_bsa.OPCUAProtocol):  # type: ignore[misc]
         self.closed = True
         if self._deadline is not None:
             self._deadline.cancel()
-        self.hooks.gone(self)
         super().connection_lost(ex)
 
     def data_received(self, data: bytes) -> None:
