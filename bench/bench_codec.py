@@ -63,6 +63,7 @@ def main() -> int:
     eight.add_dbc_string(EIGHT)
     cases.append(("8 signals, little-endian", eight, "Eight"))
     demo = cantools.database.load_file(ROOT / "mappings" / "demo" / "demo.dbc")
+    assert isinstance(demo, cantools.database.can.Database)
     cases += [
         ("demo MotorStatus (6)", demo, "MotorStatus"),
         ("demo PowerStatus (float32)", demo, "PowerStatus"),
@@ -72,6 +73,7 @@ def main() -> int:
     prius = ROOT / "tests" / "data" / "dbc" / "toyota_prius_2010_pt.dbc"
     if prius.exists():
         db = cantools.database.load_file(prius)
+        assert isinstance(db, cantools.database.can.Database)
         msg = max(db.messages, key=lambda m: len(m.signals))
         cases.append((f"prius {msg.name} ({len(msg.signals)}, big-endian)", db, msg.name))
 

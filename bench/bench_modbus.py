@@ -111,7 +111,9 @@ async def main(args: argparse.Namespace) -> int:
     config = {
         "buses": [{"name": "car", "interface": "virtual", "channel": f"bench-{time.time_ns()}"}],
         "mappings": [{"bus": "car", "dbc": str(DBC), "strict": False}],
-        "plugins": {"modbus": {"port": 0, "bad_quality": "last_value", "update_interval": args.interval}},
+        "plugins": {"modbus": {"port": 0, "bad_quality": "last_value", "update_interval": args.interval,
+                               "max_connections": max(16, args.clients),  # every client is on 127.0.0.1
+                               "max_connections_per_address": max(4, args.clients)}},
     }
     rows: list[tuple[str, int, int, float, float, float, int]] = []
     async with BridgeHarness(config=config) as h:

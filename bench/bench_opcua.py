@@ -31,12 +31,14 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugins"))
 
-from asyncua import Client, Server, ua  # noqa: E402
+from asyncua import ua  # noqa: E402
+from asyncua.client.client import Client  # noqa: E402
+from asyncua.server.server import Server  # noqa: E402
 from canbridge_opcua._config import OpcUaConfig  # noqa: E402
 from canbridge_opcua._service import OpcUaService  # noqa: E402
 
@@ -79,7 +81,8 @@ async def client_main(url: str, n: int) -> None:
     # a client decoding 10,000 notifications per publish misses asyncua's 1 s watchdog probe: relax it
     async with Client(url, timeout=60, watchdog_intervall=60) as client:
         idx = await client.get_namespace_index("urn:canbridge")
-        nodes = [client.get_node(ua.NodeId(f"bench.M{i // 8:05d}.S{i % 8}", idx)) for i in range(n)]
+        ids = [f"bench.M{i // 8:05d}.S{i % 8}" for i in range(n)]
+        nodes = [client.get_node(ua.NodeId(cast(Any, s), cast(Any, idx))) for s in ids]
         sub = await client.create_subscription(PUBLISH_MS, Handler())
         for i in range(0, n, 1000):
             await sub.subscribe_data_change(nodes[i : i + 1000], queuesize=0)
@@ -121,7 +124,8 @@ async def produce_write_value(
         k += 1
         for i, node in enumerate(nodes):
             dv = ua.DataValue(
-                ua.Variant(float(k % 1000) + i * 1e-3, ua.VariantType.Double), SourceTimestamp=datetime.now(UTC)
+                ua.Variant(float(k % 1000) + i * 1e-3, ua.VariantType.Double),
+                SourceTimestamp=cast(Any, datetime.now(UTC)),
             )
             await node.write_value(dv)
             produced[0] += 1

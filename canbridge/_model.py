@@ -151,6 +151,16 @@ class SignalInfo:
     is_multiplexer: bool = False
     max_write_rate: float | None = None  # writes per second allowed; None: unbounded
 
+    @property
+    def raw_range(self) -> tuple[int, int]:
+        """The raw integers the signal's bits carry (for an IEEE float: its bits as an unsigned integer)."""
+        return raw_range(self.bit_length, self.signed and not self.is_float)
+
+    @property
+    def physical_range(self) -> tuple[float, float]:
+        """What the signal's bits can carry in physical units (its limits are inside this)."""
+        return physical_range(self.bit_length, self.signed, self.is_float, self.scale, self.offset)
+
     def choice_value(self, text: str) -> int | None:
         """The raw value of a choice text, or None when the signal has no such choice."""
         if not self.choices:
@@ -289,3 +299,22 @@ class BridgeStats:
     audit_available: bool = True
     audit_error: str | None = None  # why the last audit write failed (None while available)
     audit_failures: int = 0  # audit writes that failed since start
+
+
+def raw_range(bits: int, signed: bool) -> tuple[int, int]:
+    """The raw integers ``bits`` bits carry, two's complement when ``signed``."""
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+
+
+_FLOAT_MAX = {32: 3.4028234663852886e38, 64: 1.7976931348623157e308}
+
+
+def physical_range(bits: int, signed: bool, is_float: bool, scale: float, offset: float) -> tuple[float, float]:
+    """The physical values a signal of these bits can carry: raw range times scale plus offset, low first
+    (an IEEE float: its finite range)."""
+    if is_float:
+        big = _FLOAT_MAX.get(bits, _FLOAT_MAX[64])
+        return -big, big
+    lo, hi = raw_range(bits, signed)
+    a, b = lo * scale + offset, hi * scale + offset
+    return (a, b) if a <= b else (b, a)

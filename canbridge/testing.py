@@ -14,7 +14,6 @@ import contextlib
 import copy
 import dataclasses
 import struct
-import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -42,6 +41,7 @@ from canbridge._model import (
     SignalValue,
     Value,
     WriteReceipt,
+    physical_range,
 )
 from canbridge._plugin import Service
 from canbridge.core.app import demo_config, runtime_from_data, simulators, unique_channel
@@ -187,11 +187,20 @@ class BridgeHarness:
 
     async def until(self, predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01) -> None:
         """Wait until ``predicate()`` is true; AssertionError after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout} s")
-            await asyncio.sleep(interval)
+        await until(predicate, timeout, interval)
+
+
+async def until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01, *,
+                what: str = "condition", detail: Callable[[], object] | None = None) -> None:
+    """Wait until ``predicate()`` is true, checking every ``interval`` s; AssertionError naming ``what``
+    (and ``detail()``, e.g. what was seen instead) after ``timeout`` s. The one polling helper of the
+    test suites: a test waits for a condition, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            extra = f"; {detail()}" if detail is not None else ""
+            raise AssertionError(f"{what} not met within {timeout} s{extra}")
+        await asyncio.sleep(interval)
 
 
 # --- unit tests without a core ---------------------------------------------------------------------
@@ -221,12 +230,7 @@ def signal_info(name: str = "bus.Msg.Sig", **overrides: Any) -> SignalInfo:
     offset = float(overrides.get("offset", 0.0))
     lo_given, hi_given = overrides.get("minimum"), overrides.get("maximum")
     signed = bool(overrides.get("signed", lo_given is not None and lo_given < 0))
-    if is_float:
-        big = 3.4028234663852886e38 if bits == 32 else sys.float_info.max
-        lo, hi = -big, big
-    else:
-        lo_raw, hi_raw = _raw_range(bits, signed)
-        lo, hi = sorted((lo_raw * scale + offset, hi_raw * scale + offset))
+    lo, hi = physical_range(bits, signed, is_float, scale, offset)
     frame_id = int(overrides.get("frame_id", 0x100))
     writable = bool(overrides.get("writable", False))
     fields: dict[str, Any] = {
@@ -237,10 +241,6 @@ def signal_info(name: str = "bus.Msg.Sig", **overrides: Any) -> SignalInfo:
         "minimum": float(lo if lo_given is None else lo_given), "maximum": float(hi if hi_given is None else hi_given),
     }
     return SignalInfo(**{**fields, **{k: v for k, v in overrides.items() if k not in ("minimum", "maximum")}})
-
-
-def _raw_range(bits: int, signed: bool) -> tuple[int, int]:
-    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -684,7 +684,7 @@ def _raw_bits(info: SignalInfo, phys: Value) -> int:
         except (OverflowError, struct.error) as e:
             raise ValueError(f"{phys!r} does not fit a float{info.bit_length}: {e}") from None
     raw = round((phys - info.offset) / info.scale)
-    low, high = _raw_range(info.bit_length, info.signed)
+    low, high = info.raw_range
     if not low <= raw <= high:
         raise ValueError(f"raw value {raw} is outside {low}..{high} ({info.bit_length} bits)")
     return raw & ((1 << info.bit_length) - 1)

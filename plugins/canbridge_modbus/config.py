@@ -79,9 +79,29 @@ class ModbusConfig(Strict):
         description="client addresses and networks allowed to connect",
     )
     read_only: bool = Field(False, description="refuse every write (exception 01)")
-    max_connections: int = Field(16, ge=1, le=1024, description="simultaneous TCP clients")
+    max_connections: int = Field(
+        16, ge=1, le=1024, description="simultaneous TCP clients in total (when full, the longest idle makes room)"
+    )
+    max_connections_per_address: int = Field(
+        4, ge=1, le=1024, description="simultaneous TCP clients from one address (its longest idle makes room)"
+    )
+    evict_idle_s: float = Field(
+        30.0,
+        ge=0,
+        description="when a connection limit is reached, a client with no request for this long (or none "
+        "yet) may be closed to admit a new one; busier clients are never evicted",
+    )
     idle_timeout_s: float | None = Field(300.0, gt=0, description="close a TCP client silent this long")
     frame_timeout_s: float = Field(5.0, gt=0, description="close a TCP client that leaves a frame half sent")
+    output_buffer_bytes: int = Field(
+        65536,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="unsent responses held per TCP client; above it its requests are not read",
+    )
+    output_timeout_s: float = Field(
+        10.0, gt=0, description="close a TCP client that has not taken its responses for this long"
+    )
     update_interval: float = Field(0.05, gt=0, le=10, description="register update batch interval (s)")
     diagnostics_interval: float = Field(1.0, gt=0, le=60, description="bus diagnostics refresh (s)")
     write_timeout_s: float = Field(2.0, gt=0, le=60, description="a write not done by then: exception 0B")

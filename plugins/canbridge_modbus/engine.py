@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import struct
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from pymodbus.pdu.register_message import WriteSingleRegisterResponse
 
 from canbridge import (
     Bridge,
+    BridgeStats,
     BusStatus,
     Caller,
     Quality,
@@ -43,10 +43,20 @@ from canbridge import (
     SignalInfo,
     SignalValue,
     Value,
+    WriteReceipt,
     WriteRefused,
 )
-from canbridge_modbus.codec import Codec, EncodeError, Encoder, encoder
-from canbridge_modbus.regmap import BIT_TABLES, DIAG_SIZE, DIAGNOSTICS, Placement, RegisterMap, Table
+from canbridge_modbus.codec import Codec, Encoder, encoder
+from canbridge_modbus.regmap import (
+    BIT_TABLES,
+    BRIDGE_DIAG_SIZE,
+    BRIDGE_DIAGNOSTICS,
+    DIAG_SIZE,
+    DIAGNOSTICS,
+    Placement,
+    RegisterMap,
+    Table,
+)
 
 log = logging.getLogger("canbridge.modbus")
 
@@ -90,6 +100,9 @@ FUNCTIONS: dict[int, tuple[type[ModbusPDU], type[ModbusPDU]]] = {
 # the quantity limits of the Modbus application protocol (pymodbus checks reads, and 2000 for FC15)
 MAX_WRITE_COILS = 0x7B0
 MAX_WRITE_REGISTERS = 0x7B
+# write function codes pymodbus knows that this server does not serve (refused and audited)
+UNSERVED_WRITES = {22: "FC 22 (mask write register)", 23: "FC 23 (read/write multiple registers)"}
+MAX_AUDITED_PDU = 64  # bytes of a malformed write request kept in its audit record
 _COIL_ON = b"\xff\x00"
 _COIL_OFF = b"\x00\x00"
 _DECODE_ERRORS = (ValueError, IndexError, struct.error, ModbusException)
@@ -166,6 +179,8 @@ class UnitSpace:
         self.known: dict[str, bytearray] = {}  # 1: a signal, quality, diagnostics or reserved address
         self.bad: dict[str, bytearray] = {}  # 1: the owning signal's value must not be served
         self.owner: dict[str, dict[int, Placement]] = {}  # every address a signal covers
+        # what the other known addresses hold: (kind, name), e.g. ("quality", signal)
+        self.label: dict[str, dict[int, tuple[str, str]]] = {}
 
     def ensure(self, table: str, end: int) -> None:
         vals = self.values.setdefault(table, [])
@@ -176,9 +191,13 @@ class UnitSpace:
             self.bad.setdefault(table, bytearray()).extend(bytes(grow))
             self.owner.setdefault(table, {})
 
-    def mark(self, table: str, address: int, count: int) -> None:
+    def mark(self, table: str, address: int, count: int, label: tuple[str, str] | None = None) -> None:
         self.ensure(table, address + count)
         self.known[table][address : address + count] = b"\x01" * count
+        if label is not None:
+            labels = self.label.setdefault(table, {})
+            for a in range(address, address + count):
+                labels[a] = label
 
 
 class ModbusEngine:
@@ -207,15 +226,17 @@ class ModbusEngine:
         for p in rmap.placements.values():
             space = self._unit(p.unit)
             space.mark(p.table, p.address, p.count)
-            space.mark(rmap.quality_table, p.quality_address, 1)
+            space.mark(rmap.quality_table, p.quality_address, 1, ("quality", p.signal))
             for a in range(p.address, p.address + p.count):
                 space.owner[p.table][a] = p
         for r in rmap.reserved:
-            self._unit(r.unit).mark(r.table, r.address, r.count)
+            self._unit(r.unit).mark(r.table, r.address, r.count, ("reserved", r.signal))
             if r.quality_address is not None:
-                self._unit(r.unit).mark(rmap.quality_table, r.quality_address, 1)
+                self._unit(r.unit).mark(rmap.quality_table, r.quality_address, 1, ("reserved", r.signal))
         for d in rmap.diagnostics.values():
-            self._unit(d.unit).mark(d.table, d.address, DIAG_SIZE)
+            self._unit(d.unit).mark(d.table, d.address, DIAG_SIZE, ("diagnostics", f"bus {d.bus}"))
+        for b in rmap.bridge.values():
+            self._unit(b.unit).mark(b.table, b.address, BRIDGE_DIAG_SIZE, ("diagnostics", "the bridge"))
         for p in rmap.placements.values():
             space = self.units[p.unit]
             self.slots[p.signal] = slot = _Slot(
@@ -296,6 +317,28 @@ class ModbusEngine:
             else:
                 regs[a] = min(max(v, 0), 0xFFFF)
 
+    def apply_bridge_stats(self, stats: BridgeStats, connections: int, evicted: int, refused: int) -> None:
+        """Refresh the bridge diagnostics registers of every unit id (the audit log alarm point)."""
+        fields: dict[str, int] = {
+            "audit_available": 1 if stats.audit_available else 0,
+            "tcp_connections": connections,
+            "audit_failures": stats.audit_failures,
+            "writes_accepted": stats.writes_accepted,
+            "writes_refused": sum(stats.writes_refused.values()),
+            "tcp_evicted": evicted,
+            "tcp_refused": refused,
+        }
+        for b in self.rmap.bridge.values():
+            regs = self.units[b.unit].values[b.table]
+            codec = Codec("uint32", b.word_order)
+            for offset, name, count, _ in BRIDGE_DIAGNOSTICS:
+                v = fields[name]
+                a = b.address + offset
+                if count == 2:
+                    regs[a : a + 2] = codec.encode(v & 0xFFFF_FFFF)
+                else:
+                    regs[a] = min(max(v, 0), 0xFFFF)
+
     # --- requests -------------------------------------------------------------------------------
 
     def has_unit(self, unit: int) -> bool:
@@ -303,26 +346,48 @@ class ModbusEngine:
 
     def handle(self, unit: int, pdu: bytes, peer: str) -> Response:
         """The response PDU to a request PDU (function code and data), or a coroutine that
-        produces it for writes. The unit id must be one :meth:`has_unit` accepts."""
+        produces it for writes. The unit id must be one :meth:`has_unit` accepts.
+
+        Every refused write attempt is audited: the write path judges values (type, finiteness,
+        limits) and audits its refusals; what is refused here, before a value exists (read_only, a
+        malformed write request, part of a multi-register value, an address no writable signal
+        has), is audited through ``bridge.refuse``."""
         self.requests += 1
         function = pdu[0]
         if function not in FUNCTIONS:
+            if function in UNSERVED_WRITES:
+                self._refuse_request(unit, function, pdu, peer, RefusalReason.UNSUPPORTED,
+                                     f"{UNSERVED_WRITES[function]} is not served")
             return self._exc(function, ExcCodes.ILLEGAL_FUNCTION)
-        if self.read_only and function in WRITE_FUNCTIONS:
-            return self._exc(function, ExcCodes.ILLEGAL_FUNCTION)
+        write = function in WRITE_FUNCTIONS
         request = decode_request(pdu)
+        values = None if request is None or not write else self._write_values(function, pdu, request)
+        if write and self.read_only:
+            return self._refuse_read_only(unit, function, pdu, peer, request, values)
         if request is None:
+            if write:
+                self._refuse_request(unit, function, pdu, peer, RefusalReason.UNSUPPORTED,
+                                     f"malformed FC {function} request")
             return self._exc(function, ExcCodes.ILLEGAL_VALUE)
         space = self.units[unit]
         table = READ_TABLES.get(function)
         if table is not None:
             return self._read(space, function, table, request.address, request.count)
-        values = self._write_values(function, pdu, request)
         if values is None:
+            self._refuse_request(unit, function, pdu, peer, RefusalReason.UNSUPPORTED,
+                                 _malformed_why(function, pdu, request))
             return self._exc(function, ExcCodes.ILLEGAL_VALUE)
-        plan = self._plan_write(space, function, WRITE_TABLES[function], request.address, values)
-        if isinstance(plan, bytes):
-            return plan
+        table = WRITE_TABLES[function]
+        items, problems = self._plan_write(space, table, request.address, values)
+        caller = Caller(plugin="modbus", address=peer)
+        if problems:
+            first = problems[0]
+            for pr in problems:
+                self.bridge.refuse(pr.target, pr.value, caller, pr.reason, pr.detail)
+            for it in items:  # asked for, not sent: audited like write_many's other items
+                self.bridge.refuse(it.signal, it.value, caller, first.reason, f"not sent: {first.detail}")
+            log.debug("modbus write from %s refused: %s", peer, first.detail)
+            return self._exc(function, first.code)
         done: ModbusPDU
         if function == 5:
             done = WriteSingleCoilResponse(address=request.address, bits=[bool(values[0])])
@@ -330,11 +395,39 @@ class ModbusEngine:
             done = WriteSingleRegisterResponse(address=request.address, registers=values)
         else:  # 15, 16: address and quantity
             done = FUNCTIONS[function][1](address=request.address, count=len(values))
-        return self._write(function, plan, peer, pdu_bytes(done))
+        return self._write(function, items, caller, single=function in (5, 6), done=pdu_bytes(done))
 
     def _exc(self, function: int, code: ExcCodes) -> bytes:
         self.exceptions += 1
         return exception_pdu(function, code)
+
+    def _refuse_request(
+        self, unit: int, function: int, pdu: bytes, peer: str, reason: RefusalReason, detail: str
+    ) -> None:
+        """Audit a write request refused as a whole, before any signal could be named."""
+        target = f"modbus:unit {unit} FC {function}"
+        self.bridge.refuse(target, pdu[:MAX_AUDITED_PDU].hex(), Caller(plugin="modbus", address=peer), reason, detail)
+        log.debug("modbus write from %s refused: %s", peer, detail)
+
+    def _refuse_read_only(
+        self,
+        unit: int,
+        function: int,
+        pdu: bytes,
+        peer: str,
+        request: ModbusPDU | None,
+        values: list[int] | None,
+    ) -> bytes:
+        detail = "plugins.modbus.read_only is true: every write is refused"
+        space = self.units[unit]
+        if request is None or values is None:
+            self._refuse_request(unit, function, pdu, peer, RefusalReason.NOT_ALLOWED, detail)
+        else:
+            items, problems = self._plan_write(space, WRITE_TABLES[function], request.address, values)
+            caller = Caller(plugin="modbus", address=peer)
+            for target, value in [(i.signal, i.value) for i in items] + [(p.target, p.value) for p in problems]:
+                self.bridge.refuse(target, value, caller, RefusalReason.NOT_ALLOWED, detail)
+        return self._exc(function, ExcCodes.ILLEGAL_FUNCTION)
 
     def _read(self, space: UnitSpace, function: int, table: str, address: int, count: int) -> bytes:
         known = space.known.get(table)
@@ -360,82 +453,118 @@ class ModbusEngine:
         if function == 15:
             if not 1 <= request.count <= MAX_WRITE_COILS or nbytes != (request.count + 7) // 8:
                 return None
-            return [1 if b else 0 for b in request.bits]
+            return [1 if b else 0 for b in request.bits[: request.count]]
         if not 1 <= request.count <= MAX_WRITE_REGISTERS or nbytes != 2 * request.count:
             return None
         return list(request.registers)
 
     def _plan_write(
-        self, space: UnitSpace, function: int, table: str, address: int, values: list[int]
-    ) -> bytes | list[tuple[Placement, Value]]:
-        """Check a whole write request before anything is written; the signals and values to write."""
-        count = len(values)
+        self, space: UnitSpace, table: str, address: int, values: list[int]
+    ) -> tuple[list[_Item], list[_Problem]]:
+        """The signals and decoded values a write request covers, and what in it cannot be written
+        at all (part of a multi-register value, addresses without a signal). Values are not judged:
+        that is the write path's job."""
+        end = address + len(values)
         owners = space.owner.get(table, {})
-        plan: list[tuple[Placement, Value]] = []
+        labels = space.label.get(table, {})
+        items: list[_Item] = []
+        problems: list[_Problem] = []
+        bits = table in BIT_TABLES
+        shown = (lambda ws: [bool(w) for w in ws]) if bits else list
         a = address
-        end = address + count
-        if end > 0x10000:
-            return self._exc(function, ExcCodes.ILLEGAL_ADDRESS)
         while a < end:
             p = owners.get(a)
-            if p is None or not p.writable:
-                return self._exc(function, ExcCodes.ILLEGAL_ADDRESS)
-            # a value spanning several registers is written only by a request covering all of them
+            if p is None:
+                # a run of addresses with the same meaning (nothing, a reserved signal, quality, ...)
+                label = labels.get(a)
+                run = a
+                while run < end and run not in owners and labels.get(run) == label:
+                    run += 1
+                run = max(run, a + 1)
+                problems.append(_gap(space.unit, table, a, run, label, shown(values[a - address : run - address])))
+                a = run
+                continue
+            words = values[max(p.address, address) - address : min(p.address + p.count, end) - address]
             if p.address < address or p.address + p.count > end:
-                return self._exc(function, ExcCodes.ILLEGAL_ADDRESS)
-            words = values[p.address - address : p.address - address + p.count]
-            info = self.slots[p.signal].info
-            try:
-                value = self._value(p, info, words)
-            except EncodeError as e:
-                log.info("modbus write to %s refused: %s", p.signal, e)
-                return self._exc(function, ExcCodes.ILLEGAL_VALUE)
-            if not isinstance(value, bool) and not info.minimum <= value <= info.maximum:
-                return self._exc(function, ExcCodes.ILLEGAL_VALUE)
-            plan.append((p, value))
+                problems.append(
+                    _Problem(
+                        p.signal,
+                        list(words),
+                        RefusalReason.UNSUPPORTED,
+                        f"the request covers {len(words)} of the {p.count} registers of {p.signal} "
+                        f"({p.encoding} at {table} {p.address} to {p.address + p.count - 1}); "
+                        "write all of them in one request (FC 16)",
+                        ExcCodes.ILLEGAL_ADDRESS,
+                    )
+                )
+            else:
+                items.append(_Item(p.signal, bool(words[0]) if bits else p.codec.decode(words)))
             a = p.address + p.count
-        return plan
+        return items, problems
 
-    @staticmethod
-    def _value(p: Placement, info: SignalInfo, words: list[int]) -> Value:
-        if p.table in BIT_TABLES:
-            return bool(words[0])
-        raw = p.codec.decode(words)
-        if info.value_type is bool:
-            if raw not in (0, 1):
-                raise EncodeError(f"{info.name} takes 0 or 1, got {raw}")
-            return bool(raw)
-        if info.value_type is int:
-            if isinstance(raw, float):
-                if not raw.is_integer():
-                    raise EncodeError(f"{info.name} takes whole numbers, got {raw}")
-                return int(raw)
-            return raw
-        if isinstance(raw, float) and not math.isfinite(raw):
-            raise EncodeError(f"{raw} is not a finite number")
-        return float(raw)
-
-    async def _write(self, function: int, plan: list[tuple[Placement, Value]], peer: str, done: bytes) -> bytes:
-        """Write the planned values through the bridge's write path; ``done`` is the normal response."""
-        caller = Caller(plugin="modbus", address=peer)
-        for p, value in plan:
-            try:
-                receipt = await asyncio.wait_for(
-                    self.bridge.write(p.signal, value, caller), timeout=self.write_timeout_s
-                )
-            except WriteRefused as e:
-                log.info("modbus write from %s to %s refused: %s", peer, p.signal, e.detail)
-                return self._exc(function, REFUSAL_CODES.get(e.reason, ExcCodes.DEVICE_FAILURE))
-            except TimeoutError:
-                log.warning(
-                    "modbus write from %s to %s timed out after %ss", peer, p.signal, self.write_timeout_s
-                )
-                return self._exc(function, ExcCodes.GATEWAY_NO_RESPONSE)
-            except Exception:
-                log.exception("modbus write from %s to %s failed", peer, p.signal)
-                return self._exc(function, ExcCodes.DEVICE_FAILURE)
+    async def _write(self, function: int, items: list[_Item], caller: Caller, single: bool, done: bytes) -> bytes:
+        """Write the decoded values through the bridge's write path (all or nothing for FC 15/16);
+        ``done`` is the normal response."""
+        peer = caller.address
+        try:
+            if single:
+                coro: Coroutine[Any, Any, Any] = self.bridge.write(items[0].signal, items[0].value, caller)  # type: ignore[arg-type]
+            else:
+                coro = self.bridge.write_many([(i.signal, i.value) for i in items], caller)
+            result = await asyncio.wait_for(coro, timeout=self.write_timeout_s)
+        except WriteRefused as e:
+            log.debug("modbus write from %s to %s refused: %s", peer, e.target, e.detail)
+            return self._exc(function, REFUSAL_CODES.get(e.reason, ExcCodes.DEVICE_FAILURE))
+        except TimeoutError:
+            log.warning("modbus write from %s timed out after %ss", peer, self.write_timeout_s)
+            return self._exc(function, ExcCodes.GATEWAY_NO_RESPONSE)
+        except Exception:
+            log.exception("modbus write from %s to %s failed", peer, ", ".join(i.signal for i in items))
+            return self._exc(function, ExcCodes.DEVICE_FAILURE)
+        receipts: list[WriteReceipt] = [result] if single else result
+        for receipt in receipts:
             self.writes += 1
-            slot = self.slots[p.signal]
             # read-after-write sees the value at once; the subscription confirms it later
-            self._store(slot, receipt.value, Quality.GOOD)
+            self._store(self.slots[receipt.name], receipt.value, Quality.GOOD)
         return done
+
+
+@dataclass(slots=True)
+class _Item:
+    """One signal of a write request with the value its registers mean (not yet judged)."""
+
+    signal: str
+    value: object
+
+
+@dataclass(slots=True)
+class _Problem:
+    """Part of a write request that names no value to write: refused before the write path."""
+
+    target: str
+    value: object
+    reason: RefusalReason
+    detail: str
+    code: ExcCodes
+
+
+def _gap(unit: int, table: str, start: int, end: int, label: tuple[str, str] | None, value: object) -> _Problem:
+    where = f"{table} {start}" + (f" to {end - 1}" if end - start > 1 else "")
+    if label is None:
+        return _Problem(f"modbus:unit {unit} {where}", value, RefusalReason.UNKNOWN_SIGNAL,
+                        f"no signal at {where} (unit {unit})", ExcCodes.ILLEGAL_ADDRESS)
+    kind, name = label
+    if kind == "reserved":  # the signal left the mapping table; its addresses stay unused
+        return _Problem(name, value, RefusalReason.UNKNOWN_SIGNAL,
+                        f"{where} is reserved for {name}, which is no longer in the mapping table",
+                        ExcCodes.ILLEGAL_ADDRESS)
+    return _Problem(f"modbus:unit {unit} {where}", value, RefusalReason.NOT_WRITABLE,
+                    f"{where} holds the {kind} of {name} (read only)", ExcCodes.ILLEGAL_ADDRESS)
+
+
+def _malformed_why(function: int, pdu: bytes, request: ModbusPDU) -> str:
+    if function == 5:
+        return f"FC 5 coil value {pdu[3:5].hex()} is neither ff00 nor 0000"
+    limit = MAX_WRITE_COILS if function == 15 else MAX_WRITE_REGISTERS
+    return (f"FC {function} quantity {request.count} with byte count {pdu[5]} "
+            f"(quantity 1 to {limit}, byte count to match)")

@@ -60,6 +60,19 @@ DIAGNOSTICS: tuple[tuple[int, str, int, str], ...] = (
 )
 DIAG_SIZE = 20
 
+# Bridge diagnostics block, one per unit id, after the bus blocks (added later, so it never moves
+# a pinned bus block). Offset 0 is the alarm point: 0 while the audit log cannot be written.
+BRIDGE_DIAGNOSTICS: tuple[tuple[int, str, int, str], ...] = (
+    (0, "audit_available", 1, "1 while the audit log can be written; 0: every write is refused (alarm)"),
+    (1, "tcp_connections", 1, "Modbus TCP clients connected now"),
+    (2, "audit_failures", 2, "audit writes that failed since start (uint32)"),
+    (4, "writes_accepted", 2, "writes the bridge accepted since start, every plugin (uint32)"),
+    (6, "writes_refused", 2, "writes the bridge refused since start, every plugin and reason (uint32)"),
+    (8, "tcp_evicted", 1, "idle Modbus TCP clients closed to admit another (saturates at 65535)"),
+    (9, "tcp_refused", 1, "Modbus TCP connections refused: allow list or all places busy (saturates)"),
+)
+BRIDGE_DIAG_SIZE = 10
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -108,6 +121,17 @@ class DiagBlock:
     word_order: str = "ABCD"
 
 
+@dataclass(frozen=True)
+class BridgeBlock:
+    """The bridge diagnostics registers (audit log alarm point, write and connection counters) of
+    one unit id."""
+
+    unit: int
+    table: Table
+    address: int
+    word_order: str = "ABCD"
+
+
 @dataclass
 class RegisterMap:
     """The whole register map of one configuration."""
@@ -118,6 +142,7 @@ class RegisterMap:
     quality_table: Table
     changed: bool = False  # the map file must be written
     warnings: list[str] = field(default_factory=list)
+    bridge: dict[int, BridgeBlock] = field(default_factory=dict)  # by unit id
 
     def units(self) -> list[int]:
         ids = {p.unit for p in self.placements.values()} | {d.unit for d in self.diagnostics.values()}
@@ -162,6 +187,7 @@ class MapFile:
     reserved: list[Reserved]
     diagnostics: dict[str, DiagBlock]
     quality_table: Table | None = None
+    bridge: dict[int, BridgeBlock] = field(default_factory=dict)
 
 
 _SIGNAL_KEYS = {"unit", "table", "address", "count", "encoding", "word_order", "scale", "quality"}
@@ -181,7 +207,7 @@ def load_map_file(path: Path) -> MapFile | None:
         raise _problem(path, f"YAML syntax: {e}") from e
     if not isinstance(data, dict):
         raise _problem(path, "a register map must be a mapping with 'signals:'")
-    unknown = set(data) - {"version", "quality_table", "signals", "reserved", "diagnostics"}
+    unknown = set(data) - {"version", "quality_table", "signals", "reserved", "diagnostics", "bridge_diagnostics"}
     if unknown:
         raise _problem(path, f"unknown key(s): {', '.join(sorted(map(str, unknown)))}")
     version = data.get("version", MAP_VERSION)
@@ -256,10 +282,28 @@ def load_map_file(path: Path) -> MapFile | None:
             address=_int(d["address"], path, where + ".address", 0, MAX_ADDRESS - DIAG_SIZE + 1),
             word_order=order,
         )
+    bridge: dict[int, BridgeBlock] = {}
+    raw_bridge = data.get("bridge_diagnostics") or {}
+    if not isinstance(raw_bridge, dict):
+        raise _problem(path, "'bridge_diagnostics' must map unit ids to {table, address}", "bridge_diagnostics")
+    for unit, d in raw_bridge.items():
+        where = f"bridge_diagnostics.{unit}"
+        uid = _int(unit, path, where, 1, 247)
+        if not isinstance(d, dict) or "address" not in d:
+            raise _problem(path, "needs at least 'address'", where)
+        order = d.get("word_order", "ABCD")
+        if order not in WORD_ORDERS:
+            raise _problem(path, f"word_order must be one of {', '.join(WORD_ORDERS)}", where)
+        bridge[uid] = BridgeBlock(
+            unit=uid,
+            table=_table(d.get("table", "input_register"), path, where + ".table"),
+            address=_int(d["address"], path, where + ".address", 0, MAX_ADDRESS - BRIDGE_DIAG_SIZE + 1),
+            word_order=order,
+        )
     quality_table = data.get("quality_table")
     if quality_table is not None and quality_table not in ("input_register", "holding_register"):
         raise _problem(path, "quality_table must be input_register or holding_register", "quality_table")
-    return MapFile(signals, reserved, diagnostics, quality_table)
+    return MapFile(signals, reserved, diagnostics, quality_table, bridge)
 
 
 def _num(v: float) -> float | int:
@@ -295,6 +339,10 @@ def dump_map(rmap: RegisterMap) -> str:
         d.bus: {"unit": d.unit, "table": d.table, "address": d.address, "word_order": d.word_order}
         for d in rmap.diagnostics.values()
     }
+    bridge = {
+        b.unit: {"table": b.table, "address": b.address, "word_order": b.word_order}
+        for b in sorted(rmap.bridge.values(), key=lambda b: b.unit)
+    }
     head = (
         "# canbridge Modbus register map (0-based protocol addresses).\n"
         "# Addresses here never move: new signals are added after the highest address, removed\n"
@@ -307,6 +355,7 @@ def dump_map(rmap: RegisterMap) -> str:
             "signals": signals,
             "reserved": reserved,
             "diagnostics": diagnostics,
+            "bridge_diagnostics": bridge,
         },
         sort_keys=False,
         default_flow_style=None,
@@ -557,6 +606,17 @@ def plan_register_map(
             reserved.append(Reserved(f"diagnostics of bus {bus}", d.unit, d.table, d.address, DIAG_SIZE))
             claim(d.unit, d.table, d.address, DIAG_SIZE, f"diagnostics of bus {bus} (reserved)")
             changed = True
+    bus_units = {unit_of(bus) for bus in bus_names} | {d.unit for d in diagnostics.values()}
+    bridge: dict[int, BridgeBlock] = {}
+    for unit, b in existing.bridge.items():
+        if unit in bus_units:
+            bridge[unit] = b
+            claim(b.unit, b.table, b.address, BRIDGE_DIAG_SIZE, f"bridge diagnostics (unit {unit})")
+        else:  # a unit id no bus uses any more keeps its block reserved
+            label = f"bridge diagnostics (unit {unit})"
+            reserved.append(Reserved(label, b.unit, b.table, b.address, BRIDGE_DIAG_SIZE))
+            claim(b.unit, b.table, b.address, BRIDGE_DIAG_SIZE, f"{label} (reserved)")
+            changed = True
 
     if problems:
         raise ConfigError(problems)
@@ -638,6 +698,19 @@ def plan_register_map(
         diagnostics[bus] = DiagBlock(bus, unit, quality_table, address, config.word_order)
         changed = True
 
+    # 6b. a bridge diagnostics block for each unit id that has none yet, after the bus blocks
+    for unit in sorted({d.unit for d in diagnostics.values()}):
+        if unit in bridge:
+            continue
+        floor = highest_end(unit, quality_table, config.diagnostics_base, _above_diag(config))
+        address = space.allocate(unit, quality_table, max(floor, config.diagnostics_base), BRIDGE_DIAG_SIZE)
+        if address is None:
+            problems.append(Problem(f"no room for the bridge diagnostics registers of unit {unit}", file))
+            continue
+        space.add(unit, quality_table, address, BRIDGE_DIAG_SIZE, f"bridge diagnostics (unit {unit})")
+        bridge[unit] = BridgeBlock(unit, quality_table, address, config.word_order)
+        changed = True
+
     # 7. signals whose range cannot be carried by their encoding
     for p in placements.values():
         info = signals[p.signal]
@@ -655,7 +728,7 @@ def plan_register_map(
     if problems:
         raise ConfigError(problems)
     ordered = {n: placements[n] for n in signals if n in placements}
-    return RegisterMap(ordered, reserved, diagnostics, quality_table, changed, warnings)
+    return RegisterMap(ordered, reserved, diagnostics, quality_table, changed, warnings, bridge)
 
 
 def _above(config: ModbusConfig) -> int | None:
@@ -718,6 +791,23 @@ def map_rows(rmap: RegisterMap) -> list[dict[str, str]]:
                     "word_order": d.word_order if count == 2 else "",
                     "scale": "100" if name == "bus_load" else "1",
                     "unit": "%" if name == "bus_load" else ("s" if name == "state_age" else ""),
+                    "writable": "no",
+                    "quality_address": "",
+                }
+            )
+    for b in sorted(rmap.bridge.values(), key=lambda b: b.unit):
+        for offset, name, count, _ in BRIDGE_DIAGNOSTICS:
+            rows.append(
+                {
+                    "signal": f"bridge.{name}",
+                    "unit_id": str(b.unit),
+                    "table": b.table,
+                    "address": str(b.address + offset),
+                    "registers": str(count),
+                    "encoding": "uint32" if count == 2 else "uint16",
+                    "word_order": b.word_order if count == 2 else "",
+                    "scale": "1",
+                    "unit": "",
                     "writable": "no",
                     "quality_address": "",
                 }

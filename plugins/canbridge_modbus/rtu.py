@@ -32,7 +32,14 @@ from canbridge_modbus.engine import WRITE_FUNCTIONS, ModbusEngine, exception_pdu
 
 log = logging.getLogger("canbridge.modbus")
 
-MAX_FRAME = 256
+MAX_FRAME = 256  # the largest RTU ADU: unit id, 253 bytes of PDU, CRC
+# Held while a write is being decided (a master waits for the answer, so at most a frame or two
+# arrive meanwhile); more than this, or more than a frame that nothing can delimit, is a
+# protocol error: dropped until the next silence.
+MAX_INPUT = 2 * MAX_FRAME
+# Answers not yet taken by the line (a master that stopped reading a pseudo-terminal): beyond this
+# new answers are dropped, as a line that is not listened to loses them.
+MAX_OUTPUT = 16 * MAX_FRAME
 _REQUESTS = DecodePDU(is_server=True)
 _FRAMER = FramerRTU(_REQUESTS)  # its encode (unit id + PDU + CRC) builds the responses
 
@@ -92,6 +99,9 @@ class ModbusRtuServer:
         self.task: asyncio.Task[None] | None = None
         self.crc_errors = 0
         self.frames = 0
+        self.overruns = 0  # input dropped: more than a frame without a silence or a known length
+        self.dropped_responses = 0  # answers dropped because the line does not take them
+        self._discarding = False  # after an overrun: drop everything until the next silence
         self._silence: asyncio.TimerHandle | None = None
         self._reopen: asyncio.Task[None] | None = None
         self._out = bytearray()
@@ -178,17 +188,32 @@ class ModbusRtuServer:
             return
         if not data:
             return
-        self.buf += data
-        if len(self.buf) > 4 * MAX_FRAME:
-            del self.buf[:-MAX_FRAME]
         loop = asyncio.get_running_loop()
         if self._silence is not None:
             self._silence.cancel()
         self._silence = loop.call_later(self.silence_s, self._on_silence)
+        if self._discarding:
+            return
+        self.buf += data
         self._process(at_silence=False)
+        # what is left is less than one frame, unless nothing could delimit it (or a write is
+        # being decided): a frame longer than the largest ADU does not exist
+        if len(self.buf) > (MAX_INPUT if self.task is not None else MAX_FRAME):
+            self.overruns += 1
+            if self.overruns == 1 or self.overruns % 100 == 0:
+                log.warning(
+                    "modbus: RTU input on %s: %d bytes without a frame boundary; dropped until the next "
+                    "silence (%d times)",
+                    self.cfg.port,
+                    len(self.buf),
+                    self.overruns,
+                )
+            self.buf.clear()
+            self._discarding = True
 
     def _on_silence(self) -> None:
         self._silence = None
+        self._discarding = False
         self._process(at_silence=True)
 
     def _process(self, at_silence: bool) -> None:
@@ -255,6 +280,16 @@ class ModbusRtuServer:
 
     def _send(self, data: bytes) -> None:
         if self.fd is None:
+            return
+        if len(self._out) + len(data) > MAX_OUTPUT:
+            self.dropped_responses += 1
+            if self.dropped_responses == 1 or self.dropped_responses % 100 == 0:
+                log.warning(
+                    "modbus: RTU line %s does not take the answers (%d bytes waiting); dropped %d",
+                    self.cfg.port,
+                    len(self._out),
+                    self.dropped_responses,
+                )
             return
         self._out += data
         self._flush()

@@ -83,6 +83,10 @@ class ModbusService:
                     max_connections=cfg.max_connections,
                     idle_timeout_s=cfg.idle_timeout_s,
                     frame_timeout_s=cfg.frame_timeout_s,
+                    max_connections_per_address=cfg.max_connections_per_address,
+                    evict_idle_s=cfg.evict_idle_s,
+                    output_buffer_bytes=cfg.output_buffer_bytes,
+                    output_timeout_s=cfg.output_timeout_s,
                 )
                 await self.tcp.start()
             if cfg.rtu is not None:
@@ -108,6 +112,13 @@ class ModbusService:
 
     def _refresh_diagnostics(self) -> None:
         assert self.engine is not None and self.rmap is not None
+        tcp = self.tcp
+        self.engine.apply_bridge_stats(
+            self.bridge.stats(),
+            connections=len(tcp.connections) if tcp is not None else 0,
+            evicted=tcp.evicted_connections if tcp is not None else 0,
+            refused=tcp.refused_connections if tcp is not None else 0,
+        )
         now = time.time_ns()
         for bus in self.rmap.diagnostics:
             try:

@@ -51,7 +51,7 @@ def test_a_short_write_leaves_no_half_line_and_raises(tmp_path: Path, monkeypatc
     log = AuditLog(path)
     log.record(target="first", result="accepted")
     size = path.stat().st_size
-    monkeypatch.setattr(audit_mod.os, "write", FailingWrites(budget=10))
+    monkeypatch.setattr(os, "write", FailingWrites(budget=10))
     with pytest.raises(AuditUnavailable, match="No space left"):
         log.record(target="second", result="accepted")
     assert path.stat().st_size == size  # the 10 bytes that fitted were cut off again
@@ -67,7 +67,7 @@ def test_every_write_error_makes_it_unavailable_and_refusals_wait(tmp_path: Path
                                                                   err: int) -> None:
     path = tmp_path / "a.jsonl"
     log = AuditLog(path)
-    monkeypatch.setattr(audit_mod.os, "write", FailingWrites(budget=0, err=err))
+    monkeypatch.setattr(os, "write", FailingWrites(budget=0, err=err))
     with pytest.raises(AuditUnavailable):
         log.record(target="w", result="accepted")
     log.record_refusal(plugin="rest", address="127.0.0.1", target="w", result="audit_unavailable")
@@ -140,11 +140,11 @@ def test_the_backlog_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     path = tmp_path / "a.jsonl"
     log = AuditLog(path, refusal_rate=1e9, refusal_burst=1e9)
     failing = FailingWrites(budget=0)
-    monkeypatch.setattr(audit_mod.os, "write", failing)
+    monkeypatch.setattr(os, "write", failing)
     for i in range(50):
         log.record_refusal(plugin="p", address=str(i), result="not_allowed")
     assert log.backlog_dropped == 30
-    monkeypatch.setattr(audit_mod.os, "write", failing.real)
+    monkeypatch.setattr(os, "write", failing.real)
     assert log.probe()
     got = lines(path)
     assert got[0]["refusals_lost"] == 30 and len(got) == 21

@@ -35,6 +35,7 @@ from canbridge.core.app import DEMO_DBC, build_runtime
 from canbridge.core.can import errorframes as ef
 from canbridge.core.host import Registry, collect, make_plugin_manager
 from canbridge.core.runtime import Runtime
+from canbridge.testing import until
 
 EXT = int(FrameFlags.EXTENDED)
 ERR = int(FrameFlags.ERROR)
@@ -181,13 +182,6 @@ async def fake_runtime(tmp_path: Path, mapping: Mapping[str, Any] | None = None,
     finally:
         del LINKS[channel]
 
-
-async def until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.005)
 
 
 def now_ns() -> int:

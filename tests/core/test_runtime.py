@@ -23,7 +23,8 @@ from canbridge import (
 )
 from canbridge.config import Strict
 from canbridge.core.app import DEMO_DBC, runtime_from_file
-from tests.core.test_busrunner import LINKS, FakeLink, fake_registry, fake_runtime, motor_status, until
+from canbridge.testing import until
+from tests.core.test_busrunner import LINKS, FakeLink, fake_registry, fake_runtime, motor_status
 
 EVENTS: list[str] = []
 

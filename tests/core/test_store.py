@@ -6,7 +6,8 @@ import asyncio
 from pathlib import Path
 
 from canbridge import Quality, SignalValue
-from tests.core.test_busrunner import SPEED, TEMP, fake_runtime, motor_status, until
+from canbridge.testing import until
+from tests.core.test_busrunner import SPEED, TEMP, fake_runtime, motor_status
 
 
 async def next_batch(it: object, timeout: float = 2.0) -> list[SignalValue]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ from canbridge import (
     WriteRefused,
 )
 from canbridge.core.app import demo_config, unique_channel
-from canbridge.testing import BridgeHarness
-from tests.core.test_busrunner import fake_runtime, until
+from canbridge.testing import BridgeHarness, until
+from tests.core.test_busrunner import fake_runtime
 
 SET = "demo.MotorCommand.SpeedSetpoint"
 TORQUE = "demo.MotorCommand.TorqueLimit"
@@ -411,14 +412,13 @@ async def test_refuse_audits_and_counts(reason: RefusalReason) -> None:
 # --- the audit log cannot be written ----------------------------------------------------------------
 
 async def test_no_frame_without_its_audit_record(monkeypatch: pytest.MonkeyPatch) -> None:
-    from canbridge.core import audit as audit_mod
     from tests.core.test_audit import FailingWrites
 
     async with BridgeHarness(config=config()) as h:
         await h.bridge.write(SET, 1, WRITER)
         await h.next_sent(0x300)
         failing = FailingWrites(budget=0)
-        monkeypatch.setattr(audit_mod.os, "write", failing)
+        monkeypatch.setattr(os, "write", failing)
         for value, call in [(2, "write"), (3, "write_many"), (4, "frame")]:
             with pytest.raises(WriteRefused) as info:
                 if call == "write":
@@ -436,7 +436,7 @@ async def test_no_frame_without_its_audit_record(monkeypatch: pytest.MonkeyPatch
         stats = h.bridge.stats()
         assert not stats.audit_available and "No space left" in (stats.audit_error or "")
         assert stats.audit_failures >= 1 and stats.writes_refused["audit_unavailable"] >= 3
-        monkeypatch.setattr(audit_mod.os, "write", failing.real)  # space again: the alarm clears by itself
+        monkeypatch.setattr(os, "write", failing.real)  # space again: the alarm clears by itself
         await h.until(lambda: h.bridge.stats().audit_available, timeout=3)
         await h.bridge.write(SET, 5, WRITER)
         assert speed_of(await h.next_sent(0x300)) == 5

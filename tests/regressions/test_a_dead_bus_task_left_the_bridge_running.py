@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from canbridge import BusState, PluginError
-from tests.core.test_busrunner import fake_runtime, until
+from canbridge.testing import until
+from tests.core.test_busrunner import fake_runtime
 
 
 async def test_run_stops_loudly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from canbridge import Quality
-from tests.core.test_busrunner import SPEED, fake_runtime, motor_status, until
+from canbridge.testing import until
+from tests.core.test_busrunner import SPEED, fake_runtime, motor_status
 
 
 async def test_recovered_bus_is_not_bad(tmp_path: Path) -> None:

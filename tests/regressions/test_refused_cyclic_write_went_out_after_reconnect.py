@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from canbridge import BusError, Caller, RefusalReason, WriteRefused
-from tests.core.test_busrunner import FakePeriodic, fake_runtime, until
+from canbridge.testing import until
+from tests.core.test_busrunner import FakePeriodic, fake_runtime
 
 SET = "demo.MotorCommand.SpeedSetpoint"
 

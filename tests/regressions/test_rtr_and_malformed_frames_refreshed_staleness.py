@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from canbridge import FrameFlags, Quality
-from tests.core.test_busrunner import SPEED, fake_runtime, motor_status, now_ns, until
+from canbridge.testing import until
+from tests.core.test_busrunner import SPEED, fake_runtime, motor_status, now_ns
 
 
 async def test_rtr_and_short_frames_do_not_refresh(tmp_path: Path) -> None:

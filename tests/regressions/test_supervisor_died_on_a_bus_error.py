@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from canbridge import BusError, Caller, Quality
-from tests.core.test_busrunner import SPEED, FakePeriodic, fake_runtime, motor_status, until
+from canbridge.testing import until
+from tests.core.test_busrunner import SPEED, FakePeriodic, fake_runtime, motor_status
 
 SET = "demo.MotorCommand.SpeedSetpoint"
 TRANSMIT = {"writable": ["MotorCommand.*"],

@@ -14,13 +14,14 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from canbridge.config import BusConfig
 from canbridge.core.can.socketcan import SocketcanDriver, can_available
+from canbridge.testing import until
 
 REQUIRED = os.environ.get("CANBRIDGE_SOCKETCAN_REQUIRED") == "1"
 HOW = "runs against a real kernel: make test-socketcan (or sudo bash tools/vm/run-in-vm.sh)"
@@ -99,14 +100,8 @@ class Collector:
     def on_error(self, exc: BaseException) -> None:
         self.errors.append(exc)
 
-    async def until(self, pred: Callable[[], bool], limit: float = 10.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + limit
-        while not pred():
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {limit}s waiting for {what}; {len(self.frames)} frames, errors {self.errors!r}"
-                )
-            await asyncio.sleep(0.02)
+    async def until(self, pred: Callable[[], object], limit: float = 10.0, what: str = "condition") -> None:
+        await until(pred, limit, 0.02, what=what, detail=lambda: f"{len(self.frames)} frames, errors {self.errors!r}")
 
     async def count(self, n: int, limit: float = 10.0) -> None:
         await self.until(lambda: len(self.frames) >= n, limit, f"{n} frames")
@@ -120,7 +115,7 @@ def bus_config(channel: str, **kw: Any) -> BusConfig:
 
 
 @pytest.fixture
-async def open_driver() -> AsyncIterator[Callable[..., Any]]:
+async def open_driver() -> AsyncIterator[OpenDriver]:
     """``await open_driver("vcan0", fd=True)`` -> (driver, collector), reading; closed at the end."""
     drivers: list[SocketcanDriver] = []
 
@@ -210,8 +205,14 @@ class Candump:
             await self.proc.wait()
 
 
+OpenDriver = Callable[..., Awaitable[tuple[SocketcanDriver, Collector]]]
+"""``await open_driver(channel, read=True, filters=..., **bus_config)``"""
+CandumpFactory = Callable[..., Awaitable[Candump]]
+"""``await candump(dev, *filters)``"""
+
+
 @pytest.fixture
-async def candump() -> AsyncIterator[Callable[..., Any]]:
+async def candump() -> AsyncIterator[CandumpFactory]:
     dumps: list[Candump] = []
 
     async def make(dev: str, *filters: str) -> Candump:

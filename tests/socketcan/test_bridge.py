@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from canbridge import BusState, Caller, Permission, Quality, RefusalReason, WriteRefused
+from canbridge import BusState, Caller, Permission, Quality, RefusalReason, WriteRefused, testing
 from tests.socketcan.conftest import Candump, cansend, ip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,11 +53,7 @@ def config(dev: str, tmp: Path, kernel_filters: bool = True, **mapping: Any) -> 
 
 
 async def until(pred: Callable[[], object], limit: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + limit
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    await testing.until(pred, limit, 0.05, what=what)
 
 
 @pytest.fixture
@@ -71,18 +67,18 @@ async def bridge(scratch_vcan: str, tmp_path: Path, request: pytest.FixtureReque
     kernel_filters = getattr(request, "param", True)
     rt = runtime_from_data(config(scratch_vcan, tmp_path, kernel_filters), registry=registry)
     await rt.start()
-    rt.dev = scratch_vcan
-    rt.stopped_by_test = False
+    rt.dev = scratch_vcan  # type: ignore[attr-defined]  # what the tests need beside the runtime
+    rt.stopped_by_test = False  # type: ignore[attr-defined]
     try:
         yield rt
     finally:
-        if not rt.stopped_by_test:
+        if not rt.stopped_by_test:  # type: ignore[attr-defined]
             await rt.stop()
 
 
 @pytest.mark.parametrize("bridge", [True, False], ids=["kernel_filters", "no_filters"], indirect=True)
 async def test_cansend_frames_decode_with_kernel_timestamps_and_unmapped_ids_stay_in_the_kernel(
-    bridge,
+    bridge: Any,
 ) -> None:
     dev = bridge.dev
     await until(lambda: bridge.bus_status("demo").state is BusState.ACTIVE, what="bus active")
@@ -106,7 +102,7 @@ async def test_cansend_frames_decode_with_kernel_timestamps_and_unmapped_ids_sta
         assert status.unmapped_frames == 4  # the control: without kernel filters they do arrive
 
 
-async def test_signals_turn_bad_when_the_link_goes_down_and_recover_after_up(bridge) -> None:
+async def test_signals_turn_bad_when_the_link_goes_down_and_recover_after_up(bridge: Any) -> None:
     dev = bridge.dev
     speed = "demo.MotorStatus.MotorSpeed"
     await until(lambda: bridge.bus_status("demo").state is BusState.ACTIVE, what="bus active")
@@ -134,7 +130,7 @@ async def test_signals_turn_bad_when_the_link_goes_down_and_recover_after_up(bri
     assert bridge.bus_status("demo").reconnects >= 1
 
 
-async def test_the_bridge_reopens_an_interface_that_was_deleted_and_created_again(bridge) -> None:
+async def test_the_bridge_reopens_an_interface_that_was_deleted_and_created_again(bridge: Any) -> None:
     dev = bridge.dev
     speed = "demo.MotorStatus.MotorSpeed"
     await until(lambda: bridge.bus_status("demo").state is BusState.ACTIVE, what="bus active")
@@ -156,7 +152,7 @@ async def test_the_bridge_reopens_an_interface_that_was_deleted_and_created_agai
     assert bridge.bus_status("demo").reconnects >= 1
 
 
-async def test_cyclic_motor_command_via_bcm_modified_by_writes_and_stopped_with_the_bridge(bridge) -> None:
+async def test_cyclic_motor_command_via_bcm_modified_by_writes_and_stopped_with_the_bridge(bridge: Any) -> None:
     dev = bridge.dev
     dump = await Candump(dev, "300:7FF").start()
     try:

@@ -17,6 +17,7 @@ import pytest
 from canbridge import BusState, FrameFlags
 from canbridge.core.can import errorframes as ef
 from canbridge.core.can.linuxcan import AF_CAN, CAN_ERR_FLAG, CAN_RAW, CAN_RAW_ERR_FILTER, SOL_CAN_RAW
+from tests.socketcan.conftest import OpenDriver
 
 
 @pytest.fixture
@@ -31,7 +32,9 @@ def _error_frame(cls: int, data: bytes) -> bytes:
     return struct.pack("=IBBBB8s", CAN_ERR_FLAG | cls, 8, 0, 0, 0, data.ljust(8, b"\0"))
 
 
-async def test_injected_error_frames_reach_the_driver_and_classify(open_driver, injector) -> None:
+async def test_injected_error_frames_reach_the_driver_and_classify(
+    open_driver: OpenDriver, injector: socket.socket
+) -> None:
     # id filters do not apply to error frames: those go by the error mask (all classes)
     _drv, col = await open_driver("vcan0", filters=[(0x100, False)])
     cases = [
@@ -62,7 +65,7 @@ async def test_injected_error_frames_reach_the_driver_and_classify(open_driver, 
     assert "no ACK" in infos[5].description
 
 
-async def test_error_mask_selects_classes(open_driver, injector) -> None:
+async def test_error_mask_selects_classes(open_driver: OpenDriver, injector: socket.socket) -> None:
     # a socket that asked for bus-off only (what a driver could do to avoid bus-error floods)
     drv, col = await open_driver("vcan0")
     assert drv._sock is not None

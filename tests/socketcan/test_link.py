@@ -11,10 +11,12 @@ from canbridge import BusError, BusUnavailable, Frame
 from canbridge.config import NetlinkSettings
 from canbridge.core.can.netlink import configure_interface
 from canbridge.core.can.socketcan import SocketcanDriver
-from tests.socketcan.conftest import Collector, bus_config, cansend, ip
+from tests.socketcan.conftest import Collector, OpenDriver, bus_config, cansend, ip
 
 
-async def test_link_down_during_traffic_reports_once_then_reopen_recovers(open_driver, scratch_vcan) -> None:
+async def test_link_down_during_traffic_reports_once_then_reopen_recovers(
+    open_driver: OpenDriver, scratch_vcan: str
+) -> None:
     dev = scratch_vcan
     drv, col = await open_driver(dev)
     gen = await asyncio.create_subprocess_exec("cangen", dev, "-g", "1", "-n", "20000", stdout=DEVNULL, stderr=DEVNULL)
@@ -50,7 +52,7 @@ async def test_link_down_during_traffic_reports_once_then_reopen_recovers(open_d
     drv.send(Frame(0x124, b"\x02"))  # sending works again too
 
 
-async def test_stale_enetdown_after_up_is_retried(open_driver, scratch_vcan) -> None:
+async def test_stale_enetdown_after_up_is_retried(open_driver: OpenDriver, scratch_vcan: str) -> None:
     # A socket that never consumed its pending ENETDOWN reports it on the first send after up.
     dev = scratch_vcan
     drv, _ = await open_driver(dev, read=False)
@@ -61,7 +63,7 @@ async def test_stale_enetdown_after_up_is_retried(open_driver, scratch_vcan) -> 
     await col.count(1)
 
 
-async def test_bcm_cycle_survives_down_up(open_driver, scratch_vcan) -> None:
+async def test_bcm_cycle_survives_down_up(open_driver: OpenDriver, scratch_vcan: str) -> None:
     dev = scratch_vcan
     drv, _ = await open_driver(dev, read=False)
     drv.send_periodic(Frame(0x333, b"\x01"), 0.05)
@@ -72,7 +74,7 @@ async def test_bcm_cycle_survives_down_up(open_driver, scratch_vcan) -> None:
     assert set(col.ids()) == {0x333}
 
 
-async def test_link_delete_and_readd_reopen_works(open_driver, scratch_vcan) -> None:
+async def test_link_delete_and_readd_reopen_works(open_driver: OpenDriver, scratch_vcan: str) -> None:
     dev = scratch_vcan
     drv, col = await open_driver(dev)
     ip("link", "del", "dev", dev)
@@ -108,7 +110,7 @@ async def test_open_missing_interface_says_how_to_create_it() -> None:
     assert not drv.is_open
 
 
-async def test_kernel_status_on_vcan(open_driver) -> None:
+async def test_kernel_status_on_vcan(open_driver: OpenDriver) -> None:
     drv, col = await open_driver("vcan0")
     cansend("vcan0", "100#01")
     await col.count(1)

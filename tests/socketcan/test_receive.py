@@ -7,7 +7,7 @@ import time
 
 from canbridge import FrameFlags
 from canbridge.core.can.receive import drain
-from tests.socketcan.conftest import cansend, run
+from tests.socketcan.conftest import OpenDriver, cansend, run
 
 EXT = int(FrameFlags.EXTENDED)
 FD = int(FrameFlags.FD)
@@ -15,7 +15,7 @@ BRS = int(FrameFlags.BRS)
 RTR = int(FrameFlags.RTR)
 
 
-async def test_standard_extended_and_remote_frames_parse(open_driver) -> None:
+async def test_standard_extended_and_remote_frames_parse(open_driver: OpenDriver) -> None:
     _drv, col = await open_driver("vcan0")
     cansend("vcan0", "123#DEADBEEF", "1ABCDEF0#0011223344556677", "7FF#", "123#R", "00000100#AA")
     await col.count(5)
@@ -30,7 +30,7 @@ async def test_standard_extended_and_remote_frames_parse(open_driver) -> None:
     assert col.errors == []
 
 
-async def test_can_fd_frames_up_to_64_bytes(open_driver) -> None:
+async def test_can_fd_frames_up_to_64_bytes(open_driver: OpenDriver) -> None:
     _drv, col = await open_driver("vcan0", fd=True)
     payload64 = bytes(range(64))
     cansend("vcan0", "321##1" + payload64.hex(), "18FEF100##0" + "11" * 12, "321#0102")
@@ -41,14 +41,14 @@ async def test_can_fd_frames_up_to_64_bytes(open_driver) -> None:
     assert (i3, f3, d3) == (0x321, 0, b"\x01\x02")  # classic frames still arrive as classic
 
 
-async def test_classic_socket_does_not_receive_fd_frames(open_driver) -> None:
+async def test_classic_socket_does_not_receive_fd_frames(open_driver: OpenDriver) -> None:
     _drv, col = await open_driver("vcan0")  # fd: false
     cansend("vcan0", "321##1" + "00" * 16, "322#01")
     await col.count(1)
     assert [f[0] for f in col.frames] == [0x322]
 
 
-async def test_two_buses_at_once(open_driver) -> None:
+async def test_two_buses_at_once(open_driver: OpenDriver) -> None:
     _d0, c0 = await open_driver("vcan0")
     _d1, c1 = await open_driver("vcan1")
     cansend("vcan0", "100#00")
@@ -60,7 +60,7 @@ async def test_two_buses_at_once(open_driver) -> None:
     assert c1.ids() == [0x200]
 
 
-async def test_kernel_timestamps_are_present_and_close_to_wall_time(open_driver) -> None:
+async def test_kernel_timestamps_are_present_and_close_to_wall_time(open_driver: OpenDriver) -> None:
     _drv, col = await open_driver("vcan0")
     before = time.time_ns()
     cansend("vcan0", "100#01", "100#02", "100#03")
@@ -73,7 +73,7 @@ async def test_kernel_timestamps_are_present_and_close_to_wall_time(open_driver)
     assert len(set(stamps)) == 3  # per-frame kernel stamps, not one clock read per batch
 
 
-async def test_a_burst_is_delivered_in_batches_without_loss(open_driver) -> None:
+async def test_a_burst_is_delivered_in_batches_without_loss(open_driver: OpenDriver) -> None:
     drv, col = await open_driver("vcan0")
     run("cangen", "vcan0", "-g", "0", "-n", "3000", "-I", "i", "-L", "8", "-D", "i", timeout=120)
     await col.count(3000, limit=60)
@@ -84,7 +84,7 @@ async def test_a_burst_is_delivered_in_batches_without_loss(open_driver) -> None
     assert ids[:3] == [0, 1, 2]  # cangen -I i: incrementing ids
 
 
-async def test_kernel_filters_keep_unmapped_ids_out_of_user_space(open_driver) -> None:
+async def test_kernel_filters_keep_unmapped_ids_out_of_user_space(open_driver: OpenDriver) -> None:
     drv, col = await open_driver("vcan0", filters=[(0x100, False), (0x18FEF100, True)])
     sent = ["101#00", "100#01", "00000100#02", "200#03", "18FEF100#04", "18FEF101#05", "100#06"]
     cansend("vcan0", *sent)
@@ -99,7 +99,7 @@ async def test_kernel_filters_keep_unmapped_ids_out_of_user_space(open_driver) -
     assert drv.stats.frames == 3  # nothing else was ever read from the socket
 
 
-async def test_empty_filter_list_receives_nothing_and_none_receives_all(open_driver) -> None:
+async def test_empty_filter_list_receives_nothing_and_none_receives_all(open_driver: OpenDriver) -> None:
     drv, col = await open_driver("vcan0", filters=[])
     _probe, pcol = await open_driver("vcan0")  # an unfiltered socket sees the same traffic
     cansend("vcan0", "100#01", "200#02")
@@ -111,14 +111,14 @@ async def test_empty_filter_list_receives_nothing_and_none_receives_all(open_dri
     assert col.ids() == [0x300]
 
 
-async def test_too_many_ids_fall_back_to_receiving_all(open_driver) -> None:
+async def test_too_many_ids_fall_back_to_receiving_all(open_driver: OpenDriver) -> None:
     _drv, col = await open_driver("vcan0", filters=[(i, False) for i in range(600)])
     cansend("vcan0", "7FF#01")  # not among the 600
     await col.count(1)
     assert col.ids() == [0x7FF]
 
 
-async def test_kernel_queue_overflow_is_counted(open_driver) -> None:
+async def test_kernel_queue_overflow_is_counted(open_driver: OpenDriver) -> None:
     # A small queue that nobody reads while cangen floods it: the kernel drops, and says so.
     drv, _col = await open_driver("vcan0", read=False, receive_buffer=65536)
     n = 2000

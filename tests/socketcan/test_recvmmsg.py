@@ -8,6 +8,7 @@ import struct
 import time
 
 from canbridge.core.can.linuxcan import AF_CAN, CAN_EFF_FLAG, CAN_RAW, SO_MEMINFO
+from tests.socketcan.conftest import OpenDriver
 
 FRAME = struct.Struct("=IB3x8s")
 
@@ -26,7 +27,7 @@ def _until_queued(sock: socket.socket, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-async def test_a_real_can_socket_is_read_with_recvmmsg_and_kernel_timestamps(open_driver) -> None:
+async def test_a_real_can_socket_is_read_with_recvmmsg_and_kernel_timestamps(open_driver: OpenDriver) -> None:
     drv, _col = await open_driver("vcan0", read=False)
     assert drv.receive_path == "recvmmsg"
     assert drv.kernel_status()["receive_path"] == "recvmmsg"

@@ -9,9 +9,10 @@ import statistics
 import pytest
 
 from canbridge import BusError, Frame
+from tests.socketcan.conftest import CandumpFactory, OpenDriver
 
 
-async def test_sent_frames_appear_in_candump(open_driver, candump) -> None:
+async def test_sent_frames_appear_in_candump(open_driver: OpenDriver, candump: CandumpFactory) -> None:
     drv, _ = await open_driver("vcan0", fd=True, read=False)
     dump = await candump("vcan0")
     drv.send(Frame(0x300, bytes.fromhex("0102030405060708")))
@@ -25,7 +26,7 @@ async def test_sent_frames_appear_in_candump(open_driver, candump) -> None:
     assert lines[3] in ("124#R", "124#R4")  # candump versions differ in printing an RTR length
 
 
-async def test_the_transmit_socket_receives_nothing(open_driver) -> None:
+async def test_the_transmit_socket_receives_nothing(open_driver: OpenDriver) -> None:
     # reception is the raw socket's job; python-can's socket must not queue up frames nobody reads
     drv, col = await open_driver("vcan0")
     other, _ = await open_driver("vcan0", read=False)
@@ -42,7 +43,7 @@ def _gaps_ms(frames: list[tuple[int, int, bytes, int]]) -> list[float]:
     return [(b - a) / 1e6 for a, b in itertools.pairwise(stamps)]
 
 
-async def test_bcm_periodic_modify_atomic_and_stop(open_driver) -> None:
+async def test_bcm_periodic_modify_atomic_and_stop(open_driver: OpenDriver) -> None:
     drv, _ = await open_driver("vcan0", read=False)
     _watch, col = await open_driver("vcan0", filters=[(0x310, False)])
     old = bytes([0x11] * 8)
@@ -70,7 +71,7 @@ async def test_bcm_periodic_modify_atomic_and_stop(open_driver) -> None:
         handle.modify(Frame(0x310, old))
 
 
-async def test_close_stops_periodic_frames(open_driver) -> None:
+async def test_close_stops_periodic_frames(open_driver: OpenDriver) -> None:
     drv, _ = await open_driver("vcan0", read=False)
     _watch, col = await open_driver("vcan0", filters=[(0x311, False)])
     drv.send_periodic(Frame(0x311, b"\x01"), 0.05)
@@ -83,7 +84,7 @@ async def test_close_stops_periodic_frames(open_driver) -> None:
     assert len(col.frames) == n, "BCM frames still sent after close()"
 
 
-async def test_send_when_closed_raises(open_driver) -> None:
+async def test_send_when_closed_raises(open_driver: OpenDriver) -> None:
     drv, _ = await open_driver("vcan0", read=False)
     await drv.close()
     with pytest.raises(BusError, match="not open"):

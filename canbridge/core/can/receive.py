@@ -16,7 +16,7 @@ reset: only the first ``msg_controllen`` bytes of each are read, and those the k
 
 This module is the one place that turns kernel bytes into :data:`RawFrame` tuples: the ``recvmmsg``
 receiver, the ``recvmsg`` loop for where libc has no ``recvmmsg``, and :func:`parse_can_frame` (the
-reference both loops inline, for speed; ``tests/core/test_socketcan_parse.py`` keeps them equal).
+reference both loops inline, for speed; ``tests/core/can/test_socketcan_parse.py`` keeps them equal).
 Semantics of the two loops match (same tuples, same :class:`DrainStats`), with one difference in *when*
 an error is seen: ``recvmmsg`` stops at the
 first empty queue or error; an error that came after some frames is kept by the kernel (``sk_err``) and

@@ -44,7 +44,7 @@ from cantools.database.conversion import (
     NamedSignalConversion,
 )
 
-from canbridge._model import Value
+from canbridge._model import Value, raw_range
 
 Message = cantools.database.can.Message
 Signal = cantools.database.can.Signal
@@ -526,9 +526,7 @@ def _emit_to_bits(src: _Source, message: Message, signal: Signal, value: str, in
 
 
 def _raw_range(signal: Signal) -> tuple[int, int]:
-    if signal.is_signed:
-        return -(1 << (signal.length - 1)), (1 << (signal.length - 1)) - 1
-    return 0, (1 << signal.length) - 1
+    return raw_range(signal.length, signal.is_signed)
 
 
 def raw_to_bits(message: Message, signal: Signal, raw: float) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from canbridge._errors import ConfigError, MappingError, Problem
-from canbridge._model import MessageInfo, SignalInfo
+from canbridge._model import MessageInfo, SignalInfo, physical_range
 from canbridge._plugin import MappingFormat
 from canbridge.config import Config, MappingConfig, TransmitConfig
 from canbridge.core.mapping.codec import Decoder, SignalEncoder, compile_decoder, compile_encoder, initial_payload
@@ -67,20 +67,8 @@ def _value_type(sig: Any) -> type:
     return float
 
 
-def _raw_limits(sig: Any) -> tuple[float, float]:
-    if sig.is_float:
-        big = 3.4028234663852886e38 if sig.length == 32 else 1.7976931348623157e308
-        return -big, big
-    if sig.is_signed:
-        lo, hi = -(1 << (sig.length - 1)), (1 << (sig.length - 1)) - 1
-    else:
-        lo, hi = 0, (1 << sig.length) - 1
-    a, b = lo * sig.scale + sig.offset, hi * sig.scale + sig.offset
-    return (a, b) if a <= b else (b, a)
-
-
 def _limits(sig: Any) -> tuple[float, float]:
-    lo, hi = _raw_limits(sig)
+    lo, hi = physical_range(sig.length, sig.is_signed, sig.is_float, sig.scale, sig.offset)
     mn, mx = sig.minimum, sig.maximum
     if (mn is None and mx is None) or (mn == 0 and mx == 0):  # DBC [0|0] means "not given"
         return lo, hi

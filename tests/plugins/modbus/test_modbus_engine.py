@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymodbus.pdu import DecodePDU
 
-from canbridge import BusState, BusStatus, Quality, RefusalReason, SignalValue
+from canbridge import BridgeStats, BusState, BusStatus, Quality, RefusalReason, SignalValue
 from canbridge.testing import FakeBridge, signal_info
 from tests.plugins.modbus.helpers import table
 
@@ -117,35 +117,67 @@ async def test_writes_go_through_the_write_path(tmp_path: Path) -> None:
     assert (bridge.writes[-1].name, bridge.writes[-1].value) == ("demo.C.Enable", False)
 
 
+UNS, UNK, NW, OOR, WT = (
+    RefusalReason.UNSUPPORTED,
+    RefusalReason.UNKNOWN_SIGNAL,
+    RefusalReason.NOT_WRITABLE,
+    RefusalReason.OUT_OF_RANGE,
+    RefusalReason.WRONG_TYPE,
+)
+
+
 @pytest.mark.parametrize(
-    ("pdu", "expected"),
+    ("pdu", "expected", "reason"),
     [
-        (b"\x06\x00\x01\x42\x2a", b"\x86\x02"),  # half of a float32
-        (struct.pack(">BHHB2H", 16, 2, 2, 4, 0, 2), b"\x90\x02"),  # the other half and Mode
-        (b"\x06\x00\x09\x00\x01", b"\x86\x02"),  # unmapped
-        (b"\x06\x4e\x20\x00\x01", b"\x86\x02"),  # a quality register
-        (b"\x06\x00\x00\x17\x71", b"\x86\x03"),  # 6001 > 6000
-        (b"\x06\x00\x03\x00\x03", b"\x86\x03"),  # Mode 3 > 2
-        (b"\x05\x00\x00\x12\x34", b"\x85\x03"),  # coil value neither FF00 nor 0000
-        (struct.pack(">BHHB2H", 16, 1, 2, 4, 0x7FC0, 0), b"\x90\x03"),  # NaN
-        (struct.pack(">BHHB", 16, 0, 2, 4) + b"\x00", b"\x90\x03"),  # byte count does not match
-        (struct.pack(">BHHBB", 15, 0, 9, 1, 0), b"\x8f\x03"),  # 9 coils need 2 bytes
-        (struct.pack(">BHHBB", 15, 1, 1, 1, 1), b"\x8f\x02"),  # no coil 1
+        (b"\x06\x00\x01\x42\x2a", b"\x86\x02", UNS),  # half of a float32
+        (struct.pack(">BHHB2H", 16, 2, 2, 4, 0, 2), b"\x90\x02", UNS),  # the other half and Mode
+        (b"\x06\x00\x09\x00\x01", b"\x86\x02", UNK),  # unmapped
+        (b"\x06\x4e\x20\x00\x01", b"\x86\x02", UNK),  # a quality register (input table: nothing there)
+        (b"\x06\x00\x00\x17\x71", b"\x86\x03", OOR),  # 6001 > 6000
+        (b"\x06\x00\x03\x00\x03", b"\x86\x03", OOR),  # Mode 3 > 2
+        (b"\x05\x00\x00\x12\x34", b"\x85\x03", UNS),  # coil value neither FF00 nor 0000
+        (struct.pack(">BHHB2H", 16, 1, 2, 4, 0x7FC0, 0), b"\x90\x03", WT),  # NaN
+        (struct.pack(">BHHB2H", 16, 1, 2, 4, 0x7F80, 0), b"\x90\x03", WT),  # +inf
+        (struct.pack(">BHHB2H", 16, 1, 2, 4, 0x4348, 0), b"\x90\x03", OOR),  # 200.0 > 100
+        (struct.pack(">BHHB3H", 16, 1, 3, 6, 0x422A, 0, 3), b"\x90\x03", OOR),  # Limit fine, Mode 3: neither
+        (struct.pack(">BHHB", 16, 0, 2, 4) + b"\x00", b"\x90\x03", UNS),  # byte count does not match
+        (struct.pack(">BHHBB", 15, 0, 9, 1, 0), b"\x8f\x03", UNS),  # 9 coils need 2 bytes
+        (struct.pack(">BHHBB", 15, 1, 1, 1, 1), b"\x8f\x02", UNK),  # no coil 1
+        (struct.pack(">BHHBB", 15, 0, 2, 1, 3), b"\x8f\x02", UNK),  # coil 0 fine, no coil 1: neither
         # checks pymodbus's request decoding leaves to its datastore, or does not make
-        (struct.pack(">BHHB2B", 16, 0, 2, 2, 0, 1), b"\x90\x03"),  # byte count fits the data, not 2 registers
-        (struct.pack(">BHHB3H", 16, 0, 2, 4, 1, 2, 3), b"\x90\x03"),  # more data than the byte count
-        (struct.pack(">BHHB", 16, 0, 0, 0), b"\x90\x03"),  # quantity 0
-        (struct.pack(">BHHB", 15, 0, 1969, 247) + bytes(247), b"\x8f\x03"),  # over 0x7B0 (pymodbus: 2000)
-        (struct.pack(">BHHB", 15, 0, 0, 0), b"\x8f\x03"),
-        (b"\x06\x00\x00\x00\x01\x00", b"\x86\x03"),  # a byte after the value
-        (b"\x05\x00\x00\xff\x00\x00", b"\x85\x03"),
-        (b"\x05\x00\x00\x00\x01", b"\x85\x03"),  # pymodbus would read 0001 as "on"
+        (struct.pack(">BHHB2B", 16, 0, 2, 2, 0, 1), b"\x90\x03", UNS),  # byte count fits the data, not 2 registers
+        (struct.pack(">BHHB3H", 16, 0, 2, 4, 1, 2, 3), b"\x90\x03", UNS),  # more data than the byte count
+        (struct.pack(">BHHB", 16, 0, 0, 0), b"\x90\x03", UNS),  # quantity 0
+        (struct.pack(">BHHB", 15, 0, 1969, 247) + bytes(247), b"\x8f\x03", UNS),  # over 0x7B0 (pymodbus: 2000)
+        (struct.pack(">BHHB", 15, 0, 0, 0), b"\x8f\x03", UNS),
+        (b"\x06\x00\x00\x00\x01\x00", b"\x86\x03", UNS),  # a byte after the value
+        (b"\x05\x00\x00\xff\x00\x00", b"\x85\x03", UNS),
+        (b"\x05\x00\x00\x00\x01", b"\x85\x03", UNS),  # pymodbus would read 0001 as "on"
+        (b"\x17\x00\x00\x00\x01\x00\x00\x00\x01\x02\x00\x01", b"\x97\x01", UNS),  # FC 23 read/write
+        (b"\x16\x00\x00\xff\xff\x00\x00", b"\x96\x01", UNS),  # FC 22 mask write
     ],
 )
-async def test_refused_writes_send_nothing(tmp_path: Path, pdu: bytes, expected: bytes) -> None:
+async def test_refused_writes_send_nothing_and_are_recorded(
+    tmp_path: Path, pdu: bytes, expected: bytes, reason: RefusalReason
+) -> None:
     bridge, engine = make(tmp_path)
     assert await call(engine, pdu) == expected
-    assert bridge.writes == []
+    # every refused write attempt reaches the bridge as a refusal (audited there), none as a write
+    assert bridge.writes, "the refusal was not recorded"
+    assert not any(w.accepted for w in bridge.writes)
+    assert bridge.writes[0].refused is not None and bridge.writes[0].refused.reason is reason
+    assert all(w.caller.plugin == "modbus" and w.caller.address == "127.0.0.1:1" for w in bridge.writes)
+
+
+async def test_the_write_path_gets_the_decoded_value_as_is(tmp_path: Path) -> None:
+    # NaN, infinity and out-of-range values are handed over unjudged: the write path refuses them
+    bridge, engine = make(tmp_path)
+    await call(engine, struct.pack(">BHHB2H", 16, 1, 2, 4, 0x7FC0, 0))
+    await call(engine, struct.pack(">BHHB2H", 16, 1, 2, 4, 0xFF80, 0))
+    await call(engine, b"\x06\x00\x00\xff\xff")
+    nan, ninf, big = (w.value for w in bridge.writes)
+    assert isinstance(nan, float) and nan != nan
+    assert ninf == float("-inf") and big == 0xFFFF
 
 
 async def test_input_registers_are_not_writable(tmp_path: Path) -> None:
@@ -158,7 +190,9 @@ async def test_input_registers_are_not_writable(tmp_path: Path) -> None:
     rmap = plan_register_map(bridge.signals, ["demo"], ModbusConfig(), load_map_file(path), path)
     engine = ModbusEngine(bridge, rmap)
     assert await call(engine, b"\x06\x00\x32\x00\x01") == b"\x86\x02"
-    assert bridge.writes == []
+    assert [(w.name, w.accepted, w.refused and w.refused.reason) for w in bridge.writes] == [
+        ("demo.M.Speed", False, RefusalReason.NOT_WRITABLE)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -183,7 +217,15 @@ async def test_refusals_map_to_exception_codes(tmp_path: Path, reason: RefusalRe
 async def test_read_only(tmp_path: Path) -> None:
     bridge, engine = make(tmp_path, read_only=True)
     assert await call(engine, b"\x06\x00\x00\x00\x01") == b"\x86\x01"
-    assert bridge.writes == []
+    assert await call(engine, struct.pack(">BHHB3H", 16, 1, 3, 6, 0x422A, 0, 2)) == b"\x90\x01"
+    assert await call(engine, b"\x05\x00\x00\x12\x34") == b"\x85\x01"  # malformed too
+    assert not any(w.accepted for w in bridge.writes)
+    assert [(w.name, w.refused.reason if w.refused else None) for w in bridge.writes] == [
+        ("demo.C.Setpoint", RefusalReason.NOT_ALLOWED),
+        ("demo.C.Limit", RefusalReason.NOT_ALLOWED),
+        ("demo.C.Mode", RefusalReason.NOT_ALLOWED),
+        ("modbus:unit 1 FC 5", RefusalReason.NOT_ALLOWED),
+    ]
 
 
 async def test_diagnostics_registers(tmp_path: Path) -> None:
@@ -205,6 +247,27 @@ async def test_diagnostics_registers(tmp_path: Path) -> None:
     assert regs[4:6] == (0x0002, 0x0003)  # uint32, wrapped
     assert regs[6:8] == (0, 7)
     assert regs[16] == 2 and regs[19] == 10
+
+
+async def test_bridge_diagnostics_registers(tmp_path: Path) -> None:
+    _, engine = make(tmp_path)
+    block = engine.rmap.bridge[1]
+    assert block.address == 30000 + 20  # after the bus block
+    stats = BridgeStats(
+        writes_accepted=0x1_0000_0005,
+        writes_refused={"out_of_range": 3, "audit_unavailable": 4},
+        store_batches=0,
+        store_update_seconds_total=0.0,
+        subscribers=0,
+        max_subscriber_lag_s=0.0,
+        audit_available=False,
+        audit_error="disk full",
+        audit_failures=70000,
+    )
+    engine.apply_bridge_stats(stats, connections=3, evicted=70000, refused=2)
+    regs = struct.unpack(">10H", (await call(engine, read(4, block.address, 10)))[2:])
+    assert regs == (0, 3, 1, 70000 - 65536, 0, 5, 0, 7, 0xFFFF, 2)
+    assert await call(engine, b"\x06\x75\x44\x00\x01") == b"\x86\x02"  # not writable (input table)
 
 
 @given(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from canbridge_modbus.config import ModbusConfig
 from canbridge_modbus.regmap import (
+    BRIDGE_DIAG_SIZE,
     DIAG_SIZE,
     RegisterMap,
     default_map_path,
@@ -163,8 +164,35 @@ def test_removed_bus_keeps_its_diagnostics_reserved(tmp_path: Path) -> None:
     rmap = plan_register_map(table(SPEED), ["demo", "aux"], config, None, path)
     save_map(path, rmap)
     again = plan_register_map(table(SPEED), ["demo", "third"], config, load_map_file(path), path)
-    assert again.diagnostics["third"].address == 30000 + 2 * DIAG_SIZE
+    # after both bus blocks and the bridge block of unit 1
+    assert rmap.bridge[1].address == 30000 + 2 * DIAG_SIZE
+    assert again.diagnostics["third"].address == 30000 + 2 * DIAG_SIZE + BRIDGE_DIAG_SIZE
     assert any(r.count == DIAG_SIZE and r.address == 30000 + DIAG_SIZE for r in again.reserved)
+
+
+def test_bridge_diagnostics_join_an_existing_map_without_moving_anything(tmp_path: Path) -> None:
+    # a map pinned before the bridge block existed: every address stays, the block goes after the
+    # highest diagnostics address of each unit, and is pinned from then on
+    path = tmp_path / "m.yaml"
+    config = ModbusConfig.model_validate({"unit_ids": {"body": 7}})
+    first = plan_register_map(table(SPEED, SETPOINT), ["demo", "aux", "body"], config, None, path)
+    save_map(path, first)
+    import yaml
+
+    old = yaml.safe_load(path.read_text())
+    del old["bridge_diagnostics"]
+    path.write_text(yaml.safe_dump(old))
+    again = plan_register_map(table(SPEED, SETPOINT), ["demo", "aux", "body"], config, load_map_file(path), path)
+    assert again.changed and again.placements == first.placements and again.diagnostics == first.diagnostics
+    assert (again.bridge[1].address, again.bridge[7].address) == (30040, 30020)
+    save_map(path, again)
+    third = plan_register_map(table(SPEED, SETPOINT), ["demo", "aux", "body", "new"], config, load_map_file(path), path)
+    assert third.bridge == again.bridge and third.diagnostics["new"].address == 30050
+    rows = [r for r in csv.DictReader(io.StringIO(render_csv(third))) if r["signal"].startswith("bridge.")]
+    assert [(r["unit_id"], r["address"]) for r in rows if r["signal"] == "bridge.audit_available"] == [
+        ("1", "30040"),
+        ("7", "30020"),
+    ]
 
 
 def test_printed_map(tmp_path: Path) -> None:

@@ -202,9 +202,12 @@ async def test_allow_list_refuses_other_clients(tmp_path: Path) -> None:
 
 
 async def test_connection_bound(tmp_path: Path) -> None:
-    async with modbus_bridge(state_dir=tmp_path, max_connections=2) as (_h, svc, port):
+    # two active clients (a request within evict_idle_s) keep their places: a third is refused
+    async with modbus_bridge(state_dir=tmp_path, max_connections=2, evict_idle_s=600) as (_h, svc, port):
         held = [await client(port), await client(port)]
         try:
+            for c in held:
+                assert not (await c.read_holding_registers(0, count=1, device_id=1)).isError()
             await eventually(lambda: asyncio.sleep(0, len(svc.tcp.connections)), lambda n: n == 2)  # type: ignore[union-attr]
             assert await asyncio.to_thread(raw_read, port) == b""
             r = await held[0].read_holding_registers(0, count=1, device_id=1)

@@ -15,7 +15,7 @@ from canbridge.core.host import collect, make_plugin_manager
 from canbridge.core.mapping.table import EXT_KEY, MappingTable, build_table, frame_key
 
 FORMATS = collect(make_plugin_manager(load_entry_points=False)).formats
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def table(*mappings: dict[str, Any], buses: tuple[str, ...] = ("demo",), base: Path | None = None,
