@@ -10,36 +10,34 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import ua
+from asyncua.ua.attribute_ids import AttributeIds
 
-from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures
+from tests.plugins.opcua.conftest import (
     OPERATOR,
     connect,
+    nid,
     ns_index,
-    opcua_config,
-    pki_dir,
-    pki_seed,
     running,
-    users,
 )
 
 SETPOINT = "demo.MotorCommand.SpeedSetpoint"
 
 
 async def test_opcua_refused_writes_are_audited(
-    opcua_config: Callable[..., dict[str, Any]], pki_seed: Path  # noqa: F811
+    opcua_config: Callable[..., dict[str, Any]], pki_seed: Path
 ) -> None:
     async with running(opcua_config(), seed=pki_seed) as (h, _svc, url), connect(url, OPERATOR) as c:
         h.clear_sent()
         idx = await ns_index(c)
         forms = [
-            (ua.AttributeIds.Value, None, ua.Variant("fast", ua.VariantType.String)),
-            (ua.AttributeIds.Value, None, ua.Variant([1, 2], ua.VariantType.UInt16)),
-            (ua.AttributeIds.Value, "0", ua.Variant(5, ua.VariantType.UInt16)),
-            (ua.AttributeIds.DisplayName, None, ua.Variant(ua.LocalizedText("x"))),
+            (AttributeIds.Value, None, ua.Variant("fast", ua.VariantType.String)),
+            (AttributeIds.Value, None, ua.Variant([1, 2], ua.VariantType.UInt16)),
+            (AttributeIds.Value, "0", ua.Variant(5, ua.VariantType.UInt16)),
+            (AttributeIds.DisplayName, None, ua.Variant(ua.LocalizedText("x"))),
         ]
         for attribute, index_range, variant in forms:
             wv = ua.WriteValue()
-            wv.NodeId = ua.NodeId(SETPOINT, idx)
+            wv.NodeId = nid(SETPOINT, idx)
             wv.AttributeId = attribute  # type: ignore[assignment]
             wv.IndexRange = index_range  # type: ignore[assignment]
             wv.Value = ua.DataValue(variant)

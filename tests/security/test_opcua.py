@@ -4,7 +4,6 @@ Raw sockets send hand-built UA binary headers; the asyncua client stands for a l
 Memory bounds are asserted with wide margins only; latencies and timings are printed, not asserted.
 """
 # The OPC UA fixtures come from tests/plugins/opcua/conftest.py, imported by name: F811 flags each use.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -17,25 +16,26 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import canbridge_opcua._config as opcua_config_module
 import pytest
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import nodeid_to_binary, struct_to_binary, uatcp_to_binary
+from asyncua.ua.uaerrors import UaStatusCodeError
 from canbridge_opcua._config import hash_password
 
-from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures
+from tests.plugins.opcua.conftest import (
     OPERATOR,
     READER,
     make_client_cert,
+    nid,
     ns_index,
-    opcua_config,
-    pki_dir,
-    pki_seed,
     running,
     status_name,
-    users,
 )
 
 Cfg = Callable[..., dict[str, Any]]
@@ -59,7 +59,7 @@ def host_port(url: str) -> tuple[str, int]:
 def hello(url: str) -> bytes:
     h = ua.Hello()
     h.EndpointUrl = url  # type: ignore[assignment]
-    return uatcp_to_binary(ua.MessageType.Hello, h)
+    return uatcp_to_binary(cast(Any, ua.MessageType.Hello), h)
 
 
 def header(mtype: bytes, size: int, chunk: bytes = b"F", channel: int | None = 0) -> bytes:
@@ -121,7 +121,7 @@ async def timed_read(url: str, user: tuple[str, str] | None = OPERATOR) -> float
         client.set_password(user[1])
     async with client:
         idx = await ns_index(client)
-        await client.get_node(ua.NodeId(SPEED, idx)).read_data_value(raise_on_bad_status=False)
+        await client.get_node(nid(SPEED, idx)).read_data_value(raise_on_bad_status=False)
     return time.perf_counter() - t0
 
 
@@ -257,7 +257,7 @@ async def test_subscriptions_limited_per_session_and_user(opcua_config: Cfg, pki
     async def create(c: Client) -> str:
         try:
             await c.uaclient.create_subscription(params, lambda *_: None)
-        except ua.UaStatusCodeError as e:
+        except UaStatusCodeError as e:
             return status_name(e)
         return "Good"
 
@@ -281,7 +281,7 @@ async def test_monitored_items_limited_per_session(opcua_config: Cfg, pki_seed: 
     async with running(cfg, seed=pki_seed) as (_h, _svc, url), Client(url, timeout=10) as c:
         idx = await ns_index(c)
         sub = await c.create_subscription(100, None)
-        nodes = [c.get_node(ua.NodeId(SPEED, idx)) for _ in range(8)]
+        nodes = [c.get_node(nid(SPEED, idx)) for _ in range(8)]
         handles = await sub.subscribe_data_change(nodes, queuesize=1)
         codes = [h.name if isinstance(h, ua.StatusCode) else "Good" for h in handles]
         assert codes == ["Good"] * 5 + ["BadTooManyMonitoredItems"] * 3
@@ -315,7 +315,7 @@ async def test_malformed_input_logs_one_line_per_peer_without_traceback(
         for _ in range(10):
             async with open_channel(url) as client:
                 proto: Any = client.uaclient.protocol
-                body = nodeid_to_binary(ua.NodeId(ua.ObjectIds.ReadRequest_Encoding_DefaultBinary)) + b"\xff" * 30
+                body = nodeid_to_binary(nid(ObjectIds.ReadRequest_Encoding_DefaultBinary)) + b"\xff" * 30
                 proto.transport.write(proto._connection.message_to_binary(body, request_id=3))
                 await asyncio.sleep(0.05)
         records = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -339,13 +339,13 @@ async def test_register_server_is_refused(opcua_config: Cfg, pki_seed: Path) -> 
         fake.ServerType = ua.ApplicationType.Server
         fake.IsOnline = True
         async with open_channel(url) as client:  # no session, None channel, no certificate
-            with pytest.raises(ua.UaStatusCodeError) as err:
+            with pytest.raises(UaStatusCodeError) as err:
                 await client.uaclient.register_server(fake)
             assert status_name(err.value) == "BadServiceUnsupported"
             params = ua.RegisterServer2Parameters()
             params.Server = fake
             params.DiscoveryConfiguration = []
-            with pytest.raises(ua.UaStatusCodeError) as err:
+            with pytest.raises(UaStatusCodeError) as err:
                 await client.uaclient.register_server2(params)
             assert status_name(err.value) == "BadServiceUnsupported"
             found = await client.uaclient.find_servers(ua.FindServersParameters())
@@ -367,8 +367,11 @@ async def test_rejected_certificates_are_capped(tmp_path: Path) -> None:
 
     def cert(i: int, names: int = 0) -> Any:
         key = ec.generate_private_key(ec.SECP256R1())
-        san = [UniformResourceIdentifier(f"urn:c{i}")] + [DNSName(f"h{n}.example.org") for n in range(names)]
-        return generate_self_signed_app_certificate(key, f"urn:c{i}", {"commonName": f"c{i}"}, san, [], days=5)
+        san: list[Any] = [UniformResourceIdentifier(f"urn:c{i}")]
+        san += [DNSName(f"h{n}.example.org") for n in range(names)]
+        # an EC key: fast to make; asyncua's helper is typed for RSA but signs with any key
+        return generate_self_signed_app_certificate(cast(Any, key), f"urn:c{i}", {"commonName": f"c{i}"}, san, [],
+                                                    days=5)
 
     def app(i: int) -> ua.ApplicationDescription:
         a = ua.ApplicationDescription()
@@ -378,7 +381,7 @@ async def test_rejected_certificates_are_capped(tmp_path: Path) -> None:
     for i in range(6):
         with pytest.raises(ServiceError) as err:
             await validator(cert(i), app(i))
-        assert err.value.code == ua.StatusCodes.BadCertificateUntrusted
+        assert err.value.code == StatusCodes.BadCertificateUntrusted
         await asyncio.sleep(0.01)  # distinct modification times
     kept = sorted(p.name for p in pki.rejected.iterdir())
     assert len(kept) == 3 and all(n.startswith(("urn_c3[", "urn_c4[", "urn_c5[")) for n in kept), kept
@@ -411,7 +414,7 @@ def plaintext_client(url: str, user: tuple[str, str]) -> Client:
 
 async def test_cleartext_password_on_unencrypted_channel_is_refused(opcua_config: Cfg, pki_seed: Path) -> None:
     async with running(opcua_config(), seed=pki_seed) as (_h, svc, url):
-        with pytest.raises(ua.UaStatusCodeError) as err:
+        with pytest.raises(UaStatusCodeError) as err:
             async with plaintext_client(url, OPERATOR):
                 pass
         assert status_name(err.value) == "BadSecurityModeInsufficient"
@@ -463,7 +466,7 @@ async def failed_login(url: str, user: tuple[str, str]) -> str:
     try:
         async with connect_encrypted_token(url, user):
             return "Good"
-    except ua.UaStatusCodeError as e:
+    except UaStatusCodeError as e:
         return status_name(e)
 
 
@@ -514,7 +517,7 @@ async def test_login_flood_does_not_stall_other_clients(
     async with running(cfg, seed=pki_seed) as (_h, _svc, url):
         hashes = HashCalls(monkeypatch)
         async with Client(url, timeout=10) as reader:
-            node = reader.get_node(ua.NodeId(SPEED, await ns_index(reader)))
+            node = reader.get_node(nid(SPEED, await ns_index(reader)))
 
             async def latencies(seconds: float) -> list[float]:
                 out = []
@@ -579,7 +582,8 @@ async def test_unknown_channel_security_still_checks_the_certificate(
     from tests.plugins.opcua.test_opcua_security import secure_client
 
     if how == "mode not recorded":
-        monkeypatch.setattr(GuardedProcessor, "open_secure_channel", GuardedProcessor.__mro__[1].open_secure_channel)
+        base: Any = GuardedProcessor.__mro__[1]  # asyncua's UaProcessor: the mode is never recorded
+        monkeypatch.setattr(GuardedProcessor, "open_secure_channel", base.open_secure_channel)
     else:
         def broken(self: Any) -> bool:
             raise AttributeError("_connection")
@@ -588,7 +592,7 @@ async def test_unknown_channel_security_still_checks_the_certificate(
     stranger = make_client_cert(tmp_path / "stranger", "stranger")
     async with running(opcua_config(), seed=pki_seed) as (_h, _svc, url):
         client = await secure_client(url, stranger, OPERATOR)
-        with pytest.raises(ua.UaStatusCodeError) as err:
+        with pytest.raises(UaStatusCodeError) as err:
             async with client:
                 pass
         assert status_name(err.value) == "BadCertificateUntrusted"

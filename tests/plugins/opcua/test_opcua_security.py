@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.uaerrors import UaStatusCodeError
 from canbridge_opcua._config import OpcUaConfig
 from canbridge_opcua._service import OpcUaService
 
@@ -17,6 +19,7 @@ from tests.plugins.opcua.conftest import (
     OPERATOR,
     ClientCert,
     make_client_cert,
+    nid,
     ns_index,
     running,
     small_table,
@@ -88,7 +91,7 @@ async def test_secure_session_with_username_writes(
             client = await secure_client(url, client_cert, OPERATOR, policy, mode)
             async with client:
                 idx = await ns_index(client)
-                node = client.get_node(ua.NodeId(SETPOINT, idx))
+                node = client.get_node(nid(SETPOINT, idx))
                 await node.write_value(ua.DataValue(ua.Variant(2500 + i, ua.VariantType.UInt16)))
                 assert h.bridge.read(SETPOINT).value == 2500 + i, (policy, mode)
         assert not any((pki_dir / "rejected").iterdir())
@@ -100,7 +103,7 @@ async def test_secure_session_wrong_password(
     trust(client_cert, pki_dir)
     async with running(opcua_config(), seed=pki_seed) as (_h, _svc, url):
         client = await secure_client(url, client_cert, (OPERATOR[0], "not-it"))
-        with pytest.raises(ua.UaStatusCodeError) as err:
+        with pytest.raises(UaStatusCodeError) as err:
             async with client:
                 pass
         assert status_name(err.value) == "BadUserAccessDenied"
@@ -112,7 +115,7 @@ async def test_untrusted_certificate_is_rejected_then_approved(
     stranger = make_client_cert(tmp_path / "stranger", "stranger")
     async with running(opcua_config(), seed=pki_seed) as (_h, svc, url):
         client = await secure_client(url, stranger, OPERATOR)
-        with pytest.raises(ua.UaStatusCodeError) as err:
+        with pytest.raises(UaStatusCodeError) as err:
             async with client:
                 pass
         assert status_name(err.value) == "BadCertificateUntrusted"
@@ -137,7 +140,7 @@ async def test_certificate_with_wrong_uri_is_rejected(
     async with running(opcua_config(), seed=pki_seed) as (_h, _svc, url):
         client = await secure_client(url, client_cert, OPERATOR)
         client.application_uri = "urn:someone:else"
-        with pytest.raises(ua.UaStatusCodeError) as err:
+        with pytest.raises(UaStatusCodeError) as err:
             async with client:
                 pass
         assert status_name(err.value) == "BadCertificateUriInvalid"
