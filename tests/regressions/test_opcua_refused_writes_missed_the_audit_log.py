@@ -2,6 +2,9 @@
 another attribute than Value) never reached the audit log: now the value goes to the write path as
 decoded, and what the bridge cannot take in any form is refused through ``bridge.refuse``."""
 
+# The OPC UA fixtures come from tests/plugins/opcua/conftest.py, imported by name: F811 flags each use.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import json
@@ -12,12 +15,16 @@ from typing import Any
 from asyncua import ua
 from asyncua.ua.attribute_ids import AttributeIds
 
-from tests.plugins.opcua.conftest import (
+from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures, used by name
     OPERATOR,
     connect,
     nid,
     ns_index,
+    opcua_config,
+    pki_dir,
+    pki_seed,
     running,
+    users,
 )
 
 SETPOINT = "demo.MotorCommand.SpeedSetpoint"

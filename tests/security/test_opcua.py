@@ -3,7 +3,9 @@
 Raw sockets send hand-built UA binary headers; the asyncua client stands for a legitimate client.
 Memory bounds are asserted with wide margins only; latencies and timings are printed, not asserted.
 """
+
 # The OPC UA fixtures come from tests/plugins/opcua/conftest.py, imported by name: F811 flags each use.
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -28,14 +30,18 @@ from asyncua.ua.ua_binary import nodeid_to_binary, struct_to_binary, uatcp_to_bi
 from asyncua.ua.uaerrors import UaStatusCodeError
 from canbridge_opcua._config import hash_password
 
-from tests.plugins.opcua.conftest import (
+from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures, used by name
     OPERATOR,
     READER,
     make_client_cert,
     nid,
     ns_index,
+    opcua_config,
+    pki_dir,
+    pki_seed,
     running,
     status_name,
+    users,
 )
 
 Cfg = Callable[..., dict[str, Any]]
