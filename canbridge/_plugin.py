@@ -53,6 +53,18 @@ class NorthboundPlugin:
     order: int = 100  # start order: lower first; stopped in reverse
     demo_config: dict[str, Any] | None = None  # what ``canbridge demo`` enables it with (loopback only)
 
+    def listen_endpoints(self, config: Any) -> list[tuple[str, str, int]]:
+        """Where the plugin will listen with this (validated) configuration: ``(key, host, port)`` per
+        socket, ``key`` being the configuration key that sets it (``"port"``, ``"listen"``).
+
+        ``canbridge check`` uses it to report two plugins on one port and a port already in use before
+        ``run`` fails on them. A plugin opts in by giving its config model a ``listen_endpoints()``
+        method returning that list; without one the plugin is not checked (the default: ``[]``).
+        Port 0 (any free port) is never a conflict.
+        """
+        method = getattr(config, "listen_endpoints", None)
+        return list(method()) if callable(method) else []
+
 
 class PeriodicHandle(ABC):
     """A cyclic transmission owned by a bus driver (the kernel's broadcast manager on SocketCAN)."""

@@ -5,18 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import signal
+import socket
 import sys
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from canbridge import __version__
 from canbridge._errors import BusUnavailable, CanbridgeError, ConfigError, PluginError, Problem
-from canbridge.config import Config, load_config, parse_config
+from canbridge.config import BusConfig, Config, MappingConfig, SimulatorConfig, parse_config, sorted_problems
+
+if TYPE_CHECKING:
+    from canbridge._model import SignalInfo
+    from canbridge.core.mapping.table import MappingTable
 
 log = logging.getLogger("canbridge")
 
@@ -37,12 +43,13 @@ def _print_problems(e: ConfigError, out: Any = None) -> None:
         print(f"  {p}", file=out)
 
 
-def _interface_problems(config: Config, file: str | None, lines: dict[Any, int] | None) -> list[Problem]:
+def _interface_problems(buses: Sequence[tuple[int, BusConfig]], file: str | None,
+                        lines: dict[Any, int] | None) -> list[Problem]:
     """Interfaces that are missing or down, with how to fix them (socketcan only)."""
     from canbridge.core.can.interfaces import check_interface
 
     out = []
-    for i, b in enumerate(config.buses):
+    for i, b in buses:
         if b.interface != "socketcan":
             continue
         msg = check_interface(b.channel)
@@ -52,120 +59,380 @@ def _interface_problems(config: Config, file: str | None, lines: dict[Any, int] 
 
 
 # --- check ---
-def _partial_problems(data: Any, file: str | None, lines: dict[Any, int], registry: Any) -> list[Problem]:
-    """When the file fails validation, still check what can be checked on its own, so that one run
-    reports every problem: plugin names and sections, and each mapping whose own keys and bus are valid."""
-    import dataclasses
-    from collections.abc import Mapping
+@dataclass
+class CheckReport:
+    """What ``canbridge check`` found: problems (``run`` would fail or refuse) and warnings (it runs, but
+    something probably is not what was meant)."""
 
+    config: Config | None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    table: MappingTable | None = None  # the whole mapping table, when there is no problem
+
+
+@dataclass
+class _Endpoint:
+    plugin: str
+    key: str
+    host: str
+    port: int
+    line: int | None
+    addrs: list[tuple[int, Any]]  # (family, sockaddr) the host resolves to
+
+    @property
+    def path(self) -> str:
+        return f"plugins.{self.plugin}.{self.key}"
+
+
+def _overlap(a: _Endpoint, b: _Endpoint) -> bool:
+    """Would the two sockets collide? Same port, and one address equal or a wildcard of the same family
+    (asyncio sets IPV6_V6ONLY, so :: and 0.0.0.0 do not collide)."""
+    if a.port != b.port:
+        return False
+    for fa, sa in a.addrs:
+        for fb, sb in b.addrs:
+            if fa == fb and (sa[0] == sb[0] or sa[0] in ("0.0.0.0", "::") or sb[0] in ("0.0.0.0", "::")):
+                return True
+    return False
+
+
+def _bind_problem(ep: _Endpoint) -> str | None:
+    """Bind (and close at once) every address the endpoint listens on, as the server will."""
+    for family, sockaddr in ep.addrs:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's create_server
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind(sockaddr)
+            except OSError as e:
+                where = f"{ep.host}:{ep.port}" if family == socket.AF_INET else f"[{sockaddr[0]}]:{ep.port}"
+                if e.errno == errno.EADDRINUSE:
+                    return (f"port {ep.port} on {ep.host} is already in use by another program (a running "
+                            f"canbridge?); `ss -ltnp 'sport = :{ep.port}'` shows which")
+                if e.errno == errno.EADDRNOTAVAIL:
+                    return f"cannot listen on {where}: {sockaddr[0]} is not an address of this machine"
+                if e.errno == errno.EACCES:
+                    return (f"cannot listen on {where}: ports below 1024 need CAP_NET_BIND_SERVICE; "
+                            "use a port above 1023")
+                return f"cannot listen on {where}: {e.strerror or e}"
+    return None
+
+
+def _endpoint_problems(plugins: Mapping[str, Any], registry: Any, file: str | None, lines: dict[Any, int],
+                       bind: bool) -> list[Problem]:
+    """Two plugins on one port, and (``bind``) ports that cannot be listened on: what would stop ``run``."""
     from pydantic import ValidationError
 
-    from canbridge.config import BusConfig, MappingConfig
-    from canbridge.core.mapping.table import build_table
-    from canbridge.core.runtime import check_bus_kinds, validate_plugins
-
+    endpoints: list[_Endpoint] = []
     out: list[Problem] = []
-    if not isinstance(data, Mapping):
-        return out
-    plugins = data.get("plugins")
-    if isinstance(plugins, Mapping) and all(isinstance(v, Mapping | None) for v in plugins.values()):
+    for name, section in plugins.items():
+        spec = registry.northbound.get(name)
+        if spec is None or not isinstance(section, Mapping | None):
+            continue  # reported by the plugin validation
         try:
-            validate_plugins(Config.model_construct(buses=[], plugins=dict(plugins)), registry, file, lines)
-        except ConfigError as e:
-            out += e.problems
-    buses = []
-    raw_buses = data.get("buses")
-    for bi, b in enumerate(raw_buses if isinstance(raw_buses, list) else []):
-        try:
-            buses.append(BusConfig.model_validate(b))
-            if registry.bus_kind(buses[-1].interface) is None:
-                [p] = check_bus_kinds(Config.model_construct(buses=[buses[-1]]), registry, file)
-                out.append(dataclasses.replace(p, line=lines.get(("buses", bi, "interface")),
-                                               path=f"buses[{bi}].interface"))
-        except ValidationError:  # reported already; its name is enough to check the mappings on it
-            if isinstance(b, Mapping) and isinstance(b.get("name"), str):
-                buses.append(BusConfig.model_construct(name=b["name"]))
-    names = {b.name for b in buses}
-    mappings = data.get("mappings")
-    for i, m in enumerate(mappings if isinstance(mappings, list) else []):
-        try:
-            mc = MappingConfig.model_validate(m)
+            cfg = spec.config_model.model_validate(section or {})
         except ValidationError:
-            continue  # already reported by the validation of the whole file
-        if mc.bus not in names:
-            continue
-        # one mapping at a time: its problems keep their real index and lines
+            continue  # reported by the plugin validation
+        for key, host, port in spec.listen_endpoints(cfg):
+            line = lines.get(("plugins", name, key), lines.get(("plugins", name)))
+            if port == 0:  # any free port: never a conflict
+                continue
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            except socket.gaierror as e:
+                out.append(Problem(f"cannot listen on {host!r}: the name does not resolve ({e.strerror})", file,
+                                   line, f"plugins.{name}.{key}"))
+                continue
+            addrs = sorted({(fam, sa[:2]) for fam, _, _, _, sa in infos if fam in (socket.AF_INET, socket.AF_INET6)})
+            endpoints.append(_Endpoint(name, key, host, port, line, list(addrs)))
+    clashing: set[int] = set()
+    for j, b in enumerate(endpoints):
+        for i in range(j):
+            a = endpoints[i]
+            if _overlap(a, b):
+                clashing |= {i, j}
+                out.append(Problem(f"port {b.port} on {b.host} is also used by {a.path} ({a.host}:{a.port}"
+                                   f"{f', line {a.line}' if a.line else ''}): two plugins cannot listen on one port",
+                                   file, b.line, b.path))
+    if bind:
+        for k, ep in enumerate(endpoints):
+            if k not in clashing and (msg := _bind_problem(ep)):
+                out.append(Problem(msg, file, ep.line, ep.path))
+    return out
+
+
+def _mapping_tables(buses: Sequence[BusConfig], mappings: Sequence[tuple[int, MappingConfig]], base: Path,
+                    registry: Any, file: str | None, lines: dict[Any, int]
+                    ) -> list[tuple[int, MappingConfig, MappingTable | None, list[Problem]]]:
+    """Each mapping built on its own: its problems keep their real index and lines, and the mappings
+    that load still give their signals to the checks after them (simulators, warnings)."""
+    import dataclasses
+
+    from canbridge.core.mapping.table import build_table
+
+    out: list[tuple[int, MappingConfig, MappingTable | None, list[Problem]]] = []
+    for i, mc in mappings:
         sub_lines = {("mappings", 0, *k[2:]): v for k, v in lines.items() if tuple(k[:2]) == ("mappings", i)}
-        base = Path(file).resolve().parent if file else Path.cwd()
         try:
-            build_table(Config.model_construct(buses=buses, mappings=[mc]), base, registry.formats, file, sub_lines)
+            table = build_table(Config.model_construct(buses=list(buses), mappings=[mc]), base, registry.formats,
+                                file, sub_lines)
         except ConfigError as e:
+            problems = []
             for p in e.problems:
                 path = p.path
                 if path is not None and path.startswith("mappings[0]"):
                     path = f"mappings[{i}]" + path[len("mappings[0]"):]
-                out.append(dataclasses.replace(p, path=path))
+                problems.append(dataclasses.replace(p, path=path))
+            out.append((i, mc, None, problems))
+        else:
+            out.append((i, mc, table, []))
     return out
 
 
-def collect_problems(path: Path, registry: Any, interfaces: bool = True) -> tuple[Config | None, list[Problem]]:
-    """Every problem of a configuration file, at once: schema, bus kinds, mappings, plugins, interfaces."""
-    from canbridge.config import load_yaml
+_LIST_MAX = 5
+
+
+def _names(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_LIST_MAX])
+    return shown + (f" and {len(items) - _LIST_MAX} more" if len(items) > _LIST_MAX else "")
+
+
+def _mapping_warnings(i: int, mc: MappingConfig, table: MappingTable, file: str | None,
+                      lines: dict[Any, int]) -> list[Problem]:
+    """It runs, but: received messages that never turn stale, DBC limits the raw bits cannot reach."""
+    from canbridge._model import physical_range
+
+    key = "dbc" if mc.dbc is not None else "signals"
+    where = (file, lines.get(("mappings", i, key)), f"mappings[{i}].{key}") if file else (str(mc.file), None, None)
+    out = []
+    rx = [e for e in table.message_list if e.info.direction == "rx"]
+    never_stale = [e.info.message for e in rx if e.timeout_s is None]
+    if never_stale:
+        out.append(Problem(
+            f"staleness is off for {len(never_stale)} of {len(rx)} received messages ({_names(never_stale)}): "
+            f"{mc.file.name} gives them no cycle time (GenMsgCycleTime), so their values stay 'good' when "
+            "the sender stops; give them a timeout with stale_after_ms", *where))
+    clipped = []
+    for e in table.message_list:
+        for sig in e.db_message.signals:
+            mn, mx = sig.minimum, sig.maximum
+            if sig.is_float or (mn is None and mx is None) or (mn == 0 and mx == 0):
+                continue
+            lo, hi = physical_range(sig.length, sig.is_signed, sig.is_float, sig.scale, sig.offset)
+            tol = abs(sig.scale) * 1e-6  # a limit one rounding away from the raw range is not clipped
+            if (mn is not None and mn < lo - tol) or (mx is not None and mx > hi + tol):
+                new_lo = max(lo, mn) if mn is not None else lo
+                new_hi = min(hi, mx) if mx is not None else hi
+                name = f"{e.info.message}.{sig.name}"
+                clipped.append(f"{name} [{_num(mn)}|{_num(mx)}] -> [{_num(new_lo)}|{_num(new_hi)}]")
+    if clipped:
+        out.append(Problem(
+            f"the limits of {len(clipped)} signals lie outside what their raw bits can carry and are clipped to "
+            f"the raw range: {_names(clipped)}; check the signals' length, scale and offset in {mc.file.name}",
+            *where))
+    return out
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:g}"
+
+
+def _simulator_problems(sims: Sequence[tuple[int, SimulatorConfig]], signals: Mapping[str, SignalInfo],
+                        incomplete: set[str], file: str | None, lines: dict[Any, int]) -> list[Problem]:
+    """Simulator rules naming signals that do not exist on their bus, or that it cannot play or hear."""
+    import difflib
+
+    out = []
+
+    def problem(i: int, section: str, key: str, msg: str) -> None:
+        loc = ("simulators", i, section, key)
+        out.append(Problem(msg, file, lines.get(loc, lines.get(("simulators", i, section))),
+                           f"simulators[{i}].{section}.{key}"))
+
+    def unknown(bus: str, name: str) -> str:
+        known = [n.split(".", 1)[1] for n in signals if n.startswith(f"{bus}.")]
+        close = difflib.get_close_matches(name, known, n=1)
+        return f"no signal {name!r} on bus {bus!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+    for i, sc in sims:
+        if sc.bus in incomplete:
+            continue  # a mapping of this bus did not load: reported, and its signals are unknown
+        rules: dict[str, Mapping[str, Any]] = {"follow": sc.follow, "ramp": sc.ramp, "waves": sc.waves,
+                                                "constants": sc.constants, "counters": sc.counters}
+        for section, rule in rules.items():
+            for key, value in rule.items():
+                info = signals.get(f"{sc.bus}.{key}")
+                if info is None:
+                    problem(i, section, key, unknown(sc.bus, key))
+                elif info.direction != "rx":
+                    problem(i, section, key, f"{key} is in a message the bridge sends; a simulator plays only the "
+                                             "messages the bridge receives")
+                if section in ("follow", "ramp"):
+                    cmd = signals.get(f"{sc.bus}.{value}")
+                    if cmd is None:
+                        problem(i, section, key, f"{section} source: {unknown(sc.bus, str(value))}")
+                    elif cmd.direction != "tx":
+                        problem(i, section, key, f"{section} source {value} is not in a message the bridge sends, "
+                                                 "so the simulator never hears it")
+    return out
+
+
+def check_data(data: Any, lines: dict[Any, int], file: str | None, base: Path, registry: Any, *,
+               interfaces: bool = True, ports: bool = True) -> CheckReport:
+    """Every problem of configuration data at once, sorted by file and line: schema, bus references, bus
+    kinds, mappings, plugins, simulators, ports (``ports``: also try to bind each), interfaces; and
+    warnings. When the file does not validate as a whole, each part that does is still checked."""
+    import dataclasses
+
+    from pydantic import ValidationError
+
     from canbridge.core.mapping.table import build_table
     from canbridge.core.runtime import check_bus_kinds, validate_plugins
 
-    file = str(path)
-    try:
-        data, lines = load_yaml(path)
-    except ConfigError as e:  # unreadable or not YAML: nothing else can be checked
-        return None, list(e.problems)
+    problems: list[Problem] = []
+    config: Config | None = None
     try:
         config = parse_config(data, file, lines)
     except ConfigError as e:
-        return None, [*e.problems, *_partial_problems(data, file, lines, registry)]
-    problems: list[Problem] = []
-    problems += check_bus_kinds(config, registry, file, lines)
-    try:
-        build_table(config, path.resolve().parent, registry.formats, file, lines)
-    except ConfigError as e:
         problems += e.problems
-    try:
-        validate_plugins(config, registry, file, lines)
-    except ConfigError as e:
-        problems += e.problems
+    if not isinstance(data, Mapping):
+        return CheckReport(None, problems)
+
+    # the parts, each validated on its own when the whole did not validate
+    buses: list[tuple[int, BusConfig]] = []
+    mappings: list[tuple[int, MappingConfig]] = []
+    sims: list[tuple[int, SimulatorConfig]] = []
+    if config is not None:
+        buses = list(enumerate(config.buses))
+        mappings = list(enumerate(config.mappings))
+        sims = list(enumerate(config.simulators))
+        plugins: Mapping[str, Any] = config.plugins
+        problems += check_bus_kinds(config, registry, file, lines)
+        try:
+            validate_plugins(config, registry, file, lines)
+        except ConfigError as e:
+            problems += e.problems
+    else:
+        raw_buses = data.get("buses")
+        for bi, b in enumerate(raw_buses if isinstance(raw_buses, list) else []):
+            try:
+                buses.append((bi, BusConfig.model_validate(b)))
+            except ValidationError:  # reported; its name is enough to check the mappings on it
+                if isinstance(b, Mapping) and isinstance(b.get("name"), str):
+                    buses.append((bi, BusConfig.model_construct(name=b["name"], interface="virtual")))
+                continue
+            for p in check_bus_kinds(Config.model_construct(buses=[buses[-1][1]]), registry, file):
+                problems.append(dataclasses.replace(p, line=lines.get(("buses", bi, "interface")),
+                                                    path=f"buses[{bi}].interface"))
+        names = {b.name for _, b in buses}
+        for i, m in enumerate(_list(data.get("mappings"))):
+            with contextlib.suppress(ValidationError):  # reported by the validation of the whole file
+                if (mc := MappingConfig.model_validate(m)).bus in names:
+                    mappings.append((i, mc))
+        for i, m in enumerate(_list(data.get("simulators"))):
+            with contextlib.suppress(ValidationError):
+                if (sc := SimulatorConfig.model_validate(m)).bus in names:
+                    sims.append((i, sc))
+        raw_plugins = data.get("plugins")
+        plugins = raw_plugins if isinstance(raw_plugins, Mapping) else {}
+        if plugins and all(isinstance(v, Mapping | None) for v in plugins.values()):
+            try:
+                validate_plugins(Config.model_construct(buses=[], plugins=dict(plugins)), registry, file, lines)
+            except ConfigError as e:
+                problems += e.problems
+
+    built = _mapping_tables([b for _, b in buses], mappings, base, registry, file, lines)
+    whole: MappingTable | None = None
+    if config is not None and len(config.mappings) != 1:
+        try:  # the whole table: what only shows across mappings (a message or frame id mapped twice)
+            whole = build_table(config, base, registry.formats, file, lines)
+        except ConfigError as e:
+            problems += e.problems
+    else:  # each mapping on its own says it all
+        problems += [p for _, _, _, ps in built for p in ps]
+        if config is not None:
+            whole = built[0][2]
+    signals: dict[str, SignalInfo] = {}
+    warnings: list[Problem] = []
+    for i, mc, table, _ in built:
+        if table is not None:
+            signals.update(table.signals)
+            warnings += _mapping_warnings(i, mc, table, file, lines)
+    incomplete = {mc.bus for _, mc, table, _ in built if table is None}
+    problems += _simulator_problems(sims, signals, incomplete, file, lines)
+    problems += _endpoint_problems(plugins, registry, file, lines, bind=ports)
     if interfaces:
-        problems += _interface_problems(config, file, lines)
-    return config, problems
+        problems += _interface_problems(buses, file, lines)
+    problems = _unique(sorted_problems(problems))
+    return CheckReport(config, problems, sorted_problems(warnings), None if problems else whole)
+
+
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: set[Problem] = set()
+    return [p for p in problems if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+def check_file(path: Path, registry: Any, *, interfaces: bool = True, ports: bool = True) -> CheckReport:
+    """``canbridge check CONFIG``: everything :func:`check_data` finds, in the file's own terms."""
+    from canbridge.config import load_yaml
+
+    try:
+        data, lines = load_yaml(path)
+    except ConfigError as e:  # unreadable or not YAML: nothing else can be checked
+        return CheckReport(None, list(e.problems))
+    return check_data(data, lines, str(path), path.resolve().parent, registry, interfaces=interfaces, ports=ports)
+
+
+def _print_warnings(warnings: Sequence[Problem], out: Any = None) -> None:
+    out = out or sys.stderr
+    n = len(warnings)
+    print(f"{n} warning{'s' if n != 1 else ''}:", file=out)
+    for w in warnings:
+        print(f"  {w}", file=out)
+
+
+def _dbc_data(path: Path, lenient: bool) -> dict[str, Any]:
+    return {"buses": [{"name": "bus", "interface": "virtual", "channel": "check"}],
+            "mappings": [{"bus": "bus", "dbc": str(path.resolve()), "strict": not lenient}]}
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from canbridge.core.host import load_registry
-    from canbridge.core.mapping.table import build_table
 
     _, registry = load_registry()
     if args.dbc:
         path = Path(args.dbc)
-        data: dict[str, Any] = {"buses": [{"name": "bus", "interface": "virtual", "channel": "check"}],
-                                "mappings": [{"bus": "bus", "dbc": str(path.resolve()), "strict": not args.lenient}]}
-        config = parse_config(data)
-        problems: list[Problem] = []
-        try:
-            build_table(config, path.resolve().parent, registry.formats)
-        except ConfigError as e:
-            problems += e.problems
+        report = check_data(_dbc_data(path, args.lenient), {}, None, path.resolve().parent, registry,
+                            interfaces=False, ports=False)
+        if report.problems and not args.lenient:
+            logging.disable(logging.WARNING)  # only asking whether it would load: its lenient notes are noise here
+            try:
+                lenient = check_data(_dbc_data(path, True), {}, None, path.resolve().parent, registry,
+                                     interfaces=False, ports=False)
+            finally:
+                logging.disable(logging.NOTSET)
+            if not lenient.problems:
+                _print_problems(ConfigError(report.problems))
+                print(f"hint: it loads in lenient mode: canbridge check --dbc {args.dbc} --lenient "
+                      "(in a configuration: strict: false on the mapping)", file=sys.stderr)
+                return 1
     else:
         if not args.config:
             print("canbridge check: give CONFIG or --dbc FILE", file=sys.stderr)
             return 2
-        maybe, problems = collect_problems(Path(args.config), registry, interfaces=not args.no_interfaces)
-        if maybe is None or problems:
-            _print_problems(ConfigError(problems))
-            return 1
-        config = maybe
-    if problems:
-        _print_problems(ConfigError(problems))
+        report = check_file(Path(args.config), registry, interfaces=not args.no_interfaces,
+                            ports=not args.no_ports)
+    if report.warnings:
+        _print_warnings(report.warnings)
+    if report.problems or report.config is None or report.table is None:
+        _print_problems(ConfigError(report.problems))
         return 1
-    table = build_table(config, Path(args.dbc or args.config).resolve().parent, registry.formats)
+    config, table = report.config, report.table
     n_msg = len(table.message_list)
     n_sig = len(table.signal_list)
     n_w = sum(1 for s in table.signal_list if s.writable)
@@ -214,7 +481,14 @@ def _run_async(runtime: Any, with_simulators: bool, after_start: Callable[[Any],
     return asyncio.run(main())
 
 
+def _not_started(problems: Sequence[Problem]) -> int:
+    _print_problems(ConfigError(problems))
+    print("canbridge: not started; fix the configuration (canbridge check CONFIG)", file=sys.stderr)
+    return 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from canbridge.config import load_config
     from canbridge.core.app import runtime_from_file
     from canbridge.core.host import load_registry
 
@@ -226,11 +500,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         runtime = runtime_from_file(path, registry)
     except ConfigError as e:
         # report every problem, as check does, not only the first kind found
-        _, problems = collect_problems(path, registry, interfaces=False)
-        _print_problems(ConfigError(problems or e.problems))
-        print("canbridge: not started; fix the configuration (canbridge check CONFIG)", file=sys.stderr)
-        return 1
-    for p in _interface_problems(config, str(path), lines):
+        return _not_started(check_file(path, registry, interfaces=False, ports=False).problems or e.problems)
+    # what would only fail once running: rules of simulators, ports taken (before any plugin starts)
+    late = _simulator_problems(list(enumerate(config.simulators)), runtime.table.signals, set(), str(path), lines)
+    late += _endpoint_problems(config.plugins, registry, str(path), lines, bind=True)
+    if late:
+        return _not_started(sorted_problems(late))
+    for p in _interface_problems(list(enumerate(config.buses)), str(path), lines):
         # The bridge still starts: it reopens the interface as soon as it appears.
         log.error("%s", p)
     print(f"canbridge {__version__} running {path}", flush=True)
@@ -239,7 +515,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # --- demo ---
 def cmd_demo(args: argparse.Namespace) -> int:
-    from canbridge.core.app import build_runtime, demo_config
+    from canbridge.core.app import build_runtime, demo_config, demo_state_dir, private_dir
     from canbridge.core.host import load_registry
 
     _setup_logging(args.log_level or "WARNING")
@@ -248,18 +524,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.no_plugins:
         for name, spec in sorted(registry.northbound.items()):
             plugins[name] = dict(spec.demo_config or {})
-    state = Path(args.state_dir) if args.state_dir else Path(tempfile.gettempdir()) / "canbridge-demo"
-    data = demo_config(plugins=plugins, state_dir=state.resolve())
+    try:
+        state = private_dir(Path(args.state_dir).resolve()) if args.state_dir else demo_state_dir()
+    except OSError as e:
+        print(f"canbridge demo: {e}", file=sys.stderr)
+        return 1
+    data = demo_config(plugins=plugins, state_dir=state)
     try:
         runtime = build_runtime(parse_config(data), registry, base_dir=Path.cwd())
     except ConfigError as e:
         _print_problems(e)
+        return 1
+    taken = _endpoint_problems(runtime.config.plugins, registry, None, {}, bind=True)
+    if taken:  # the demo's ports are fixed: say which is taken before anything starts
+        _print_problems(ConfigError(taken))
+        print("canbridge demo: not started; stop what holds the port, or run `canbridge demo --no-plugins`",
+              file=sys.stderr)
         return 1
     t = runtime.table
     writable = ", ".join(s.signal for s in t.signal_list if s.writable)
     print(f"canbridge {__version__} demo: simulated motor controller, battery and vehicle ECUs on a virtual CAN bus")
     print(f"  {len(t.message_list)} messages, {len(t.signal_list)} signals from {DEMO_DBC_NAME}; "
           f"writable: demo.MotorCommand.{{{writable}}}")
+    print(f"  state (certificates, register map, audit log): {state}")
     if not plugins:
         print("  no northbound plugins (--no-plugins): the core runs alone")
     print("Connect to (127.0.0.1 only; the demo needs no login):", flush=True)
@@ -371,11 +658,14 @@ def build_parser(commands: dict[str, Any] | None = None) -> argparse.ArgumentPar
     c.add_argument("--dbc", help="check one signal database file instead of a configuration")
     c.add_argument("--lenient", action="store_true", help="with --dbc: load in lenient mode")
     c.add_argument("--no-interfaces", action="store_true", help="do not check that CAN interfaces exist and are up")
+    c.add_argument("--no-ports", action="store_true",
+                   help="do not try to bind the plugins' ports (checking on a machine other than the target)")
     c.set_defaults(func=cmd_check)
 
     d = sub.add_parser("demo", help="run the demo: virtual bus, simulated ECUs, every installed plugin")
     d.add_argument("--no-plugins", action="store_true", help="only the core")
-    d.add_argument("--state-dir", help="where the demo keeps certificates and maps (default: a temp dir)")
+    d.add_argument("--state-dir", help="where the demo keeps its OPC UA certificates, register map and audit log "
+                        "(default: $XDG_STATE_HOME/canbridge/demo, i.e. ~/.local/state/canbridge/demo)")
     d.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     d.set_defaults(func=cmd_demo)
 

@@ -3,12 +3,13 @@ reports every problem with its file, line and key path."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from canbridge._errors import ConfigError, Problem
 
@@ -188,14 +189,46 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _refs(self) -> Config:
+        # A guard for models built without parse_config; parse_config reports these at their own
+        # `bus:` line (reference_problems), even when other keys are wrong too.
         names = {b.name for b in self.buses}
         for m in self.mappings:
             if m.bus not in names:
-                raise ValueError(f"mapping for {m.file} names bus {m.bus!r}, which is not configured")
+                raise PydanticCustomError(UNKNOWN_BUS, "mapping for {file} names bus {bus!r}, which is not configured",
+                                          {"file": str(m.file), "bus": m.bus})
         for s in self.simulators:
             if s.bus not in names:
-                raise ValueError(f"simulator names bus {s.bus!r}, which is not configured")
+                raise PydanticCustomError(UNKNOWN_BUS, "simulator names bus {bus!r}, which is not configured",
+                                          {"bus": s.bus})
         return self
+
+
+UNKNOWN_BUS = "unknown_bus"
+
+
+def reference_problems(data: Mapping[str, Any], file: str | None, lines: LineMap) -> list[Problem]:
+    """Mappings and simulators naming a bus that is not configured, each at the line of its ``bus:``.
+
+    Computed from the raw data, so it is reported together with every other problem of the file.
+    """
+    buses = data.get("buses")
+    if not isinstance(buses, list):
+        return []  # no bus list at all: reported as such, naming every reference again would be noise
+    names = sorted({b["name"] for b in buses if isinstance(b, Mapping) and isinstance(b.get("name"), str)})
+    known = ", ".join(names) or "none"
+    out: list[Problem] = []
+    for section in ("mappings", "simulators"):
+        items = data.get(section)
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(item, Mapping) or not isinstance(item.get("bus"), str) or item["bus"] in names:
+                continue
+            what = "simulator"
+            if section == "mappings":
+                what = f"mapping for {item.get('dbc') or item.get('signals') or '(no file)'}"
+            loc = (section, i, "bus")
+            out.append(Problem(f"{what} names bus {item['bus']!r}, which is not configured (buses: {known})",
+                               file, _line_for(loc, lines), _fmt(loc)))
+    return out
 
 
 # --- YAML with line numbers ---------------------------------------------------------------------
@@ -266,11 +299,14 @@ def _line_for(loc: Sequence[str | int], lines: LineMap) -> int | None:
 
 
 def problems_from_validation(
-    err: ValidationError, file: str | None, lines: LineMap, prefix: Sequence[str | int] = ()
+    err: ValidationError, file: str | None, lines: LineMap, prefix: Sequence[str | int] = (),
+    skip: Collection[str] = (),
 ) -> list[Problem]:
-    """Turn pydantic's errors into problems with file, line and key path."""
+    """Turn pydantic's errors into problems with file, line and key path (except error types in ``skip``)."""
     out = []
     for e in err.errors():
+        if e["type"] in skip:
+            continue
         loc = [p for p in (*prefix, *e["loc"]) if isinstance(p, (str, int))]
         # pydantic puts the failing union/tagged member in loc; keep only real keys
         msg = e["msg"]
@@ -292,7 +328,13 @@ def parse_config(data: Any, file: str | None = None, lines: LineMap | None = Non
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(problems_from_validation(e, file, lines)) from None
+        problems = problems_from_validation(e, file, lines, skip={UNKNOWN_BUS}) + reference_problems(data, file, lines)
+        raise ConfigError(sorted_problems(problems)) from None
+
+
+def sorted_problems(problems: Sequence[Problem]) -> list[Problem]:
+    """In reading order: by file, then line (problems without a line first in their file)."""
+    return sorted(problems, key=lambda p: (p.file or "", p.line or 0))
 
 
 def load_config(path: Path) -> tuple[Config, LineMap]:

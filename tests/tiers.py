@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,27 @@ def _all(*checks: Callable[[], str | None]) -> Callable[[], str | None]:
     return check
 
 
+def _systemd_analyze(min_version: int) -> Callable[[], str | None]:
+    """systemd-analyze that runs and is new enough for ``security --offline`` (systemd 250)."""
+
+    def check() -> str | None:
+        exe = shutil.which("systemd-analyze")
+        if exe is None:
+            return "command(s) not found: systemd-analyze (Debian package systemd)"
+        try:
+            out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"systemd-analyze --version failed: {e}"
+        m = re.match(r"systemd (\d+)", out)
+        if not m:
+            return f"systemd-analyze --version printed no version: {out[:60]!r}"
+        if int(m.group(1)) < min_version:
+            return f"systemd {m.group(1)} is older than {min_version} (systemd-analyze security --offline)"
+        return None
+
+    return check
+
+
 TIERS: dict[str, Tier] = {
     t.name: t
     for t in (
@@ -87,6 +110,7 @@ TIERS: dict[str, Tier] = {
         Tier("schemathesis", "OpenAPI document checked by schemathesis", _py("schemathesis")),
         Tier("faults", "a real full disk under the audit log (tiny tmpfs)", _root_mount),
         Tier("can-utils", "can-utils log files replayed (canplayer formats)", _cmd("candump")),
+        Tier("packaging", "systemd unit checked by systemd-analyze verify and security", _systemd_analyze(250)),
     )
 }
 

@@ -102,7 +102,12 @@ if ((build)); then
     esac
     step "build: ${cmd[*]} $root"
     t0=$SECONDS
-    "${cmd[@]}" "$root" || die "the image build failed"
+    if ! "${cmd[@]}" "$root"; then
+        # the default base comes from Docker Hub: say how to build without it
+        [[ -z $base ]] && echo "build-image: no image registry reachable? build on a local Debian base:" \
+            "make image-offline (tools/build-image.sh --local-base)" >&2
+        die "the image build failed"
+    fi
     build_s=$((SECONDS - t0))
 fi
 image_exists "$tag" || die "no image $tag (build it first)"
@@ -201,7 +206,7 @@ plugins:
   rest: {host: 127.0.0.1, port: 8080}
 YAML
 cat "$dir/canbridge.yaml"
-canbridge check "$dir/canbridge.yaml"
+canbridge check --no-ports "$dir/canbridge.yaml"   # the build host's ports are not the target's
 EOF
 
 # `canbridge run` the way the image's CMD does: the configuration in a read-only /etc/canbridge, the state

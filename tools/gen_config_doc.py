@@ -32,7 +32,10 @@ mappings:
     writable: ["MotorCommand.*"]
     transmit: {MotorCommand: {period_ms: 100}}
 plugins:
-  opcua: {}
+  opcua:
+    listen: opc.tcp://127.0.0.1:4840
+    users:                   # `canbridge opcua-passwd` prints a hash; this one is of a random password
+      scada: {role: read, password_hash: "EXAMPLE_HASH"}
   modbus: {host: 127.0.0.1, port: 5020}
   rest: {host: 127.0.0.1, port: 8080}
 ```
@@ -42,6 +45,13 @@ The plugin sections are documented on each plugin's page: [OPC UA](opcua.md), [M
 [REST](rest.md). This page is generated from the models in `canbridge/config.py` by
 `tools/gen_config_doc.py`.
 """
+
+# the PBKDF2 hash of a random password nobody knows: valid (the example passes `canbridge check`), useless
+EXAMPLE_HASH = (
+    "pbkdf2_sha256$600000$qY6rcBKC/arpGpsAamE5Mw==$yL"
+    "oE7z6RuQlbh3Jpy31L5lXjtcbLMWE6ifjXFayiq94="
+)
+INTRO = INTRO.replace("EXAMPLE_HASH", EXAMPLE_HASH)
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Top level", c.Config),

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import stat
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,47 @@ def demo_config(channel: str | None = None, plugins: dict[str, Any] | None = Non
         "plugins": plugins or {},
         **({"state_dir": str(state_dir)} if state_dir else {}),
     }
+
+
+def demo_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The demo's own per-user state directory (OPC UA certificates, Modbus map, audit log), created 0700.
+
+    ``$XDG_STATE_HOME/canbridge/demo``, else ``~/.local/state/canbridge/demo``, else
+    ``$XDG_RUNTIME_DIR/canbridge-demo``; with none of them usable, a fresh private directory from
+    ``mkdtemp``. Never a fixed path in a world-writable directory: another user could own it first.
+    """
+    env = os.environ if env is None else env
+    candidates: list[Path] = []
+    if (xdg := env.get("XDG_STATE_HOME")) and Path(xdg).is_absolute():  # the spec: ignore relative ones
+        candidates.append(Path(xdg) / "canbridge" / "demo")
+    if (home := env.get("HOME")) and Path(home).is_absolute() and Path(home).is_dir():
+        candidates.append(Path(home) / ".local" / "state" / "canbridge" / "demo")
+    if (run := env.get("XDG_RUNTIME_DIR")) and Path(run).is_absolute():
+        candidates.append(Path(run) / "canbridge-demo")
+    errors = []
+    for path in candidates:
+        try:
+            return private_dir(path)
+        except OSError as e:
+            errors.append(f"{path}: {e.strerror or e}")
+    fallback = Path(tempfile.mkdtemp(prefix="canbridge-demo-"))  # 0700, unique, ours
+    logging.getLogger("canbridge.demo").warning("demo state in the temporary %s (%s)", fallback,
+                                                "; ".join(errors) or "no HOME or XDG_STATE_HOME")
+    return fallback
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) mode 0700, or check that the existing one is a real directory
+    of this user; tighten its mode to 0700. OSError when it belongs to someone else or is not a directory."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{path} is not a directory (a symbolic link or a file)")
+    if st.st_uid != os.getuid():
+        raise OSError(f"{path} belongs to uid {st.st_uid}, not to this user")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
 
 
 def build_runtime(config: Config, registry: Registry | None = None, *, base_dir: Path | None = None,

@@ -106,6 +106,10 @@ class ModbusConfig(Strict):
     diagnostics_interval: float = Field(1.0, gt=0, le=60, description="bus diagnostics refresh (s)")
     write_timeout_s: float = Field(2.0, gt=0, le=60, description="a write not done by then: exception 0B")
 
+    def listen_endpoints(self) -> list[tuple[str, str, int]]:
+        """``(key, host, port)`` it listens on (``canbridge check`` tests that the port is free)."""
+        return [("port", self.host, self.port)] if self.tcp else []
+
     @field_validator("scale")
     @classmethod
     def _nonzero(cls, v: float) -> float:

@@ -246,6 +246,10 @@ class OpcUaConfig(Strict):
             )
         return self
 
+    def listen_endpoints(self) -> list[tuple[str, str, int]]:
+        """``(key, host, port)`` it listens on (``canbridge check`` tests that the port is free)."""
+        return [("listen", self.host, self.port)]
+
     @property
     def host(self) -> str:
         host = urlsplit(self.listen).hostname

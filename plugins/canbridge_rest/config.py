@@ -150,6 +150,10 @@ class RestConfig(Strict):
             )
         return self
 
+    def listen_endpoints(self) -> list[tuple[str, str, int]]:
+        """``(key, host, port)`` it listens on (``canbridge check`` tests that the port is free)."""
+        return [("port", self.host, self.port)]
+
     def anonymous_role(self) -> Role | None:
         if self.anonymous_admin:
             return Role.ADMIN

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import IO
@@ -50,8 +51,20 @@ def wait_for(what: str, check: Callable[[], bool], proc: subprocess.Popen[bytes]
     raise SystemExit(f"timed out waiting for {what} ({last})")
 
 
+def ready() -> bool:
+    """REST /readyz answers 200 once every bus is up (503 with the reasons before)."""
+    try:
+        status, _ = http_get("/readyz")
+    except urllib.error.HTTPError as e:  # 503: serving, not ready yet
+        e.close()
+        return False
+    return status == 200
+
+
 def probe_plugins(proc: subprocess.Popen[bytes], deadline: float) -> None:
-    wait_for("GET /healthz", lambda: http_get("/healthz")[0] == 200, proc, deadline)
+    # Readiness, not a start-up banner: the banner's wording is for people and changes.
+    wait_for("GET /readyz = 200", ready, proc, deadline)
+    print("demo_probe: ready (GET /readyz 200)")
     status, body = http_get("/")
     if status != 200 or b"<html" not in body.lower():
         raise SystemExit(f"dashboard: HTTP {status}, {body[:80]!r}")
@@ -75,16 +88,17 @@ def run_demo(cmd: list[str], log: IO[bytes], plugins: bool) -> int:
     ok = False
     try:
         deadline = time.monotonic() + START_TIMEOUT
-
-        def started() -> bool:
-            log.seek(0)
-            return b"Connect to:" in log.read()
-
-        wait_for("the start-up banner", started, proc, deadline)
         if plugins:
             probe_plugins(proc, deadline)
         else:
-            time.sleep(3.0)  # still alive a moment later: the bus, simulator and runtime came up
+            # Without plugins nothing answers: the demo is up when it is still alive a while after
+            # printing its state directory (the last thing it does before serving).
+            def state_printed() -> bool:
+                log.seek(0)
+                return b"state (certificates" in log.read()
+
+            wait_for("the demo's state directory line", state_printed, proc, deadline)
+            time.sleep(3.0)
             if proc.poll() is not None:
                 raise SystemExit(f"demo exited with {proc.returncode}")
         ok = True
