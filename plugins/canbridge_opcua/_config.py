@@ -35,23 +35,34 @@ HASH_ITERATIONS = 600_000  # OWASP 2023 figure for PBKDF2-HMAC-SHA256
 _HASH_RE = re.compile(r"^pbkdf2_sha256\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
 
 
+def _pbkdf2(password: str, salt: bytes, iterations: int) -> bytes:
+    """The one place a password is hashed (tests count the calls)."""
+    return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+
+
 def hash_password(password: str, iterations: int = HASH_ITERATIONS, salt: bytes | None = None) -> str:
     """A hash to put in ``users: {name: {password_hash: ...}}`` (what ``canbridge opcua-passwd`` prints)."""
     salt = salt if salt is not None else secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    digest = _pbkdf2(password, salt, iterations)
     b64 = base64.b64encode
     return f"{HASH_SCHEME}${iterations}${b64(salt).decode()}${b64(digest).decode()}"
 
 
+def hash_iterations(stored: str) -> int:
+    m = _HASH_RE.match(stored)
+    return int(m.group(1)) if m else HASH_ITERATIONS
+
+
 def verify_password(password: str, stored: str) -> bool:
-    """Check a password against a stored hash, in constant time."""
+    """Check a password against a stored hash, in constant time. Blocking (PBKDF2): call it off the
+    event loop."""
     m = _HASH_RE.match(stored)
     if m is None:
         return False
     iterations = int(m.group(1))
     salt = base64.b64decode(m.group(2))
     expected = base64.b64decode(m.group(3))
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    digest = _pbkdf2(password, salt, iterations)
     return hmac.compare_digest(digest, expected)
 
 
@@ -76,6 +87,68 @@ class UserConfig(Strict):
         if int(m.group(1)) < 10_000:
             raise ValueError("password_hash uses fewer than 10000 PBKDF2 iterations")
         return v
+
+
+class OpcUaLimits(Strict):
+    """``plugins.opcua.limits``: what one peer can make the server hold before and after login.
+
+    The transport limits apply before a session exists (they protect the bridge from anyone who can
+    reach the port); the session limits bound what one login can take.
+    """
+
+    max_chunk_size: int = Field(
+        65535, ge=8192, le=16 * 1024 * 1024,
+        description="bytes of one message chunk (receive buffer); a header announcing more is refused "
+        "before its body is read and the connection closed",
+    )
+    max_message_size: int = Field(
+        4 * 1024 * 1024, ge=65536, description="bytes of one request (all its chunks)"
+    )
+    max_chunk_count: int = Field(128, ge=1, description="chunks of one request")
+    max_queued_messages: int = Field(
+        32, ge=4, description="received chunks of one connection waiting to be processed; more closes it"
+    )
+    max_connections: int = Field(100, ge=1, description="TCP connections in total")
+    max_connections_per_address: int = Field(20, ge=1, description="TCP connections from one IP address")
+    max_pending_per_address: int = Field(
+        8, ge=1,
+        description="connections of one IP address that have not activated a session yet; the oldest is "
+        "closed when a new one comes",
+    )
+    handshake_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds a connection may take from connect to ActivateSession"
+    )
+    max_subscriptions: int = Field(500, ge=1, description="subscriptions in total")
+    max_subscriptions_per_session: int = Field(10, ge=1)
+    max_subscriptions_per_user: int = Field(
+        50, ge=1, description="over all sessions of one user (anonymous: of one IP address)"
+    )
+    max_monitored_items_per_session: int = Field(20_000, ge=1)
+    max_monitored_items_per_user: int = Field(50_000, ge=1, description="over all sessions of one user")
+    login_concurrency: int = Field(2, ge=1, le=64, description="password checks running at once (threads)")
+    login_failures_per_window: int = Field(
+        10, ge=1, description="failed logins of one IP address per window; more are refused without a check"
+    )
+    login_failure_window: float = Field(60.0, gt=0, description="seconds")
+    login_backoff_base: float = Field(
+        0.1, ge=0, description="seconds the answer to a failed login waits, doubled per failure in the window"
+    )
+    login_backoff_max: float = Field(2.0, ge=0, description="upper bound of that wait")
+    max_rejected_certificates: int = Field(100, ge=0, description="files kept in pki/rejected/ (oldest removed)")
+    max_rejected_certificate_size: int = Field(
+        16384, ge=1024, description="bytes; larger refused certificates are not written to pki/rejected/"
+    )
+    refusal_log_interval: float = Field(
+        60.0, gt=0, description="seconds between log lines about refused input from one IP address"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OpcUaLimits:
+        if self.max_message_size < self.max_chunk_size:
+            raise ValueError("max_message_size is smaller than max_chunk_size")
+        if self.max_connections_per_address > self.max_connections:
+            raise ValueError("max_connections_per_address is larger than max_connections")
+        return self
 
 
 class OpcUaConfig(Strict):
@@ -114,6 +187,12 @@ class OpcUaConfig(Strict):
     )
     diagnostics_interval: float = Field(1.0, gt=0, description="seconds between bus diagnostics updates")
     max_monitored_item_queue: int = Field(100, ge=1, description="upper bound of a monitored item's queue")
+    allow_cleartext_passwords: bool = Field(
+        False,
+        description="accept a UserNameIdentityToken whose password is neither encrypted itself nor sent "
+        "over a SignAndEncrypt channel (anyone on the network can read it)",
+    )
+    limits: OpcUaLimits = Field(default_factory=OpcUaLimits, description="resource limits, see docs/opcua.md")
 
     @field_validator("listen")
     @classmethod
@@ -159,6 +238,12 @@ class OpcUaConfig(Strict):
             )
         if not self.users and not self.allow_anonymous:
             raise ValueError("no one can log in: add 'users' or set 'allow_anonymous: true'")
+        if self.users and not secure and not self.allow_cleartext_passwords:
+            raise ValueError(
+                "users cannot log in: with only the None policy their passwords would travel in clear text; "
+                "add a secure policy (its certificate also encrypts passwords sent on the None endpoint) or "
+                "set 'allow_cleartext_passwords: true'"
+            )
         return self
 
     def listen_endpoints(self) -> list[tuple[str, str, int]]:

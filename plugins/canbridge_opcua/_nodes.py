@@ -208,6 +208,20 @@ DIAG_BUS_VARS: list[tuple[str, ua.VariantType, str]] = [
     ("BusLoad", ua.VariantType.Double, "percent of the bitrate used over the last second"),
     ("LastError", ua.VariantType.String, "the last error the bus reported"),
 ]
+# Bridge-wide alarm points, in CANBridge/_Diagnostics (per-bus ones are in CANBridge/<bus>/_Diagnostics).
+DIAG_BRIDGE_VARS: list[tuple[str, ua.VariantType, str]] = [
+    ("AuditAvailable", ua.VariantType.Boolean,
+     "false while the audit log cannot be written: every write and raw frame is then refused"),
+    ("AuditError", ua.VariantType.String, "why the last audit write failed; empty while the log is available"),
+    ("AuditFailures", ua.VariantType.UInt64, "audit writes that failed since start"),
+]
+
+
+def bridge_diag_key(name: str) -> tuple[str, str]:
+    """The Plan.diag key of a bridge-wide diagnostics variable (no bus is named '')."""
+    return ("", name)
+
+
 DIAG_MSG_VARS: list[tuple[str, ua.VariantType, str]] = [
     ("Age", ua.VariantType.Double, "seconds since the last frame"),
     ("Frames", ua.VariantType.UInt64, "frames received"),
@@ -233,6 +247,14 @@ def build_plan(
     plan.root = root
     items.append(_object(root, ROOT_NAME, idx, objects, True, ObjectIds.Organizes, "canbridge: CAN signals"))
     waiting = QUALITY_STATUS[Quality.WAITING]
+    bdiag = nid(DIAG_NAME)
+    items.append(_object(bdiag, DIAG_NAME, idx, root, True, ObjectIds.Organizes, "health of the bridge"))
+    for name, vt, text in DIAG_BRIDGE_VARS:
+        vid = nid(f"{DIAG_NAME}.{name}")
+        items.append(
+            _variable(vid, name, idx, bdiag, _NULL, nodeid(vt.value), ObjectIds.BaseDataVariableType, description=text)
+        )
+        plan.diag[bridge_diag_key(name)] = (vid, vt)
 
     bus_names = list(buses) or sorted({s.bus for s in signals.values()})
     for bus in bus_names:

@@ -1,6 +1,12 @@
 """The running OPC UA server: asyncua with canbridge's value pump, write path and security.
 
-How it hooks into asyncua 2.1 (server side, no patches to the library's classes):
+How it hooks into asyncua 2.1 (server side, no patches to the library's classes; every use of an
+asyncua internal is in :mod:`canbridge_opcua.asyncua_compat`, checked at start):
+
+* The transport is asyncua's with canbridge's limits in front (``asyncua_compat.GuardedProtocol``,
+  policy in :class:`_Transport`): chunk headers checked before their body is read, admission per
+  address and in total (half-open connections are evicted first), a handshake deadline, passwords
+  verified off the event loop before asyncua's synchronous ActivateSession, RegisterServer refused.
 
 * ``iserver.create_session`` is replaced so every client session is a :class:`_Session`. The session
   knows its user and peer address, so writes to signal variables go to ``bridge.write`` with a
@@ -22,14 +28,16 @@ import contextlib
 import contextvars
 import logging
 import socket
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from asyncua import ua
+from asyncua.common.connection import TransportLimits
+from asyncua.common.utils import ServiceError
 from asyncua.server.internal_session import InternalSession
-from asyncua.server.monitored_item_service import MonitoredItemService, MonitoredItemValues
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
@@ -48,14 +56,33 @@ from canbridge import (
     WriteRefused,
 )
 from canbridge_opcua._config import OpcUaConfig
-from canbridge_opcua._nodes import QUALITY_STATUS, SignalNode, build_plan, nodeid, status
+from canbridge_opcua._nodes import QUALITY_STATUS, SignalNode, bridge_diag_key, build_plan, nodeid, status
 from canbridge_opcua._security import (
+    PeerLog,
     Pki,
+    RoleUser,
     Ruleset,
     TrustListValidator,
     UserManager,
     ensure_certificate,
     role_of,
+)
+from canbridge_opcua.asyncua_compat import (
+    MONITORED_ITEM_CALLBACK,
+    MONITORED_ITEM_SERVICE,
+    GuardedProcessor,
+    GuardedProtocol,
+    LoginResult,
+    MonitoredItemValues,
+    current_processor,
+    guarded_binary_server,
+    install_log_filter,
+    monitored_item_count,
+    monitored_item_data,
+    monitored_item_lookup,
+    peer_host,
+    remove_log_filter,
+    require,
 )
 
 log = logging.getLogger("canbridge.opcua")
@@ -86,20 +113,6 @@ _POLICIES: dict[tuple[str, str], ua.SecurityPolicyType] = {
 }
 
 _GOOD = status(StatusCodes.Good)
-_NUMERIC_VARIANTS = frozenset(
-    {
-        ua.VariantType.SByte,
-        ua.VariantType.Byte,
-        ua.VariantType.Int16,
-        ua.VariantType.UInt16,
-        ua.VariantType.Int32,
-        ua.VariantType.UInt32,
-        ua.VariantType.Int64,
-        ua.VariantType.UInt64,
-        ua.VariantType.Float,
-        ua.VariantType.Double,
-    }
-)
 _current_session: contextvars.ContextVar[_Session | None] = contextvars.ContextVar(
     "canbridge_opcua_session", default=None
 )
@@ -168,7 +181,7 @@ if _fast_constructors_match():
 else:  # pragma: no cover - a future asyncua with another layout
     make_variant, make_datavalue = _variant_slow, _datavalue_slow
 
-_MI_CALLBACK = MonitoredItemService.datachange_callback
+_MI_CALLBACK = MONITORED_ITEM_CALLBACK
 _DISABLED = ua.MonitoringMode.Disabled
 
 
@@ -182,9 +195,9 @@ async def notify(attval: Any, dv: ua.DataValue) -> None:
     attval.value = dv
     for handle, cb in list(attval.datachange_callbacks.items()):
         mis = getattr(cb, "__self__", None)
-        if type(mis) is MonitoredItemService and getattr(cb, "__func__", None) is _MI_CALLBACK:
-            mid = mis._monitored_datachange.get(handle)
-            mdata = mis._monitored_items.get(mid) if mid is not None else None
+        if type(mis) is MONITORED_ITEM_SERVICE and getattr(cb, "__func__", None) is _MI_CALLBACK:
+            found = monitored_item_lookup(mis, handle)
+            mid, mdata = found if found is not None else (None, None)
             if mid is not None and mdata is not None and not mdata.filter and type(mdata.mvalue) is _SharedValues:
                 if mdata.mode == _DISABLED:
                     continue
@@ -208,7 +221,7 @@ class _Session(InternalSession):  # type: ignore[misc]
     """A client session that routes writes, method calls and subscriptions through the service."""
 
     service: OpcUaService  # set on the subclass made per service
-    secured: bool = True
+    secured: bool = True  # whether its channel signs; True when not known (the certificate is validated)
 
     @property
     def address(self) -> str | None:
@@ -217,6 +230,12 @@ class _Session(InternalSession):  # type: ignore[misc]
             host = str(name[0])
             return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
         return None if name is None else str(name)
+
+    @property
+    def user_key(self) -> str:
+        """Whose quota a subscription counts against: the login, or the address of anonymous sessions."""
+        name = getattr(self.user, "name", None)
+        return f"user:{name}" if name else f"anonymous:{peer_host(self.name)}"
 
     def caller(self, permissions: frozenset[Permission]) -> Caller:
         role = role_of(self.user)
@@ -243,16 +262,18 @@ class _Session(InternalSession):  # type: ignore[misc]
             return await super().write(params)  # type: ignore[no-any-return]
         results: list[ua.StatusCode | None] = [None] * len(nodes)
         others = [wv for wv, sig in zip(nodes, ours, strict=True) if sig is None]
-        if others:
+        if others:  # not signal variables: asyncua's own write (refused by their access levels)
             sub = ua.WriteParameters()
             sub.NodesToWrite = others
             it = iter(await super().write(sub))
             for i, sig in enumerate(ours):
                 if sig is None:
                     results[i] = next(it)
-        for i, (wv, sig) in enumerate(zip(nodes, ours, strict=True)):
-            if sig is not None:
-                results[i] = await svc.client_write(self, sig, wv)
+        positions = [i for i, sig in enumerate(ours) if sig is not None]
+        items = [(ours[i], nodes[i]) for i in positions]
+        codes = await svc.client_write(self, items)  # type: ignore[arg-type]
+        for i, code in zip(positions, codes, strict=True):
+            results[i] = code
         return [r if r is not None else status(StatusCodes.BadInternalError) for r in results]
 
     async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
@@ -272,9 +293,31 @@ class _Session(InternalSession):  # type: ignore[misc]
         finally:
             _current_session.reset(token)
 
+    def _subscriptions(self) -> tuple[list[Any], list[Any]]:
+        """(this session's subscriptions, those of every session of the same user)."""
+        mine, users = [], []
+        key = self.user_key
+        sessions = self.service.sessions
+        for sub in self.subscription_service.subscriptions.values():
+            owner = sessions.get(sub.session_id)
+            if sub.session_id == self.session_id:
+                mine.append(sub)
+                users.append(sub)
+            elif owner is not None and owner.user_key == key:
+                users.append(sub)
+        return mine, users
+
     async def create_subscription(
         self, params: ua.CreateSubscriptionParameters, callback: Any, request_callback: Any = None
     ) -> ua.CreateSubscriptionResult:
+        lim = self.service.cfg.limits
+        mine, users = self._subscriptions()
+        if len(mine) >= lim.max_subscriptions_per_session or len(users) >= lim.max_subscriptions_per_user:
+            self.service.peer_log.refused(
+                self.name, f"subscription refused for {self.user_key}: {len(mine)} in this session, "
+                f"{len(users)} of this user (max_subscriptions_per_session {lim.max_subscriptions_per_session}, "
+                f"max_subscriptions_per_user {lim.max_subscriptions_per_user})")
+            raise ServiceError(StatusCodes.BadTooManySubscriptions)
         floor = self.service.cfg.min_publishing_interval_ms
         if params.RequestedPublishingInterval < floor:
             params.RequestedPublishingInterval = floor
@@ -283,21 +326,41 @@ class _Session(InternalSession):  # type: ignore[misc]
     async def create_monitored_items(
         self, params: ua.CreateMonitoredItemsParameters
     ) -> list[ua.MonitoredItemCreateResult]:
-        for item in params.ItemsToCreate:
+        lim = self.service.cfg.limits
+        mine, users = self._subscriptions()
+        room = min(
+            lim.max_monitored_items_per_session - sum(monitored_item_count(s) for s in mine),
+            lim.max_monitored_items_per_user - sum(monitored_item_count(s) for s in users),
+        )
+        wanted = list(params.ItemsToCreate)
+        over: list[ua.MonitoredItemCreateResult] = []
+        if len(wanted) > max(room, 0):
+            keep = max(room, 0)
+            self.service.peer_log.refused(
+                self.name, f"{len(wanted) - keep} monitored items refused for {self.user_key} "
+                f"(max_monitored_items_per_session {lim.max_monitored_items_per_session}, "
+                f"max_monitored_items_per_user {lim.max_monitored_items_per_user})")
+            for _ in wanted[keep:]:
+                res = ua.MonitoredItemCreateResult()
+                res.StatusCode = status(StatusCodes.BadTooManyMonitoredItems)
+                over.append(res)
+            params.ItemsToCreate = wanted = wanted[:keep]
+        for item in wanted:
             if item.RequestedParameters.QueueSize == 0:
                 item.RequestedParameters.QueueSize = 1  # asyncua would revise 0 to 10,000
-        results: list[ua.MonitoredItemCreateResult] = await super().create_monitored_items(params)
+        results: list[ua.MonitoredItemCreateResult] = (
+            await super().create_monitored_items(params) if wanted else []
+        )
         sub = self.subscription_service.subscriptions.get(params.SubscriptionId)
-        items = getattr(getattr(sub, "monitored_item_srv", None), "_monitored_items", None)
-        if isinstance(items, dict):
-            for item, res in zip(params.ItemsToCreate, results, strict=True):
-                mdata = items.get(res.MonitoredItemId) if res.StatusCode.is_good() else None
+        if sub is not None:
+            for item, res in zip(wanted, results, strict=True):
+                mdata = monitored_item_data(sub, res.MonitoredItemId) if res.StatusCode.is_good() else None
                 if mdata is not None and self.service.is_fast_node(item.ItemToMonitor.NodeId):
                     shared = _SharedValues()
                     shared.current_dvalue = mdata.mvalue.current_dvalue
                     shared.old_dvalue = mdata.mvalue.old_dvalue
                     mdata.mvalue = shared
-        return results
+        return results + over
 
     async def modify_monitored_items(
         self, params: ua.ModifyMonitoredItemsParameters
@@ -307,6 +370,66 @@ class _Session(InternalSession):  # type: ignore[misc]
             q = item.RequestedParameters.QueueSize
             item.RequestedParameters.QueueSize = 1 if q == 0 else min(q, cap)
         return await super().modify_monitored_items(params)  # type: ignore[no-any-return]
+
+
+class _Transport:
+    """canbridge's transport limits for the guarded asyncua protocol (see asyncua_compat)."""
+
+    def __init__(self, cfg: OpcUaConfig, peer_log: PeerLog, users: UserManager) -> None:
+        lim = cfg.limits
+        self.limits = lim
+        self.max_chunk_size = lim.max_chunk_size
+        self.max_queued_messages = lim.max_queued_messages
+        self.handshake_timeout = lim.handshake_timeout
+        self.allow_cleartext_passwords = cfg.allow_cleartext_passwords
+        self.peer_log = peer_log
+        self.users = users
+        self.evicted = 0  # half-open connections closed to make room
+        self.turned_away = 0  # connections refused at connect
+
+    def refused(self, peer: Any, what: str) -> None:
+        self.peer_log.refused(peer, what)
+
+    def admit(self, conn: GuardedProtocol) -> bool:
+        lim = self.limits
+        live = [c for c in conn.clients if isinstance(c, GuardedProtocol) and not c.closed and c is not conn]
+        same = [c for c in live if c.host == conn.host]
+        pending_same = [c for c in same if not c.activated]
+        if len(pending_same) >= lim.max_pending_per_address:
+            self._evict(conn, min(pending_same, key=lambda c: c.since), "max_pending_per_address")
+            same = [c for c in same if not c.closed]
+            live = [c for c in live if not c.closed]
+        if len(same) >= lim.max_connections_per_address:
+            pending = [c for c in same if not c.activated]
+            if not pending:
+                self.turned_away += 1
+                self.refused(conn.peer_name, f"connection refused: {len(same)} connections of this address "
+                             f"(max_connections_per_address {lim.max_connections_per_address})")
+                return False
+            self._evict(conn, min(pending, key=lambda c: c.since), "max_connections_per_address")
+            live = [c for c in live if not c.closed]
+        if len(live) >= lim.max_connections:
+            pending = [c for c in live if not c.activated]
+            if not pending:
+                self.turned_away += 1
+                self.refused(conn.peer_name, f"connection refused: {len(live)} connections "
+                             f"(max_connections {lim.max_connections})")
+                return False
+            self._evict(conn, min(pending, key=lambda c: c.since), "max_connections")
+        return True
+
+    def _evict(self, newcomer: GuardedProtocol, victim: GuardedProtocol, limit: str) -> None:
+        """Close the oldest connection without a session, so that a client that completes its
+        handshake gets in while someone holds half-open connections."""
+        self.evicted += 1
+        self.refused(victim.peer_name, f"closed a connection without a session to admit a new one ({limit})")
+        victim.close()
+        with contextlib.suppress(ValueError):
+            newcomer.clients.remove(victim)
+
+    async def check_login(self, proc: GuardedProcessor, username: str, password: str) -> LoginResult:
+        user: RoleUser | None = await self.users.authenticate(proc.name, username, password)
+        return LoginResult(username, password, user)
 
 
 class OpcUaService:
@@ -325,7 +448,11 @@ class OpcUaService:
         self._endpoints: list[str] = []
         self._bound: tuple[str, int] | None = None
         self.validator: TrustListValidator | None = None
-        self.users = UserManager(cfg)
+        self.peer_log = PeerLog(cfg.limits.refusal_log_interval)
+        self.users = UserManager(cfg, self.peer_log)
+        self.transport = _Transport(cfg, self.peer_log, self.users)
+        self.sessions: weakref.WeakValueDictionary[ua.NodeId, _Session] = weakref.WeakValueDictionary()
+        self._log_filter = False
         self.pki: Pki | None = None
         self.updates = 0  # signal values applied, for the benchmark and diagnostics
 
@@ -342,7 +469,19 @@ class OpcUaService:
         server.manufacturer_name = "canbridge"
         server.set_endpoint(cfg.listen)
         iserver = server.iserver
+        require(iserver)  # a different asyncua: refuse to start, naming what is missing
         iserver.max_monitored_item_queue_size = cfg.max_monitored_item_queue
+        lim = cfg.limits
+        server.limits = TransportLimits(
+            max_recv_buffer=lim.max_chunk_size,
+            max_send_buffer=lim.max_chunk_size,
+            max_chunk_count=lim.max_chunk_count,
+            max_message_size=lim.max_message_size,
+        )
+        iserver.max_pending_messages_per_connection = lim.max_queued_messages
+        iserver.max_connections = lim.max_connections  # canbridge's admission decides first
+        iserver.max_pending_activation_seconds = 0  # canbridge's handshake deadline replaces it
+        iserver.max_subscriptions = lim.max_subscriptions
 
         policies: list[ua.SecurityPolicyType] = []
         if "None" in cfg.security_policies:
@@ -365,15 +504,21 @@ class OpcUaService:
             cert, key = await ensure_certificate(cfg, self.pki, base)
             await server.load_certificate(str(cert))
             await server.load_private_key(str(key))
-        self.validator = TrustListValidator(self.pki, cfg.trust_all_clients)
+        self.validator = TrustListValidator(
+            self.pki, cfg.trust_all_clients, lim.max_rejected_certificates, lim.max_rejected_certificate_size,
+            self.peer_log,
+        )
         server.set_certificate_validator(self.validator)  # type: ignore[arg-type]
 
         self.ns_index = await server.register_namespace(cfg.namespace_uri)
         await self._build_address_space()
         self._install_session_factory()
 
+        install_log_filter()
+        self._log_filter = True
         try:
-            await server.start()
+            with guarded_binary_server(self.transport):
+                await server.start()
         except OSError as e:
             with contextlib.suppress(Exception):
                 await server.stop()
@@ -382,8 +527,16 @@ class OpcUaService:
         self._tasks.append(asyncio.create_task(self._pump(), name="opcua-values"))
         self._tasks.append(asyncio.create_task(self._diagnostics_loop(), name="opcua-diagnostics"))
         log.info("opcua: serving %d signals on %s", len(self._signals), ", ".join(self._endpoints))
+        if secure:
+            trust = "any client certificate (trust_all_clients)" if cfg.trust_all_clients else (
+                f"client certificates in {self.pki.trusted}/; refused ones are kept in {self.pki.rejected}/ "
+                "(move one to trusted/ to approve it)")
+            log.info("opcua: PKI %s: trusts %s; server certificate %s", self.pki.root, trust, self.pki.cert)
 
     async def stop(self) -> None:
+        if self._log_filter:
+            remove_log_filter()
+            self._log_filter = False
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -421,20 +574,24 @@ class OpcUaService:
             if user is not None:
                 kwargs["user"] = user
             session: _Session = session_cls(iserver, iserver.aspace, iserver.subscription_service, name, **kwargs)
-            session.secured = svc._peer_secured(name)
+            session.secured = svc._channel_secured()
+            svc.sessions[session.session_id] = session
             return session
 
         iserver.create_session = create_session  # type: ignore[method-assign]
 
-    def _peer_secured(self, peer: Any) -> bool:
-        """Whether the secure channel of the connection from ``peer`` signs its messages."""
-        bserver = self.server.bserver if self.server is not None else None
-        for proto in getattr(bserver, "clients", []):
-            proc = getattr(proto, "processor", None)
-            if proc is not None and getattr(proc, "name", None) == peer:
-                policy = getattr(getattr(proc, "_connection", None), "security_policy", None)
-                return getattr(policy, "Mode", ua.MessageSecurityMode.None_) != ua.MessageSecurityMode.None_
-        return True  # unknown: validate the certificate (the safe side)
+    @staticmethod
+    def _channel_secured() -> bool:
+        """Whether the secure channel of the CreateSession being handled signs its messages; True
+        (validate the client certificate) whenever that is not known for sure."""
+        proc = current_processor()
+        if proc is None:
+            return True
+        try:
+            return bool(proc.secured)
+        except Exception:  # an internal changed: the safe side
+            log.warning("opcua: cannot tell the security mode of %s; validating its certificate", proc.name)
+            return True
 
     def _fix_endpoint_urls(self) -> None:
         """With port 0 the endpoints were described before the port was known: rewrite them."""
@@ -486,7 +643,10 @@ class OpcUaService:
                 _argument("bus", ObjectIds.String, "name of a configured bus"),
                 _argument("frame", ObjectIds.String, "cansend string, e.g. 123#DEADBEEF"),
             ],
-            [_argument("sent", ObjectIds.String, "the frame as sent (cansend string)")],
+            [
+                _argument("sent", ObjectIds.String, "the frame as sent (cansend string); empty when refused"),
+                _argument("detail", ObjectIds.String, "why the frame was refused; empty when sent"),
+            ],
         )
         # initial state: quality and value of everything before the first batch arrives
         await self.apply(b.read_many())
@@ -596,6 +756,10 @@ class OpcUaService:
             }
             for name, value in values.items():
                 await self._set_diag((bus, name), value, now)
+        stats = self.bridge.stats()
+        await self._set_diag(bridge_diag_key("AuditAvailable"), stats.audit_available, now)
+        await self._set_diag(bridge_diag_key("AuditError"), stats.audit_error or "", now)
+        await self._set_diag(bridge_diag_key("AuditFailures"), stats.audit_failures, now)
         for ms in self.bridge.message_status():
             await self._set_diag((ms.name, "Age"), ms.age_s, now, waiting=ms.age_s is None)
             await self._set_diag((ms.name, "Frames"), ms.frames, now)
@@ -618,65 +782,102 @@ class OpcUaService:
 
     # --- writes ------------------------------------------------------------------------------
 
-    async def client_write(self, session: _Session, node: SignalNode, wv: ua.WriteValue) -> ua.StatusCode:
-        """A client's write to a signal variable: through ``bridge.write``, refused or sent."""
-        if wv.AttributeId != AttributeIds.Value:
-            return status(StatusCodes.BadNotWritable)
-        if wv.IndexRange:
-            return status(StatusCodes.BadIndexRangeInvalid)
-        dv = wv.Value
-        variant = dv.Value if dv is not None else None
-        if variant is None or variant.Value is None or variant.is_array or isinstance(variant.Value, list):
-            return status(StatusCodes.BadTypeMismatch)
-        info = node.info
-        vt = variant.VariantType
-        value: Any = variant.Value
-        if vt == ua.VariantType.Boolean:
-            if info.value_type is not bool:
-                return status(StatusCodes.BadTypeMismatch)
-        elif vt in _NUMERIC_VARIANTS:
-            if info.value_type is bool:
-                return status(StatusCodes.BadTypeMismatch)
-        elif vt in (ua.VariantType.String, ua.VariantType.LocalizedText) and info.choices:
-            value = value.Text if isinstance(value, ua.LocalizedText) else value  # a choice text
-        else:
-            return status(StatusCodes.BadTypeMismatch)
+    async def client_write(
+        self, session: _Session, items: Sequence[tuple[SignalNode, ua.WriteValue]]
+    ) -> list[ua.StatusCode]:
+        """A client's Write request to signal variables: all or nothing through the write path.
+
+        The plugin only translates: the decoded Variant value goes to the bridge as it is (the write
+        path judges type, range and permission, and audits each refusal). What the bridge cannot take
+        in any form (another attribute than Value, an IndexRange) is refused here with
+        ``bridge.refuse(UNSUPPORTED)``, which audits it too. When one item is refused nothing is sent:
+        that item gets its refusal's StatusCode and every other item ``BadOperationAbandoned``.
+        """
         caller = session.caller(frozenset({Permission.WRITE}))
+        names = [node.info.name for node, _ in items]
+        values = [_decoded(wv) for _, wv in items]
+        codes: list[ua.StatusCode | None] = [None] * len(items)
+        first: int | None = None
+        for i, (_node, wv) in enumerate(items):
+            form = _unsupported_form(wv)
+            if form is not None:
+                code, detail = form
+                self.bridge.refuse(names[i], values[i], caller, RefusalReason.UNSUPPORTED, detail)
+                codes[i] = status(code)
+                first = i if first is None else first
+        if first is not None:
+            for i in range(len(items)):
+                if codes[i] is None:
+                    self.bridge.refuse(names[i], values[i], caller, RefusalReason.UNSUPPORTED,
+                                       f"not sent: item {first} of this Write request was refused")
+            log.info("opcua: write of %s by %s refused: unsupported write form", ", ".join(names), caller)
+            return [c if c is not None else status(StatusCodes.BadOperationAbandoned) for c in codes]
         try:
-            await self.bridge.write(info.name, value, caller)
+            if len(items) == 1:
+                await self.bridge.write(names[0], values[0], caller)  # type: ignore[arg-type]
+            else:
+                await self.bridge.write_many(list(zip(names, values, strict=True)), caller)
         except WriteRefused as e:
-            log.info("opcua: write of %s=%r by %s refused: %s", info.name, value, caller, e.detail)
-            return status(REFUSAL_STATUS.get(e.reason, StatusCodes.BadUnexpectedError))
+            log.info("opcua: write of %s by %s refused: %s", e.target or ", ".join(names), caller, e.detail)
+            return self._refused_codes(items, e)
         except UnknownSignal:
-            return status(StatusCodes.BadNodeIdUnknown)
+            return [status(StatusCodes.BadNodeIdUnknown)] * len(items)
         except CanbridgeError as e:
-            log.warning("opcua: write of %s by %s failed: %s", info.name, caller, e)
-            return status(StatusCodes.BadCommunicationError)
-        # show the accepted value now rather than one update interval later
+            log.warning("opcua: write of %s by %s failed: %s", ", ".join(names), caller, e)
+            return [status(StatusCodes.BadCommunicationError)] * len(items)
+        # show the accepted values now rather than one update interval later
         with contextlib.suppress(CanbridgeError):
-            await self.apply([self.bridge.read(info.name)])
-        return status(StatusCodes.Good)
+            await self.apply([self.bridge.read(n) for n in dict.fromkeys(names)])
+        return [status(StatusCodes.Good)] * len(items)
+
+    @staticmethod
+    def _refused_codes(items: Sequence[tuple[SignalNode, ua.WriteValue]], e: WriteRefused) -> list[ua.StatusCode]:
+        refused = e.index if e.index is not None else 0
+        code = status(REFUSAL_STATUS.get(e.reason, StatusCodes.BadUnexpectedError))
+        abandoned = status(StatusCodes.BadOperationAbandoned)
+        if e.reason is not RefusalReason.BUS_DOWN or len(items) == 1:
+            return [code if i == refused else abandoned for i in range(len(items))]
+        # A bus failed while sending: the messages before the failing one went out (the write path
+        # sends one frame per message, in the order the request first names them).
+        def key(i: int) -> tuple[str, str]:
+            info = items[i][0].info
+            return info.bus, info.message
+
+        order = list(dict.fromkeys(key(i) for i in range(len(items))))
+        failed_at = order.index(key(refused))
+        out = []
+        for i in range(len(items)):
+            pos = order.index(key(i))
+            out.append(status(StatusCodes.Good) if pos < failed_at else code if pos == failed_at else abandoned)
+        return out
 
     async def _send_frame_method(self, parent: ua.NodeId, bus: ua.Variant, frame: ua.Variant) -> Any:
+        """The raw arguments go to ``bridge.send_frame`` as they are; a refusal comes back as a bad
+        StatusCode, the argument at fault marked in InputArgumentResults, and its reason as the
+        ``detail`` output argument (also as the DiagnosticInfo of the argument)."""
+        bus_v: Any = bus.Value if isinstance(bus, ua.Variant) else bus
+        frame_v: Any = frame.Value if isinstance(frame, ua.Variant) else frame
         session = _current_session.get()
         if session is None:
-            return status(StatusCodes.BadUserAccessDenied)
-        if not isinstance(bus.Value, str) or not isinstance(frame.Value, str):
-            return status(StatusCodes.BadInvalidArgument)
+            anonymous = Caller(plugin="opcua", user=None, address=None, permissions=frozenset())
+            e = self.bridge.refuse(f"{bus_v} (raw frame)", frame_v, anonymous, RefusalReason.UNAUTHENTICATED,
+                                   "SendFrame outside a client session")
+            return _call_refused(e.reason, e.detail)
         caller = session.caller(frozenset({Permission.RAW}))
         try:
-            sent = await self.bridge.send_frame(bus.Value, frame.Value, caller)
+            sent = await self.bridge.send_frame(bus_v, frame_v, caller)
         except WriteRefused as e:
-            log.info("opcua: SendFrame %s %s by %s refused: %s", bus.Value, frame.Value, caller, e.detail)
-            return status(REFUSAL_STATUS.get(e.reason, StatusCodes.BadUnexpectedError))
-        except FrameFormatError:
-            return status(StatusCodes.BadInvalidArgument)
-        except KeyError:
-            return status(StatusCodes.BadInvalidArgument)
+            log.info("opcua: SendFrame %r %r by %s refused: %s", bus_v, frame_v, caller, e.detail)
+            return _call_refused(e.reason, e.detail)
+        except FrameFormatError as e:  # audited by the write path as invalid_frame
+            log.info("opcua: SendFrame %r %r by %s refused: %s", bus_v, frame_v, caller, e)
+            return _call_refused(RefusalReason.INVALID_FRAME, str(e))
         except CanbridgeError as e:
             log.warning("opcua: SendFrame by %s failed: %s", caller, e)
-            return status(StatusCodes.BadCommunicationError)
-        return [ua.Variant(sent.to_cansend(), ua.VariantType.String)]
+            res = _call_refused(RefusalReason.BUS_DOWN, str(e))
+            res.StatusCode = status(StatusCodes.BadCommunicationError)
+            return res
+        return [ua.Variant(sent.to_cansend(), ua.VariantType.String), ua.Variant("", ua.VariantType.String)]
 
     @property
     def pki_root(self) -> Path | None:
@@ -685,6 +886,52 @@ class OpcUaService:
     @property
     def bound_port(self) -> int | None:
         return self._bound[1] if self._bound else None
+
+
+def _decoded(wv: ua.WriteValue) -> Any:
+    """The client's value as decoded from its Variant (texts of LocalizedText), not judged."""
+    dv = wv.Value
+    variant = dv.Value if dv is not None else None
+    if variant is None:
+        return None
+    value = variant.Value
+    if isinstance(value, ua.LocalizedText):
+        return value.Text
+    if isinstance(value, list):
+        return [v.Text if isinstance(v, ua.LocalizedText) else v for v in value]
+    return value
+
+
+def _unsupported_form(wv: ua.WriteValue) -> tuple[int, str] | None:
+    """(StatusCode, detail) for a write the bridge cannot take in any form, else None."""
+    if wv.AttributeId != AttributeIds.Value:
+        try:
+            attr = AttributeIds(wv.AttributeId).name
+        except ValueError:
+            attr = str(wv.AttributeId)
+        return StatusCodes.BadNotWritable, f"write of the {attr} attribute (only Value is writable)"
+    if wv.IndexRange:
+        return StatusCodes.BadIndexRangeInvalid, f"write with IndexRange {wv.IndexRange!r} (signals are scalars)"
+    return None
+
+
+_ARG_AT_FAULT = {RefusalReason.UNKNOWN_BUS: 0, RefusalReason.INVALID_FRAME: 1}
+
+
+def _call_refused(reason: RefusalReason, detail: str) -> ua.CallMethodResult:
+    res = ua.CallMethodResult()
+    res.StatusCode = status(REFUSAL_STATUS.get(reason, StatusCodes.BadUnexpectedError))
+    at = _ARG_AT_FAULT.get(reason)
+    res.InputArgumentResults = [
+        status(StatusCodes.BadInvalidArgument if i == at else StatusCodes.Good) for i in range(2)
+    ]
+    if at is not None:
+        diag = ua.DiagnosticInfo()
+        diag.AdditionalInfo = cast(Any, detail)
+        res.InputArgumentDiagnosticInfos = [diag if i == at else ua.DiagnosticInfo() for i in range(2)]
+    text = f"{reason.value}: {detail}"
+    res.OutputArguments = [ua.Variant("", ua.VariantType.String), ua.Variant(text, ua.VariantType.String)]
+    return res
 
 
 def _convert(value: Any, vt: ua.VariantType) -> Any:

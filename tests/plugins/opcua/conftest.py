@@ -7,10 +7,11 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
 from asyncua.crypto.cert_gen import dump_private_key_as_pem, generate_private_key, generate_self_signed_app_certificate
 from canbridge_opcua._config import hash_password
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -156,6 +157,11 @@ async def connect(url: str, user: tuple[str, str] | None = None, security: str |
 
 async def ns_index(client: Client) -> int:
     return int(await client.get_namespace_index(NS))
+
+
+def nid(identifier: int | str, namespace: int = 0) -> ua.NodeId:
+    """A NodeId (asyncua types its arguments as its own Int32/String/UInt16 classes)."""
+    return ua.NodeId(cast(Any, identifier), cast(Any, namespace))
 
 
 def status_name(exc: BaseException) -> str:

@@ -168,6 +168,12 @@ async def test_write_sends_frame_and_refusals(opcua_config: Cfg, pki_seed: Path,
                         "methodId": "CANBridge.SendFrame",
                         "args": [["String", "demo"], ["String", "7A0#0102"]],
                     },
+                    {  # refused: the reason comes back as the 'detail' output argument
+                        "op": "call",
+                        "objectId": "CANBridge",
+                        "methodId": "CANBridge.SendFrame",
+                        "args": [["String", "demo"], ["String", "7A0#01020"]],
+                    },
                 ],
             }
         )
@@ -200,7 +206,10 @@ async def test_write_sends_frame_and_refusals(opcua_config: Cfg, pki_seed: Path,
         "BadTypeMismatch",
         "BadNotWritable",
     ]
-    assert by_op(lines, "call")[0]["outputs"] == ["7A0#0102"]
+    calls = by_op(lines, "call")
+    assert calls[0]["status"] == "Good" and calls[0]["outputs"] == ["7A0#0102", ""]
+    assert calls[1]["status"] == "BadInvalidArgument"
+    assert calls[1]["outputs"][0] == "" and calls[1]["outputs"][1].startswith("invalid_frame: ")
     assert by_op(ro, "write")[0]["status"] == "BadUserAccessDenied"
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.uaerrors import UaStatusCodeError
 from canbridge_opcua._config import OpcUaConfig
 from canbridge_opcua._service import OpcUaService
 
@@ -17,6 +19,7 @@ from tests.plugins.opcua.conftest import (
     OPERATOR,
     ClientCert,
     make_client_cert,
+    nid,
     ns_index,
     running,
     small_table,
@@ -88,7 +91,7 @@ async def test_secure_session_with_username_writes(
             client = await secure_client(url, client_cert, OPERATOR, policy, mode)
             async with client:
                 idx = await ns_index(client)
-                node = client.get_node(ua.NodeId(SETPOINT, idx))
+                node = client.get_node(nid(SETPOINT, idx))
                 await node.write_value(ua.DataValue(ua.Variant(2500 + i, ua.VariantType.UInt16)))
                 assert h.bridge.read(SETPOINT).value == 2500 + i, (policy, mode)
         assert not any((pki_dir / "rejected").iterdir())
@@ -100,24 +103,26 @@ async def test_secure_session_wrong_password(
     trust(client_cert, pki_dir)
     async with running(opcua_config(), seed=pki_seed) as (_h, _svc, url):
         client = await secure_client(url, client_cert, (OPERATOR[0], "not-it"))
-        with pytest.raises(ua.UaStatusCodeError) as err:
+        with pytest.raises(UaStatusCodeError) as err:
             async with client:
                 pass
         assert status_name(err.value) == "BadUserAccessDenied"
 
 
 async def test_untrusted_certificate_is_rejected_then_approved(
-    opcua_config: Cfg, pki_seed: Path, pki_dir: Path, tmp_path: Path
+    opcua_config: Cfg, pki_seed: Path, pki_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     stranger = make_client_cert(tmp_path / "stranger", "stranger")
     async with running(opcua_config(), seed=pki_seed) as (_h, svc, url):
         client = await secure_client(url, stranger, OPERATOR)
-        with pytest.raises(ua.UaStatusCodeError) as err:
+        with pytest.raises(UaStatusCodeError) as err:
             async with client:
                 pass
         assert status_name(err.value) == "BadCertificateUntrusted"
         rejected = list((pki_dir / "rejected").iterdir())
         assert len(rejected) == 1 and rejected[0].suffix == ".der"
+        assert any(f"to trust it, move {rejected[0]} to {pki_dir / 'trusted'}/" in r.getMessage()
+                   for r in caplog.records)
         assert rejected[0].read_bytes() == stranger.cert.read_bytes()
         assert svc.validator.rejected_count == 1
 
@@ -129,16 +134,29 @@ async def test_untrusted_certificate_is_rejected_then_approved(
 
 
 async def test_certificate_with_wrong_uri_is_rejected(
-    opcua_config: Cfg, pki_seed: Path, pki_dir: Path, client_cert: ClientCert
+    opcua_config: Cfg, pki_seed: Path, pki_dir: Path, client_cert: ClientCert, caplog: pytest.LogCaptureFixture
 ) -> None:
     trust(client_cert, pki_dir)
     async with running(opcua_config(), seed=pki_seed) as (_h, _svc, url):
         client = await secure_client(url, client_cert, OPERATOR)
         client.application_uri = "urn:someone:else"
-        with pytest.raises(ua.UaStatusCodeError) as err:
+        with pytest.raises(UaStatusCodeError) as err:
             async with client:
                 pass
         assert status_name(err.value) == "BadCertificateUriInvalid"
+    # the log says what is wrong, not "move it to trusted" (it is trusted already)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "canbridge.opcua" and "UriInvalid" in r.getMessage()]
+    assert f"its ApplicationUri {client_cert.uri} does not match the ApplicationUri 'urn:someone:else'" in line
+    assert "trusting the certificate will not fix this" in line and "move" not in line
+
+
+async def test_start_names_the_pki_folders(opcua_config: Cfg, pki_seed: Path, pki_dir: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="canbridge.opcua")
+    async with running(opcua_config(), seed=pki_seed):
+        pass
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("opcua: PKI ")]
+    assert f"client certificates in {pki_dir}/trusted/" in line and f"kept in {pki_dir}/rejected/" in line
 
 
 async def test_none_policy_ignores_client_certificate(

@@ -195,7 +195,12 @@ REFUSALS = [
     (SETPOINT, ua.Variant(6001, ua.VariantType.UInt16), "BadOutOfRange"),
     (SETPOINT, ua.Variant("fast", ua.VariantType.String), "BadTypeMismatch"),
     (SETPOINT, ua.Variant(12.5, ua.VariantType.Double), "BadTypeMismatch"),
-    ("demo.MotorCommand.Enable", ua.Variant(1, ua.VariantType.Int32), "BadTypeMismatch"),
+    ("demo.MotorCommand.Enable", ua.Variant("on", ua.VariantType.String), "BadTypeMismatch"),
+    (SETPOINT, ua.Variant(True, ua.VariantType.Boolean), "BadTypeMismatch"),
+    (SETPOINT, ua.Variant(b"\x10\x00", ua.VariantType.ByteString), "BadTypeMismatch"),
+    (SETPOINT, ua.Variant(None, ua.VariantType.Null), "BadTypeMismatch"),
+    (SETPOINT, ua.Variant(float("nan"), ua.VariantType.Double), "BadTypeMismatch"),
+    (SETPOINT, ua.Variant(ua.NodeId(5, 0), ua.VariantType.NodeId), "BadTypeMismatch"),
     ("demo.MotorCommand.Mode", ua.Variant("Reverse", ua.VariantType.String), "BadTypeMismatch"),
     (SETPOINT, ua.Variant([1, 2], ua.VariantType.UInt16), "BadTypeMismatch"),
 ]
@@ -254,7 +259,7 @@ async def test_send_frame_for_operators(opcua_config: Cfg, pki_seed: Any) -> Non
         root = c.get_node(ua.NodeId("CANBridge", idx))
         h.clear_sent()
         out = await root.call_method(f"{idx}:SendFrame", "demo", "123#DEADBEEF")
-        assert out == "123#DEADBEEF"
+        assert out == ["123#DEADBEEF", ""]  # sent, and no refusal detail
         frame = await h.next_sent(0x123)
         assert frame.data == bytes.fromhex("DEADBEEF")
         for bus, text, expected in (("demo", "12X#00", "BadInvalidArgument"), ("nope", "123#00", "BadInvalidArgument")):
