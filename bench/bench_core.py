@@ -259,7 +259,7 @@ async def run_core(n: int, rate: float | None, batch: bool = True) -> dict[str, 
 
 # --- the baselines: python-can's Notifier, one Message and one cantools decode per frame -------------
 
-class SocketPairBus(can.BusABC):  # type: ignore[misc]
+class SocketPairBus(can.BusABC):
     """A python-can bus on the socketpair that receives exactly as ``SocketcanBus`` does: ``select`` then
     python-can's own ``capture_message`` (one ``recvmsg`` with the SO_TIMESTAMPNS timestamp, one
     ``can.Message``) per frame; ``fileno()`` lets a ``Notifier`` with a loop use ``add_reader``."""

@@ -261,31 +261,10 @@ def parse_frame(obj: object) -> Frame:
 
 
 def format_cansend(frame: Frame) -> str:
-    """Format a frame as a cansend string."""
-    ident = f"{frame.can_id:08X}" if frame.extended else f"{frame.can_id:03X}"
-    if frame.rtr:
-        return f"{ident}#R" + (str(frame.dlc) if frame.dlc else "")
-    if frame.fd:
-        return f"{ident}##{1 if frame.brs else 0}{frame.data.hex().upper()}"
-    return f"{ident}#{frame.data.hex().upper()}"
+    """Format a frame as a cansend string (the same as ``frame.to_cansend()``)."""
+    return frame.to_cansend()
 
 
 def to_nodered(frame: Frame) -> dict[str, object]:
-    """The frame in node-red-contrib-socketcan's format (``timestamp`` in ms since the epoch).
-
-    ``rawData`` is the data as a Node.js Buffer serialises to JSON, as that node's received objects
-    carry it; ``canfd``, ``brs`` and ``bus`` are canbridge's additions."""
-    data = list(frame.data)
-    return {
-        "timestamp": None if frame.timestamp_ns is None else frame.timestamp_ns // 1_000_000,
-        "ext": frame.extended,
-        "canid": frame.can_id,
-        "dlc": frame.length,
-        "rtr": frame.rtr,
-        "canfd": frame.fd,
-        "brs": frame.brs,
-        "data": data,
-        "rawData": {"type": "Buffer", "data": list(data)},
-        "err": frame.error,
-        "bus": frame.bus,
-    }
+    """The frame in node-red-contrib-socketcan's format (the same as ``frame.to_nodered()``)."""
+    return frame.to_nodered()

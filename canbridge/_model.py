@@ -107,16 +107,33 @@ class Frame:
         return self.dlc if self.dlc is not None else len(self.data)
 
     def to_cansend(self) -> str:
-        """The frame as a can-utils ``cansend`` string (``123#DEADBEEF``)."""
-        from canbridge._frames import format_cansend
-
-        return format_cansend(self)
+        """The frame as a can-utils ``cansend`` string (``123#DEADBEEF``); ``parse_cansend`` reads it back."""
+        ident = f"{self.can_id:08X}" if self.extended else f"{self.can_id:03X}"
+        if self.rtr:
+            return f"{ident}#R" + (str(self.dlc) if self.dlc else "")
+        if self.fd:
+            return f"{ident}##{1 if self.brs else 0}{self.data.hex().upper()}"
+        return f"{ident}#{self.data.hex().upper()}"
 
     def to_nodered(self) -> dict[str, object]:
-        """The frame as a node-red-contrib-socketcan frame object."""
-        from canbridge._frames import to_nodered
+        """The frame in node-red-contrib-socketcan's format (``timestamp`` in ms since the epoch).
 
-        return to_nodered(self)
+        ``rawData`` is the data as a Node.js Buffer serialises to JSON, as that node's received objects
+        carry it; ``canfd``, ``brs`` and ``bus`` are canbridge's additions."""
+        data = list(self.data)
+        return {
+            "timestamp": None if self.timestamp_ns is None else self.timestamp_ns // 1_000_000,
+            "ext": self.extended,
+            "canid": self.can_id,
+            "dlc": self.length,
+            "rtr": self.rtr,
+            "canfd": self.fd,
+            "brs": self.brs,
+            "data": data,
+            "rawData": {"type": "Buffer", "data": list(data)},
+            "err": self.error,
+            "bus": self.bus,
+        }
 
 
 @dataclass(frozen=True, slots=True)

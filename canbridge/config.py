@@ -252,7 +252,7 @@ def _build(node: yaml.Node, path: tuple[str | int, ...], lines: LineMap, file: s
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(v, (*path, i), lines, file) for i, v in enumerate(node.value)]
-    return yaml.SafeLoader.construct_object(_LOADER, node, deep=True)  # type: ignore[arg-type]
+    return yaml.SafeLoader.construct_object(_LOADER, node, deep=True)
 
 
 class _Loader(yaml.SafeLoader):

@@ -154,9 +154,9 @@ def encoder(encoding: str, word_order: str = "ABCD", scale: float = 1.0) -> Enco
         def enc_float(v: float | int | bool) -> tuple[int, ...]:
             x = v * scale
             try:
-                return unpack(pack(x))  # type: ignore[no-any-return]
+                return unpack(pack(x))
             except OverflowError:  # beyond float32
-                return unpack(pack(math.copysign(limit, x)))  # type: ignore[no-any-return]
+                return unpack(pack(math.copysign(limit, x)))
 
         return enc_float
     lo, hi = INT_LIMITS[encoding]
@@ -170,6 +170,6 @@ def encoder(encoding: str, word_order: str = "ABCD", scale: float = 1.0) -> Enco
             r = lo
         elif r > hi:
             r = hi
-        return unpack(pack(r))  # type: ignore[no-any-return]
+        return unpack(pack(r))
 
     return enc_int

@@ -320,7 +320,7 @@ class UserManager:
         return checked.user  # type: ignore[no-any-return]
 
 
-class Ruleset(SimpleRoleRuleset):  # type: ignore[misc]
+class Ruleset(SimpleRoleRuleset):
     """Every session that got past login may use the ordinary services; nobody may change the
     address space (AddNodes, DeleteReferences, ...), whatever its name."""
 

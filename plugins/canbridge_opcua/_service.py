@@ -118,7 +118,7 @@ _current_session: contextvars.ContextVar[_Session | None] = contextvars.ContextV
 )
 
 
-class _SharedValues(MonitoredItemValues):  # type: ignore[misc]
+class _SharedValues(MonitoredItemValues):
     """A monitored item's last two values, kept by reference: see the module docstring."""
 
     def set_current_datavalue(self, cur_val: ua.DataValue) -> None:
@@ -217,7 +217,7 @@ async def notify(attval: Any, dv: ua.DataValue) -> None:
             log.exception("opcua: data change callback failed")
 
 
-class _Session(InternalSession):  # type: ignore[misc]
+class _Session(InternalSession):
     """A client session that routes writes, method calls and subscriptions through the service."""
 
     service: OpcUaService  # set on the subclass made per service
@@ -259,7 +259,7 @@ class _Session(InternalSession):  # type: ignore[misc]
         nodes = params.NodesToWrite
         ours = [svc.signal_for(wv.NodeId) for wv in nodes]
         if not any(ours):
-            return await super().write(params)  # type: ignore[no-any-return]
+            return await super().write(params)
         results: list[ua.StatusCode | None] = [None] * len(nodes)
         others = [wv for wv, sig in zip(nodes, ours, strict=True) if sig is None]
         if others:  # not signal variables: asyncua's own write (refused by their access levels)
@@ -289,7 +289,7 @@ class _Session(InternalSession):  # type: ignore[misc]
     async def call(self, params: list[ua.CallMethodRequest]) -> list[ua.CallMethodResult]:
         token = _current_session.set(self)
         try:
-            return await super().call(params)  # type: ignore[no-any-return]
+            return await super().call(params)
         finally:
             _current_session.reset(token)
 
@@ -369,7 +369,7 @@ class _Session(InternalSession):  # type: ignore[misc]
         for item in params.ItemsToModify:
             q = item.RequestedParameters.QueueSize
             item.RequestedParameters.QueueSize = 1 if q == 0 else min(q, cap)
-        return await super().modify_monitored_items(params)  # type: ignore[no-any-return]
+        return await super().modify_monitored_items(params)
 
 
 class _Transport:
@@ -508,7 +508,7 @@ class OpcUaService:
             self.pki, cfg.trust_all_clients, lim.max_rejected_certificates, lim.max_rejected_certificate_size,
             self.peer_log,
         )
-        server.set_certificate_validator(self.validator)  # type: ignore[arg-type]
+        server.set_certificate_validator(self.validator)
 
         self.ns_index = await server.register_namespace(cfg.namespace_uri)
         await self._build_address_space()
@@ -814,7 +814,7 @@ class OpcUaService:
             return [c if c is not None else status(StatusCodes.BadOperationAbandoned) for c in codes]
         try:
             if len(items) == 1:
-                await self.bridge.write(names[0], values[0], caller)  # type: ignore[arg-type]
+                await self.bridge.write(names[0], values[0], caller)
             else:
                 await self.bridge.write_many(list(zip(names, values, strict=True)), caller)
         except WriteRefused as e:

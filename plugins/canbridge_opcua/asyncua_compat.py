@@ -258,7 +258,7 @@ def _error_message(code: int, reason: str) -> bytes:
     return uatcp_to_binary(cast(Any, ua.MessageType.Error), ua.ErrorMessage(_status(code), cast(Any, reason)))
 
 
-class GuardedProcessor(_uap.UaProcessor):  # type: ignore[misc]
+class GuardedProcessor(_uap.UaProcessor):
     """asyncua's processor with canbridge's checks in front of it (see the module docstring)."""
 
     hooks: TransportHooks  # set on the subclass made per server
@@ -361,7 +361,7 @@ def _mtype(header: Any) -> str:
     return t.decode("ascii", "replace") if isinstance(t, bytes) else str(t)
 
 
-class GuardedProtocol(_bsa.OPCUAProtocol):  # type: ignore[misc]
+class GuardedProtocol(_bsa.OPCUAProtocol):
     """asyncua's per-connection protocol with canbridge's transport limits."""
 
     hooks: TransportHooks  # set on the subclass made per server
@@ -453,7 +453,7 @@ class GuardedProtocol(_bsa.OPCUAProtocol):  # type: ignore[misc]
         self.close()
 
 
-class _GuardedBinaryServer(_bsa.BinaryServer):  # type: ignore[misc]
+class _GuardedBinaryServer(_bsa.BinaryServer):
     protocol_class: type[GuardedProtocol]
 
     def _make_protocol(self) -> GuardedProtocol:

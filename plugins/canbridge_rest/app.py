@@ -9,14 +9,12 @@ import json
 import logging
 import math
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import canbridge
 from canbridge_rest import models
@@ -30,15 +28,13 @@ from canbridge_rest.guard import (
     loads,
     origin_allowed,
 )
+from canbridge_rest.state import IDENTITY, STATE, VALUE, Handler, Identity, RestState, Route
 from canbridge_rest.streams import SlowClient, StreamHub, StreamParamError, dumps, parse_params, run_stream
 
 log = logging.getLogger("canbridge.rest")
 
 STATIC = Path(__file__).resolve().parent / "static"
 API = "/api/v1"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 class ApiError(Exception):
     """An error response: the error middleware turns it into a JSON body."""
@@ -66,43 +62,6 @@ class ApiError(Exception):
         self.index = index
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who made a request: a configured token's name, or anonymous (name None)."""
-
-    name: str | None
-    role: Role | None
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    handler: Handler
-    role: Role | None  # None: public
-    name: str
-    token_in_query: bool = False  # EventSource cannot send headers: streams also take ?access_token=
-
-
-@dataclass
-class RestState:
-    bridge: canbridge.Bridge
-    config: RestConfig
-    hub: StreamHub
-    statics: dict[str, dict[str, Any]]
-    tokens: dict[str, tuple[str, Role]]
-    routes: dict[object, Route] = field(default_factory=dict)  # aiohttp route -> our route
-    registry: CollectorRegistry | None = None
-    openapi: dict[str, Any] | None = None
-    requests: Counter[tuple[str, str, int]] = field(default_factory=Counter)
-    started: bool = False
-    limiter: AuthLimiter = field(default_factory=lambda: AuthLimiter(10, 6.0))
-    refusals_unaudited: int = 0  # refusals the bridge could not record (logged)
-
-
-STATE = web.AppKey("canbridge_rest.state", RestState)
-IDENTITY = web.RequestKey("canbridge_rest.identity", Identity)
-VALUE = web.RequestKey("canbridge_rest.value", object)  # what a write attempt asked for, for the audit log
 MAX_WRITE_ITEMS = 256
 
 REFUSAL_STATUS = {

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 import canbridge
 
 if TYPE_CHECKING:
-    from canbridge_rest.app import RestState
+    from canbridge_rest.state import RestState
 
 _BUS_COUNTERS = (
     ("rx_frames", "canbridge_bus_frames_received", "Frames received on the bus that reached the bridge"),

@@ -17,7 +17,7 @@ from canbridge_rest import models
 from canbridge_rest.config import RestConfig
 
 if TYPE_CHECKING:
-    from canbridge_rest.app import Route
+    from canbridge_rest.state import Route
 
 _MODELS: list[type[BaseModel]] = [
     models.Signal,

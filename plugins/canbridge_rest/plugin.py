@@ -9,8 +9,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 import canbridge
-from canbridge_rest.app import STATE, make_app
+from canbridge_rest.app import make_app
 from canbridge_rest.config import RestConfig
+from canbridge_rest.state import STATE
 
 log = logging.getLogger("canbridge.rest")
 

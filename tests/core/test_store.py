@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from canbridge import Quality, SignalValue
@@ -10,8 +11,8 @@ from canbridge.testing import until
 from tests.core.test_busrunner import SPEED, TEMP, fake_runtime, motor_status
 
 
-async def next_batch(it: object, timeout: float = 2.0) -> list[SignalValue]:
-    return await asyncio.wait_for(anext(it), timeout)  # type: ignore[call-overload,no-any-return]
+async def next_batch(it: AsyncIterator[list[SignalValue]], timeout: float = 2.0) -> list[SignalValue]:
+    return await asyncio.wait_for(anext(it), timeout)
 
 
 async def test_first_batch_is_every_subscribed_signal(tmp_path: Path) -> None:

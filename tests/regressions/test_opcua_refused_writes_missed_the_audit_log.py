@@ -45,8 +45,8 @@ async def test_opcua_refused_writes_are_audited(
         for attribute, index_range, variant in forms:
             wv = ua.WriteValue()
             wv.NodeId = nid(SETPOINT, idx)
-            wv.AttributeId = attribute  # type: ignore[assignment]
-            wv.IndexRange = index_range  # type: ignore[assignment]
+            wv.AttributeId = attribute
+            wv.IndexRange = index_range
             wv.Value = ua.DataValue(variant)
             params = ua.WriteParameters()
             params.NodesToWrite = [wv]

@@ -91,7 +91,7 @@ def error_code(data: bytes) -> str | None:
     if i < 0:
         return None
     (code,) = struct.unpack_from("<I", data, i + 8)
-    return ua.StatusCode(code).name  # type: ignore[arg-type]
+    return ua.StatusCode(code).name
 
 
 @contextlib.asynccontextmanager
@@ -339,9 +339,9 @@ async def test_malformed_input_logs_one_line_per_peer_without_traceback(
 async def test_register_server_is_refused(opcua_config: Cfg, pki_seed: Path) -> None:
     async with running(opcua_config(), seed=pki_seed) as (_h, _svc, url):
         fake = ua.RegisteredServer()
-        fake.ServerUri = "urn:evil:server"  # type: ignore[assignment]
+        fake.ServerUri = "urn:evil:server"
         fake.ServerNames = [ua.LocalizedText("evil")]
-        fake.DiscoveryUrls = ["opc.tcp://203.0.113.9:4840"]  # type: ignore[list-item]
+        fake.DiscoveryUrls = ["opc.tcp://203.0.113.9:4840"]
         fake.ServerType = ua.ApplicationType.Server
         fake.IsOnline = True
         async with open_channel(url) as client:  # no session, None channel, no certificate
@@ -381,7 +381,7 @@ async def test_rejected_certificates_are_capped(tmp_path: Path) -> None:
 
     def app(i: int) -> ua.ApplicationDescription:
         a = ua.ApplicationDescription()
-        a.ApplicationUri = f"urn:c{i}"  # type: ignore[assignment]
+        a.ApplicationUri = f"urn:c{i}"
         return a
 
     for i in range(6):
@@ -411,7 +411,7 @@ def plaintext_client(url: str, user: tuple[str, str]) -> Client:
 
     def no_encryption(token_type: ua.UserTokenType) -> ua.UserTokenPolicy:
         policy = original(token_type)
-        policy.SecurityPolicyUri = None  # type: ignore[assignment]
+        policy.SecurityPolicyUri = None
         return policy
 
     client.server_policy = no_encryption  # type: ignore[method-assign]

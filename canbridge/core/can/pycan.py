@@ -83,7 +83,7 @@ class PythonCanDriver(BusDriver):
         try:
             self.bus = can.Bus(
                 interface=cfg.interface, channel=cfg.channel, fd=cfg.fd, receive_own_messages=False,
-                can_filters=self._filters, **cfg.options,  # type: ignore[arg-type]
+                can_filters=self._filters, **cfg.options,
             )
         except (can.CanInterfaceNotImplementedError, ImportError) as e:
             raise BusUnavailable(f"python-can interface {cfg.interface!r} is not available: {e}") from e

@@ -138,7 +138,7 @@ async def test_subscription_receives_changes(opcua_config: Cfg, pki_seed: Path, 
             await c.until("event")  # subscribed: the initial (waiting) value arrived
             for rpm in (111, 222, 333):
                 h.inject(f"100#{rpm.to_bytes(2, 'little').hex()}000000000000")
-                await h.until(lambda rpm=rpm: h.bridge.read("demo.MotorStatus.MotorSpeed").value == rpm)
+                await h.until(lambda rpm=rpm: h.bridge.read("demo.MotorStatus.MotorSpeed").value == rpm)  # type: ignore[misc]
                 await asyncio.sleep(0.2)
             lines = await c.rest()
     (result,) = by_op(lines, "subscribe")

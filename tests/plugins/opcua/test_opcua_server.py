@@ -112,7 +112,8 @@ async def test_values_timestamps_and_quality(opcua_config: Cfg, pki_seed: Any) -
         assert dv.StatusCode.is_good()
         assert sv.timestamp_ns is not None
         expected = datetime.fromtimestamp(sv.timestamp_ns / 1e9, UTC)
-        assert abs((dv.SourceTimestamp - expected).total_seconds()) < 1e-3
+        assert dv.SourceTimestamp is not None
+        assert abs((dv.SourceTimestamp - expected).total_seconds()) < 1e-3  # type: ignore[operator]
 
         # no more frames: the message goes stale after its timeout and the status follows
         await h.until(lambda: h.bridge.read(SPEED).quality is Quality.STALE, timeout=5)
@@ -140,7 +141,7 @@ async def test_subscription_delivers_changes(opcua_config: Cfg, pki_seed: Any) -
         assert handle
         for rpm in (100, 200, 300):
             h.inject(f"100#{rpm.to_bytes(2, 'little').hex().upper()}000000000000")
-            await h.until(lambda rpm=rpm: h.bridge.read(SPEED).value == rpm)
+            await h.until(lambda rpm=rpm: h.bridge.read(SPEED).value == rpm)  # type: ignore[misc]
             await asyncio.sleep(0.15)
         await h.until(lambda: any(v == 300 for v, _ in got))
         assert [v for v, _ in got if v is not None][-3:] == [100, 200, 300]

@@ -150,7 +150,7 @@ def test_unece_codes(unit: str, code: str) -> None:
 def test_unit_ids_and_unknowns() -> None:
     u = unece_unit("degC")
     assert u is not None and u.unit_id == 4408652  # the value in the OPC UA UNECE table (CEL)
-    assert unece_unit("%") is not None and unece_unit("%").unit_id == 20529  # type: ignore[union-attr]
+    assert unece_unit("%") is not None and unece_unit("%").unit_id == 20529
     assert unece_unit("") is None and unece_unit(None) is None and unece_unit("furlongs") is None
     assert unece_unit("S") is None  # siemens is not seconds: short units are case-sensitive
 
@@ -204,7 +204,7 @@ async def served(tmp_path: Path, pki_seed: Path) -> AsyncIterator[tuple[FakeBrid
 async def read_until(node: Any, pred: Any, timeout: float = 5.0) -> ua.DataValue:
     deadline = time.monotonic() + timeout
     while True:
-        dv = await node.read_data_value(raise_on_bad_status=False)
+        dv: ua.DataValue = await node.read_data_value(raise_on_bad_status=False)
         if pred(dv) or time.monotonic() > deadline:
             return dv
         await asyncio.sleep(0.01)
@@ -316,7 +316,7 @@ async def test_monitored_items_skip_the_deepcopy(served: Any) -> None:
 
     sub = await client.create_subscription(10, Handler())
     await sub.subscribe_data_change(client.get_node(ua.NodeId("b0.Status.Speed", idx)), queuesize=0)
-    subs = svc.server.iserver.subscription_service.subscriptions  # type: ignore[union-attr]
+    subs = svc.server.iserver.subscription_service.subscriptions
     (isub,) = subs.values()
     (mdata,) = isub.monitored_item_srv._monitored_items.values()
     assert type(mdata.mvalue).__name__ == "_SharedValues"
@@ -377,9 +377,9 @@ def write_value(node: ua.NodeId, variant: ua.Variant, attribute: int = ua.Attrib
                 index_range: str | None = None) -> ua.WriteValue:
     wv = ua.WriteValue()
     wv.NodeId = node
-    wv.AttributeId = attribute  # type: ignore[assignment]
+    wv.AttributeId = attribute
     wv.Value = ua.DataValue(variant)
-    wv.IndexRange = index_range  # type: ignore[assignment]
+    wv.IndexRange = index_range
     return wv
 
 

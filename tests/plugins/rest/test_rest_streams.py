@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 from canbridge_rest import models
-from canbridge_rest.app import STATE
 from canbridge_rest.plugin import RestService
+from canbridge_rest.state import STATE
 
 from tests.plugins.rest.conftest import OPEN, Api, running
 
