@@ -10,6 +10,7 @@ from canbridge._errors import (
     CanbridgeError,
     ConfigError,
     FrameFormatError,
+    ListenError,
     MappingError,
     PluginError,
     Problem,
@@ -48,12 +49,14 @@ from canbridge._plugin import (
     hookimpl,
 )
 from canbridge._table import load_table
+from canbridge.config import BusConfig, Strict, load_config, problems_from_validation
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bridge",
     "BridgeStats",
+    "BusConfig",
     "BusDriver",
     "BusError",
     "BusInfo",
@@ -69,6 +72,7 @@ __all__ = [
     "FrameFlags",
     "FrameFormatError",
     "FrameSubscription",
+    "ListenError",
     "MappingError",
     "MappingFormat",
     "MessageInfo",
@@ -84,6 +88,7 @@ __all__ = [
     "Service",
     "SignalInfo",
     "SignalValue",
+    "Strict",
     "Subscription",
     "UnknownBus",
     "UnknownSignal",
@@ -93,8 +98,10 @@ __all__ = [
     "__version__",
     "format_cansend",
     "hookimpl",
+    "load_config",
     "load_table",
     "parse_cansend",
     "parse_frame",
     "parse_frame_object",
+    "problems_from_validation",
 ]

@@ -72,6 +72,19 @@ class PluginError(CanbridgeError):
     """A plugin failed to load, configure, start or stop."""
 
 
+class ListenError(PluginError):
+    """A plugin cannot listen on its address (in use, not this machine's, not permitted); every
+    northbound plugin raises this one type, naming itself, the address and the configuration key."""
+
+    def __init__(self, plugin: str, address: str, why: str, key: str | None = None) -> None:
+        self.plugin = plugin
+        self.address = address
+        self.why = why
+        self.key = key
+        hint = f" ({key})" if key else ""
+        super().__init__(f"{plugin}: cannot listen on {address}: {why}{hint}")
+
+
 class UnknownSignal(CanbridgeError, KeyError):
     """No signal of that name is in the mapping table."""
 

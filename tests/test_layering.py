@@ -44,10 +44,12 @@ def test_the_contracts_cover_every_plugin_package() -> None:
     cfg = contracts()
     assert PLUGIN_PACKAGES == ["canbridge_modbus", "canbridge_opcua", "canbridge_rest"]
     assert set(PLUGIN_PACKAGES) <= set(cfg["root_packages"])
-    [plugins_contract, core_contract] = cfg["contracts"]
+    [plugins_contract, core_contract, cycles_contract] = cfg["contracts"]
     assert plugins_contract["type"] == "forbidden"
     assert sorted(plugins_contract["source_modules"]) == PLUGIN_PACKAGES
-    assert {"canbridge.core", "canbridge.cli"} <= set(plugins_contract["forbidden_modules"])
+    assert {"canbridge.core", "canbridge.cli", "canbridge.config"} <= set(plugins_contract["forbidden_modules"])
+    assert cycles_contract["type"] == "acyclic_siblings"
+    assert sorted(cycles_contract["ancestors"]) == sorted(["canbridge", *PLUGIN_PACKAGES])
     assert core_contract["source_modules"] == ["canbridge.core"]
     assert set(PLUGIN_PACKAGES) <= set(core_contract["forbidden_modules"])
     assert {"asyncua", "pymodbus", "aiohttp"} <= set(core_contract["forbidden_modules"])
@@ -56,7 +58,7 @@ def test_the_contracts_cover_every_plugin_package() -> None:
 def test_the_project_keeps_its_contracts() -> None:
     r = run(lint_imports(), ROOT, [ROOT, ROOT / "plugins"])
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "2 kept, 0 broken" in r.stdout
+    assert "3 kept, 0 broken" in r.stdout
 
 
 def test_a_plugin_importing_the_core_is_caught(tmp_path: Path) -> None:
@@ -80,3 +82,19 @@ def test_a_plugin_importing_the_core_is_caught(tmp_path: Path) -> None:
 
 def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def test_an_import_cycle_is_caught(tmp_path: Path) -> None:
+    pkg = tmp_path / "cyclic"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from cyclic import b  # noqa\n")
+    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from cyclic import a  # noqa\n")
+    cycles = dict(contracts()["contracts"][2])
+    cycles["ancestors"] = ["cyclic"]
+    lines = ["[tool.importlinter]", 'root_packages = ["cyclic"]', "", "[[tool.importlinter.contracts]]"]
+    lines += [f"{k} = " + (_toml_list(v) if isinstance(v, list) else f'"{v}"') for k, v in cycles.items()]
+    (tmp_path / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    r = run([*lint_imports(), "--config", str(tmp_path / "pyproject.toml")], tmp_path, [tmp_path])
+    assert r.returncode != 0, r.stdout
+    assert "BROKEN" in r.stdout and "No cycles are allowed in cyclic" in r.stdout  # a typing-only import counts

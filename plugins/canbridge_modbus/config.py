@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from canbridge.config import Strict
+from canbridge import Strict
 
 Encoding = Literal["bool", "int16", "uint16", "int32", "uint32", "float32", "float64"]
 WordOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]

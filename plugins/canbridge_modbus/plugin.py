@@ -10,8 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 import canbridge
-from canbridge import Command, ConfigError, NorthboundPlugin, SignalInfo
-from canbridge.config import load_config, problems_from_validation
+from canbridge import Command, ConfigError, NorthboundPlugin, SignalInfo, load_config, problems_from_validation
 from canbridge_modbus.config import ModbusConfig
 from canbridge_modbus.regmap import (
     RegisterMap,

@@ -31,7 +31,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerSocket
 from pymodbus.pdu import DecodePDU
 
-from canbridge import Caller, PluginError, RefusalReason
+from canbridge import Caller, ListenError, RefusalReason
 from canbridge_modbus.engine import ModbusEngine, exception_pdu
 
 log = logging.getLogger("canbridge.modbus")
@@ -109,10 +109,8 @@ class ModbusTcpServer:
         try:
             self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port)
         except OSError as e:
-            raise PluginError(
-                f"modbus: cannot listen on {self.host}:{self.port}: {e.strerror or e} "
-                "(plugins.modbus.host/port)"
-            ) from e
+            raise ListenError("modbus", f"{self.host}:{self.port}", e.strerror or str(e),
+                              "plugins.modbus.host/port") from e
         self._sweeper = asyncio.create_task(self._sweep(), name="modbus-tcp-sweeper")
 
     def addresses(self) -> list[tuple[str, int]]:

@@ -48,6 +48,7 @@ from canbridge import (
     Caller,
     CanbridgeError,
     FrameFormatError,
+    ListenError,
     Permission,
     Quality,
     RefusalReason,
@@ -522,7 +523,7 @@ class OpcUaService:
         except OSError as e:
             with contextlib.suppress(Exception):
                 await server.stop()
-            raise OSError(e.errno, f"opcua: cannot listen on {cfg.listen}: {e.strerror or e}") from e
+            raise ListenError("opcua", cfg.listen, e.strerror or str(e), "plugins.opcua.listen") from e
         self._fix_endpoint_urls()
         self._tasks.append(asyncio.create_task(self._pump(), name="opcua-values"))
         self._tasks.append(asyncio.create_task(self._diagnostics_loop(), name="opcua-diagnostics"))

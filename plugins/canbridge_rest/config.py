@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from canbridge.config import Strict
+from canbridge import Strict
 
 
 class Role(StrEnum):

@@ -45,8 +45,8 @@ class RestService:
             await site.start()
         except OSError as e:
             await runner.cleanup()
-            raise canbridge.PluginError(
-                f"rest: cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}"
+            raise canbridge.ListenError(
+                "rest", f"{cfg.host}:{cfg.port}", e.strerror or str(e), "plugins.rest.host/port"
             ) from e
         self.app, self._runner = app, runner
         scheme = "https" if cfg.tls else "http"

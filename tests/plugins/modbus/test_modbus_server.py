@@ -13,7 +13,7 @@ from canbridge_modbus.service import ModbusService
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from canbridge import BusState, Quality
+from canbridge import BusState, ListenError, Quality
 from tests.plugins.modbus.conftest import demo_frame, eventually, mapped, modbus_bridge, sent_matching
 
 SPEED_IR = 0  # demo.MotorStatus.MotorSpeed, int16 (see the printed map in test_first_map)
@@ -244,10 +244,9 @@ async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         from canbridge_modbus.config import ModbusConfig
         from canbridge_modbus.service import ModbusService
 
-        from canbridge import PluginError
 
         other = ModbusService(h.bridge, ModbusConfig.model_validate({"port": port}))
-        with pytest.raises(PluginError, match=f"cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}"):
             await other.start()
 
 

@@ -21,6 +21,7 @@ from canbridge_opcua._service import OpcUaService
 from canbridge_opcua._units import unece_unit
 from pydantic import ValidationError
 
+import canbridge
 from canbridge import Quality, RefusalReason
 from canbridge.testing import FakeBridge, signal_info
 from tests.plugins.opcua.conftest import small_table, status_name
@@ -344,7 +345,7 @@ async def test_port_in_use_is_a_clear_error(served: Any, tmp_path: Path) -> None
             pki_dir=str(tmp_path / "pki2"),
         ),
     )
-    with pytest.raises(OSError, match=f"cannot listen on opc.tcp://127.0.0.1:{port}"):
+    with pytest.raises(canbridge.ListenError, match=f"cannot listen on opc.tcp://127.0.0.1:{port}"):
         await other.start()
     await other.stop()  # stopping a service that failed to start is harmless
 

@@ -404,7 +404,7 @@ async def test_port_in_use_is_a_plugin_error(api: Api) -> None:
 
     port = int(api.url.rsplit(":", 1)[1].strip("/"))
     svc = RestService(api.h.bridge, RestConfig.model_validate({"port": port}))
-    with pytest.raises(canbridge.PluginError, match=f"cannot listen on 127.0.0.1:{port}"):
+    with pytest.raises(canbridge.ListenError, match=f"cannot listen on 127.0.0.1:{port}"):
         await svc.start()
     await svc.stop()
 
