@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT / "plugins"))
 from asyncua import ua  # noqa: E402
 from asyncua.client.client import Client  # noqa: E402
 from asyncua.server.server import Server  # noqa: E402
-from canbridge_opcua._config import OpcUaConfig  # noqa: E402
-from canbridge_opcua._service import OpcUaService  # noqa: E402
+from canbridge_opcua.config import OpcUaConfig  # noqa: E402
+from canbridge_opcua.service import OpcUaService  # noqa: E402
 
 from canbridge import Quality, SignalValue  # noqa: E402
 from canbridge.testing import FakeBridge, signal_info  # noqa: E402

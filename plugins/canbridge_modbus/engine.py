@@ -47,7 +47,7 @@ from canbridge import (
     WriteRefused,
 )
 from canbridge_modbus.codec import Codec, Encoder, encoder
-from canbridge_modbus.regmap import (
+from canbridge_modbus.registers import (
     BIT_TABLES,
     BRIDGE_DIAG_SIZE,
     BRIDGE_DIAGNOSTICS,

@@ -11,13 +11,9 @@ from pathlib import Path
 from canbridge import Bridge, PluginError
 from canbridge_modbus.config import ModbusConfig
 from canbridge_modbus.engine import ModbusEngine
-from canbridge_modbus.regmap import (
-    RegisterMap,
-    default_map_path,
-    load_map_file,
-    plan_register_map,
-    save_map,
-)
+from canbridge_modbus.mapfile import default_map_path, load_map_file, save_map
+from canbridge_modbus.planner import plan_register_map
+from canbridge_modbus.registers import RegisterMap
 from canbridge_modbus.rtu import ModbusRtuServer
 from canbridge_modbus.tcp import ModbusTcpServer
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -17,12 +17,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("canbridge_csvlog", ROOT / "docs/example-plugin/canbridge_csvlog.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["canbridge_csvlog"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """The example's hook module, imported from docs/ as if installed (its entry point names it)."""
+    where = str(ROOT / "docs" / "example-plugin")
+    if where not in sys.path:
+        sys.path.insert(0, where)
+    return importlib.import_module("canbridge_csvlog.plugin")
+
+
+def test_example_plugin_has_the_layout_of_the_built_in_ones() -> None:
+    pkg = ROOT / "docs" / "example-plugin" / "canbridge_csvlog"
+    assert sorted(p.name for p in pkg.glob("*.py")) == ["__init__.py", "config.py", "plugin.py", "service.py"]
+    for builtin in ("canbridge_opcua", "canbridge_modbus", "canbridge_rest"):
+        files = {p.name for p in (ROOT / "plugins" / builtin).glob("*.py")}
+        assert {"__init__.py", "config.py", "plugin.py", "service.py"} <= files, builtin
 
 
 async def test_example_plugin_logs_changes(tmp_path: Path) -> None:

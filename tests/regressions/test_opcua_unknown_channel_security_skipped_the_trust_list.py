@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from asyncua import ua
 from canbridge_opcua import asyncua_compat
-from canbridge_opcua._service import OpcUaService
+from canbridge_opcua.service import OpcUaService
 
 
 class _Proc:
@@ -43,5 +43,5 @@ def test_no_processor_or_a_failing_one_counts_as_secured(monkeypatch: pytest.Mon
         def secured(self) -> bool:
             raise AttributeError("_connection")
 
-    monkeypatch.setattr("canbridge_opcua._service.current_processor", lambda: Broken())
+    monkeypatch.setattr("canbridge_opcua.service.current_processor", lambda: Broken())
     assert OpcUaService._channel_secured() is True

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
-import canbridge_opcua._config as opcua_config_module
+import canbridge_opcua.config as opcua_config_module
 import pytest
 from asyncua import ua
 from asyncua.client.client import Client
@@ -28,7 +28,7 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import nodeid_to_binary, struct_to_binary, uatcp_to_binary
 from asyncua.ua.uaerrors import UaStatusCodeError
-from canbridge_opcua._config import hash_password
+from canbridge_opcua.config import hash_password
 
 from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures, used by name
     OPERATOR,
@@ -362,7 +362,7 @@ async def test_register_server_is_refused(opcua_config: Cfg, pki_seed: Path) -> 
 async def test_rejected_certificates_are_capped(tmp_path: Path) -> None:
     from asyncua.common.utils import ServiceError
     from asyncua.crypto.cert_gen import generate_self_signed_app_certificate
-    from canbridge_opcua._security import Pki, TrustListValidator
+    from canbridge_opcua.security import Pki, TrustListValidator
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import Encoding
     from cryptography.x509 import DNSName, UniformResourceIdentifier

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from canbridge_rest.app import ROUTES
 from canbridge_rest.guard import AuthLimiter, _depth, peer_key
-from canbridge_rest.plugin import RestService
+from canbridge_rest.handlers import ROUTES
+from canbridge_rest.service import RestService
 from canbridge_rest.state import STATE
 from hypothesis import given
 from hypothesis import strategies as st

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import cantools
-from canbridge_modbus.regmap import RegisterMap
+from canbridge_modbus.registers import RegisterMap
 from canbridge_modbus.service import ModbusService
 
 from canbridge import Frame

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from canbridge_modbus.config import ModbusConfig
 from canbridge_modbus.engine import FUNCTIONS, ModbusEngine, read_response
-from canbridge_modbus.regmap import plan_register_map
+from canbridge_modbus.planner import plan_register_map
 from hypothesis import given
 from hypothesis import strategies as st
 from pymodbus.pdu import DecodePDU
@@ -185,7 +185,7 @@ async def test_input_registers_are_not_writable(tmp_path: Path) -> None:
     bridge, _ = make(tmp_path)
     path = tmp_path / "hand.yaml"
     path.write_text("signals:\n  demo.M.Speed: {table: holding_register, address: 50}\n")
-    from canbridge_modbus.regmap import load_map_file
+    from canbridge_modbus.mapfile import load_map_file
 
     rmap = plan_register_map(bridge.signals, ["demo"], ModbusConfig(), load_map_file(path), path)
     engine = ModbusEngine(bridge, rmap)

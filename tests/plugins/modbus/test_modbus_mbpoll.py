@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from canbridge_modbus.regmap import render_csv
+from canbridge_modbus.listing import render_csv
 from canbridge_modbus.service import ModbusService
 
 from canbridge.core.app import demo_config, unique_channel

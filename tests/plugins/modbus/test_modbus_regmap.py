@@ -8,17 +8,10 @@ from pathlib import Path
 
 import pytest
 from canbridge_modbus.config import ModbusConfig
-from canbridge_modbus.regmap import (
-    BRIDGE_DIAG_SIZE,
-    DIAG_SIZE,
-    RegisterMap,
-    default_map_path,
-    load_map_file,
-    plan_register_map,
-    render_csv,
-    render_markdown,
-    save_map,
-)
+from canbridge_modbus.listing import render_csv, render_markdown
+from canbridge_modbus.mapfile import default_map_path, load_map_file, save_map
+from canbridge_modbus.planner import plan_register_map
+from canbridge_modbus.registers import BRIDGE_DIAG_SIZE, DIAG_SIZE, RegisterMap
 
 from canbridge import ConfigError, SignalInfo
 from canbridge.testing import signal_info

@@ -13,7 +13,7 @@ import pytest
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.crypto.cert_gen import dump_private_key_as_pem, generate_private_key, generate_self_signed_app_certificate
-from canbridge_opcua._config import hash_password
+from canbridge_opcua.config import hash_password
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import DNSName, UniformResourceIdentifier
 from cryptography.x509.oid import ExtendedKeyUsageOID

@@ -11,8 +11,8 @@ import pytest
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.uaerrors import UaStatusCodeError
-from canbridge_opcua._config import OpcUaConfig
-from canbridge_opcua._service import OpcUaService
+from canbridge_opcua.config import OpcUaConfig
+from canbridge_opcua.service import OpcUaService
 
 from canbridge.testing import FakeBridge
 from tests.plugins.opcua.conftest import (

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from asyncua import ua
 from asyncua.common.subscription import DataChangeNotif
-from canbridge_opcua._units import UNECE_NAMESPACE
+from canbridge_opcua.units import UNECE_NAMESPACE
 
 from canbridge import Quality
 from tests.plugins.opcua.conftest import OPERATOR, READER, connect, ns_index, running, status_name

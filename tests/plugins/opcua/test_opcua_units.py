@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from asyncua import Client, ua
 from canbridge_opcua import plugin
-from canbridge_opcua._config import OpcUaConfig, hash_password, verify_password
-from canbridge_opcua._nodes import variant_type
-from canbridge_opcua._service import OpcUaService
-from canbridge_opcua._units import unece_unit
+from canbridge_opcua.config import OpcUaConfig, hash_password, verify_password
+from canbridge_opcua.nodes import variant_type
+from canbridge_opcua.service import OpcUaService
+from canbridge_opcua.units import unece_unit
 from pydantic import ValidationError
 
 import canbridge

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from canbridge_rest import models
-from canbridge_rest.app import REFUSAL_STATUS, ROUTES
+from canbridge_rest.errors import REFUSAL_STATUS
+from canbridge_rest.handlers import ROUTES
 
 import canbridge
 from tests.plugins.rest.conftest import Api, bridge_config, running
@@ -400,7 +401,7 @@ async def test_openapi_document_covers_every_route(api: Api) -> None:
 
 async def test_port_in_use_is_a_plugin_error(api: Api) -> None:
     from canbridge_rest.config import RestConfig
-    from canbridge_rest.plugin import RestService
+    from canbridge_rest.service import RestService
 
     port = int(api.url.rsplit(":", 1)[1].strip("/"))
     svc = RestService(api.h.bridge, RestConfig.model_validate({"port": port}))

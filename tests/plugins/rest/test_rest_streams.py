@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from canbridge_rest import models
-from canbridge_rest.plugin import RestService
+from canbridge_rest.service import RestService
 from canbridge_rest.state import STATE
 
 from tests.plugins.rest.conftest import OPEN, Api, running

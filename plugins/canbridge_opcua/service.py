@@ -56,18 +56,6 @@ from canbridge import (
     UnknownSignal,
     WriteRefused,
 )
-from canbridge_opcua._config import OpcUaConfig
-from canbridge_opcua._nodes import QUALITY_STATUS, SignalNode, bridge_diag_key, build_plan, nodeid, status
-from canbridge_opcua._security import (
-    PeerLog,
-    Pki,
-    RoleUser,
-    Ruleset,
-    TrustListValidator,
-    UserManager,
-    ensure_certificate,
-    role_of,
-)
 from canbridge_opcua.asyncua_compat import (
     MONITORED_ITEM_CALLBACK,
     MONITORED_ITEM_SERVICE,
@@ -84,6 +72,18 @@ from canbridge_opcua.asyncua_compat import (
     peer_host,
     remove_log_filter,
     require,
+)
+from canbridge_opcua.config import OpcUaConfig
+from canbridge_opcua.nodes import QUALITY_STATUS, SignalNode, bridge_diag_key, build_plan, nodeid, status
+from canbridge_opcua.security import (
+    PeerLog,
+    Pki,
+    RoleUser,
+    Ruleset,
+    TrustListValidator,
+    UserManager,
+    ensure_certificate,
+    role_of,
 )
 
 log = logging.getLogger("canbridge.opcua")

@@ -1,11 +1,4 @@
-"""An example canbridge plugin: appends every signal change to a CSV file.
-
-Install it next to canbridge (``pip install ./docs/example-plugin``) and enable it in the
-configuration::
-
-    plugins:
-      csvlog: {file: changes.csv, interval_s: 1.0, signals: ["demo.MotorStatus.*"]}
-"""
+"""The running service: one subscription, one batch written per interval."""
 
 from __future__ import annotations
 
@@ -13,22 +6,9 @@ import asyncio
 import contextlib
 import csv
 import fnmatch
-from collections.abc import Callable
-from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, Field
 
 import canbridge
-
-
-class CsvLogConfig(BaseModel):
-    """The plugin's configuration: unknown keys are errors, like everywhere in canbridge."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    file: Path = Field(description="CSV file to append to (relative: to the state directory)")
-    interval_s: float = Field(1.0, gt=0, description="how often changes are written")
-    signals: list[str] = Field(default_factory=lambda: ["*"], description="signal name globs")
+from canbridge_csvlog.config import CsvLogConfig
 
 
 class CsvLog:
@@ -67,13 +47,3 @@ class CsvLog:
 
     def endpoints(self) -> list[str]:
         return [f"file://{self.path}"]
-
-
-@canbridge.hookimpl
-def register_northbound(register: Callable[[canbridge.NorthboundPlugin], None]) -> None:
-    register(canbridge.NorthboundPlugin(
-        name="csvlog",
-        config_model=CsvLogConfig,
-        factory=CsvLog,
-        description="append signal changes to a CSV file",
-    ))

@@ -16,7 +16,7 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
 from canbridge import BusInfo, MessageInfo, Quality, SignalInfo
-from canbridge_opcua._units import UNECE_NAMESPACE, unece_unit
+from canbridge_opcua.units import UNECE_NAMESPACE, unece_unit
 
 
 def status(code: int) -> ua.StatusCode:

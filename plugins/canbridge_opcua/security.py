@@ -35,9 +35,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from canbridge_opcua._config import OpcUaConfig, Role, hash_iterations, hash_password, verify_password
-from canbridge_opcua._nodes import nodeid, status
 from canbridge_opcua.asyncua_compat import checked_login, current_processor, peer_host
+from canbridge_opcua.config import OpcUaConfig, Role, hash_iterations, hash_password, verify_password
+from canbridge_opcua.nodes import nodeid, status
 
 log = logging.getLogger("canbridge.opcua")
 

@@ -1,0 +1,99 @@
+"""The register map as a table for people: ``canbridge modbus-map`` as CSV or Markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from canbridge_modbus.registers import BRIDGE_DIAGNOSTICS, DIAGNOSTICS, TABLES, RegisterMap
+
+COLUMNS = (
+    "signal",
+    "unit_id",
+    "table",
+    "address",
+    "registers",
+    "encoding",
+    "word_order",
+    "scale",
+    "unit",
+    "writable",
+    "quality_address",
+)
+
+
+def map_rows(rmap: RegisterMap) -> list[dict[str, str]]:
+    """One row per signal, then one per bus diagnostics field, for CSV and Markdown."""
+    rows: list[dict[str, str]] = []
+    for p in sorted(rmap.placements.values(), key=lambda p: (p.unit, TABLES.index(p.table), p.address)):
+        rows.append(
+            {
+                "signal": p.signal,
+                "unit_id": str(p.unit),
+                "table": p.table,
+                "address": str(p.address),
+                "registers": str(p.count),
+                "encoding": p.encoding,
+                "word_order": ""
+                if p.encoding == "bool" or (p.count == 1 and p.word_order == "ABCD")
+                else p.word_order,
+                "scale": f"{p.scale:g}",
+                "unit": p.phys_unit or "",
+                "writable": "yes" if p.writable and p.table in ("coil", "holding_register") else "no",
+                "quality_address": str(p.quality_address),
+            }
+        )
+    for d in rmap.diagnostics.values():
+        for offset, name, count, _ in DIAGNOSTICS:
+            rows.append(
+                {
+                    "signal": f"{d.bus}.bus.{name}",
+                    "unit_id": str(d.unit),
+                    "table": d.table,
+                    "address": str(d.address + offset),
+                    "registers": str(count),
+                    "encoding": "uint32" if count == 2 else "uint16",
+                    "word_order": d.word_order if count == 2 else "",
+                    "scale": "100" if name == "bus_load" else "1",
+                    "unit": "%" if name == "bus_load" else ("s" if name == "state_age" else ""),
+                    "writable": "no",
+                    "quality_address": "",
+                }
+            )
+    for b in sorted(rmap.bridge.values(), key=lambda b: b.unit):
+        for offset, name, count, _ in BRIDGE_DIAGNOSTICS:
+            rows.append(
+                {
+                    "signal": f"bridge.{name}",
+                    "unit_id": str(b.unit),
+                    "table": b.table,
+                    "address": str(b.address + offset),
+                    "registers": str(count),
+                    "encoding": "uint32" if count == 2 else "uint16",
+                    "word_order": b.word_order if count == 2 else "",
+                    "scale": "1",
+                    "unit": "",
+                    "writable": "no",
+                    "quality_address": "",
+                }
+            )
+    return rows
+
+
+def render_csv(rmap: RegisterMap) -> str:
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(map_rows(rmap))
+    return out.getvalue()
+
+
+def render_markdown(rmap: RegisterMap) -> str:
+    rows = map_rows(rmap)
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(r[c].replace("|", "\\|") for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
