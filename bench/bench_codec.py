@@ -27,7 +27,13 @@ import cantools
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from canbridge.core.mapping.codec import compile_decoder, encode_message  # noqa: E402
+from canbridge.core.mapping.codec import _message_encoder, compile_decoder  # noqa: E402
+
+
+def encode_message(message: Any, values: Any) -> bytes:
+    """Test helper: a whole frame from physical values with the generated encoder (cached per message),
+    as ``message.encode(values, strict=False)`` does with cantools."""
+    return _message_encoder(message)(values)
 
 EIGHT = """VERSION ""
 BO_ 291 Eight: 8 ECU

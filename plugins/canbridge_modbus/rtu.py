@@ -44,11 +44,6 @@ _REQUESTS = DecodePDU(is_server=True)
 _FRAMER = FramerRTU(_REQUESTS)  # its encode (unit id + PDU + CRC) builds the responses
 
 
-def with_crc(frame: bytes) -> bytes:
-    """The frame with its Modbus CRC-16 appended (pymodbus's CRC, already in wire order)."""
-    return frame + FramerRTU.compute_CRC(frame).to_bytes(2, "big")
-
-
 def crc_ok(frame: bytes) -> bool:
     return bool(FramerRTU.check_CRC(frame[:-2], int.from_bytes(frame[-2:], "big")))
 

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from canbridge_modbus.rtu import MAX_INPUT as MAX_RTU_INPUT
 from canbridge_modbus.rtu import MAX_OUTPUT as MAX_RTU_OUTPUT
-from canbridge_modbus.rtu import with_crc
 from canbridge_modbus.service import ModbusService
 from canbridge_modbus.tcp import MAX_INPUT, ModbusTcpServer
+from pymodbus.framer import FramerRTU
 
 from canbridge import Frame
 from canbridge.core.app import demo_config, unique_channel
@@ -52,6 +52,11 @@ async def bridge(tmp_path: Path, **modbus: Any) -> AsyncIterator[tuple[BridgeHar
         svc = h.service("modbus")
         assert isinstance(svc, ModbusService)
         yield h, svc, int(svc.endpoints()[0].rsplit(":", 1)[1]) if svc.tcp is not None else 0
+
+
+def with_crc(frame: bytes) -> bytes:
+    """Test helper: the frame with its Modbus CRC-16 appended (pymodbus's CRC, in wire order)."""
+    return frame + FramerRTU.compute_CRC(frame).to_bytes(2, "big")
 
 
 def tcp(svc: ModbusService) -> ModbusTcpServer:

@@ -608,7 +608,7 @@ def _initial_key(signal: Signal, ids: Sequence[int]) -> tuple[int, float]:
 
 
 def compile_message_encoder(message: Message) -> MessageEncoder:
-    """Generate ``encode(values) -> bytes`` for a whole frame; see :func:`encode_message`."""
+    """Generate ``encode(values) -> bytes`` for a whole frame; ``initial_payload`` uses it with no values."""
     src = _Source()
     length = message.length
     signals = {s.name: s for s in message.signals}
@@ -693,18 +693,6 @@ def _message_encoder(message: Message) -> MessageEncoder:
     if encoder is None:
         encoder = _ENCODERS[message] = compile_message_encoder(message)
     return encoder
-
-
-def encode_message(message: Message, values: Mapping[str, Value]) -> bytes:
-    """Encode a whole frame from physical values, like ``message.encode(values, strict=False)``.
-
-    Signals missing from ``values`` take their initial value (``raw_initial``, else 0), a
-    multiplexer missing its initial value or its lowest id; only the signals of the selected
-    multiplexer branches are encoded. Raises :class:`ValueError` naming the signal for a value
-    that does not fit, or a multiplexer value that has no branch. The encoder is generated on
-    first use and cached per message object.
-    """
-    return _message_encoder(message)(values)
 
 
 def initial_payload(message: Message) -> bytes:

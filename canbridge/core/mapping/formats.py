@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -612,13 +612,3 @@ FORMATS: list[MappingFormat] = [
     MappingFormat("arxml", (".arxml",), load_arxml, "AUTOSAR ARXML (cantools)"),
     MappingFormat("yaml", (".yaml", ".yml"), load_signals_yaml, "hand-written signals (YAML)"),
 ]
-
-
-def load_mapping(path: Path, strict: bool = True, format: str | None = None) -> Sequence[Message]:
-    """Load a mapping file with the built-in formats (by suffix unless ``format`` is given)."""
-    name = format or detect_format(path)
-    for fmt in FORMATS:
-        if fmt.name == name:
-            return fmt.load(path, strict)
-    known = ", ".join(f.name for f in FORMATS)
-    raise MappingError(f"unknown mapping format {name!r} (known: {known})", file=str(path))

@@ -17,12 +17,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from canbridge.core.mapping.codec import (
+    _message_encoder,
     compile_decoder,
     compile_encoder,
     compile_message_encoder,
-    encode_message,
     initial_payload,
 )
+
+
+def encode_message(message: Any, values: Any) -> bytes:
+    """Test helper: a whole frame from physical values with the generated encoder (cached per message),
+    as ``message.encode(values, strict=False)`` does with cantools."""
+    return _message_encoder(message)(values)
 
 
 def decoded(message: Any, data: bytes, **kw: Any) -> dict[str, Any]:

@@ -19,8 +19,14 @@ import cantools
 import pytest
 from cantools.database.can import Message, Signal
 
-from canbridge.core.mapping.codec import compile_decoder, compile_encoder, encode_message, fits
+from canbridge.core.mapping.codec import _message_encoder, compile_decoder, compile_encoder, fits
 from canbridge.core.mapping.formats import load_dbc
+
+
+def encode_message(message: Any, values: Any) -> bytes:
+    """Test helper: a whole frame from physical values with the generated encoder (cached per message),
+    as ``message.encode(values, strict=False)`` does with cantools."""
+    return _message_encoder(message)(values)
 
 
 def decoded(message: Any, data: bytes, **kw: Any) -> dict[str, Any]:

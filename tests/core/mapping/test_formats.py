@@ -21,10 +21,19 @@ from canbridge.core.mapping.formats import (
     lenient_dbc_fixups,
     load_dbc,
     load_kcd,
-    load_mapping,
     load_signals_yaml,
     load_sym,
 )
+
+
+def load_mapping(path: Path, strict: bool = True, format: str | None = None) -> Any:
+    """Test helper: load a mapping file with the built-in formats (by suffix unless ``format`` is given)."""
+    name = format or detect_format(path)
+    for fmt in FORMATS:
+        if fmt.name == name:
+            return fmt.load(path, strict)
+    known = ", ".join(f.name for f in FORMATS)
+    raise MappingError(f"unknown mapping format {name!r} (known: {known})", file=str(path))
 
 
 def choices(signal: Any) -> Any:

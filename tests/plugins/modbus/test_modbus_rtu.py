@@ -14,9 +14,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from canbridge_modbus.rtu import expected_length, with_crc
+from canbridge_modbus.rtu import expected_length
+from pymodbus.framer import FramerRTU
 
 from tests.plugins.modbus.conftest import demo_frame, eventually, mapped, modbus_bridge, sent_matching
+
+
+def with_crc(frame: bytes) -> bytes:
+    """Test helper: the frame with its Modbus CRC-16 appended (pymodbus's CRC, in wire order)."""
+    return frame + FramerRTU.compute_CRC(frame).to_bytes(2, "big")
 
 
 def crc(data: bytes) -> bytes:
