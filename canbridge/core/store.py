@@ -145,7 +145,9 @@ class SignalStore:
 
     def publish(self, changed: Iterable[int]) -> None:
         """Tell subscribers these signal indices changed (value or quality)."""
-        changed = changed if isinstance(changed, (list, set, tuple, frozenset)) else list(changed)
+        # one set per batch for every subscriber: a signal that changed twice in the batch counts once
+        # (its intermediate value is lost to everyone alike), and set updates from a set are cheaper
+        changed = changed if isinstance(changed, (set, frozenset)) else set(changed)
         if not changed:
             return
         now = time.monotonic()
