@@ -106,6 +106,11 @@ MAX_AUDITED_PDU = 64  # bytes of a malformed write request kept in its audit rec
 _COIL_ON = b"\xff\x00"
 _COIL_OFF = b"\x00\x00"
 _DECODE_ERRORS = (ValueError, IndexError, struct.error, ModbusException)
+MAX_READ_REGISTERS = 125  # pymodbus's ReadHoldingRegistersRequest.MAX_COUNT (FC 3 and 4)
+_ADDRESS_COUNT = struct.Struct(">HH").unpack_from
+_WORD = struct.Struct(">H").pack
+# one word per quality code, as the quality registers' byte image holds it
+_QUALITY_WORDS = {q: _WORD(q.code) for q in Quality}
 
 Response = bytes | Coroutine[Any, Any, bytes]
 
@@ -167,6 +172,9 @@ class _Slot:
     end: int
     quality_address: int
     bit: bool
+    image: bytearray | None  # the register table's byte image (None for bit tables)
+    quality_image: bytearray | None
+    pack: Any  # struct pack of this signal's words, big-endian (the image's layout)
     refused: bool = False  # whether bad[] is set for this signal now
 
 
@@ -176,6 +184,9 @@ class UnitSpace:
     def __init__(self, unit: int) -> None:
         self.unit = unit
         self.values: dict[str, list[int]] = {}
+        # register tables also as the bytes a read answers with (two per register, big-endian), kept
+        # equal to ``values`` by every store: a read of 125 registers is one slice, no packing
+        self.images: dict[str, bytearray] = {}
         self.known: dict[str, bytearray] = {}  # 1: a signal, quality, diagnostics or reserved address
         self.bad: dict[str, bytearray] = {}  # 1: the owning signal's value must not be served
         self.owner: dict[str, dict[int, Placement]] = {}  # every address a signal covers
@@ -187,9 +198,19 @@ class UnitSpace:
         if len(vals) < end:
             grow = end - len(vals)
             vals.extend([0] * grow)
+            if table not in BIT_TABLES:
+                self.images.setdefault(table, bytearray()).extend(bytes(2 * grow))
             self.known.setdefault(table, bytearray()).extend(bytes(grow))
             self.bad.setdefault(table, bytearray()).extend(bytes(grow))
             self.owner.setdefault(table, {})
+
+    def sync(self, table: str, address: int, count: int) -> None:
+        """Copy ``values[address:address + count]`` into the byte image (after a bulk store)."""
+        image = self.images.get(table)
+        if image is not None and count > 0:
+            image[2 * address : 2 * (address + count)] = struct.pack(
+                f">{count}H", *self.values[table][address : address + count]
+            )
 
     def mark(self, table: str, address: int, count: int, label: tuple[str, str] | None = None) -> None:
         self.ensure(table, address + count)
@@ -239,6 +260,7 @@ class ModbusEngine:
             self._unit(b.unit).mark(b.table, b.address, BRIDGE_DIAG_SIZE, ("diagnostics", "the bridge"))
         for p in rmap.placements.values():
             space = self.units[p.unit]
+            bit = p.table in BIT_TABLES
             self.slots[p.signal] = slot = _Slot(
                 p,
                 signals[p.signal],
@@ -249,7 +271,10 @@ class ModbusEngine:
                 p.address,
                 p.address + p.count,
                 p.quality_address,
-                p.table in BIT_TABLES,
+                bit,
+                None if bit else space.images[p.table],
+                space.images.get(rmap.quality_table),
+                None if bit else struct.Struct(f">{p.count}H").pack,
             )
             # nothing received yet: refused (exception mode) until the first value arrives
             self._store(slot, None, Quality.WAITING)
@@ -270,8 +295,13 @@ class ModbusEngine:
             if slot.bit:
                 slot.values[slot.address] = 1 if value else 0
             else:
-                slot.values[slot.address : slot.end] = slot.encode(value)
+                words = slot.encode(value)
+                slot.values[slot.address : slot.end] = words
+                slot.image[2 * slot.address : 2 * slot.end] = slot.pack(*words)  # type: ignore[index]
         slot.quality[slot.quality_address] = _QUALITY_CODES[quality]
+        if slot.quality_image is not None:
+            q = 2 * slot.quality_address
+            slot.quality_image[q : q + 2] = _QUALITY_WORDS[quality]
         refuse = self.refuse_bad and (value is None or quality is not Quality.GOOD)
         if refuse is not slot.refused:
             n = slot.end - slot.address
@@ -316,6 +346,7 @@ class ModbusEngine:
                 regs[a : a + 2] = codec.encode(v & 0xFFFF_FFFF)  # counters wrap like a PLC expects
             else:
                 regs[a] = min(max(v, 0), 0xFFFF)
+        self.units[d.unit].sync(d.table, d.address, DIAG_SIZE)
 
     def apply_bridge_stats(self, stats: BridgeStats, connections: int, evicted: int, refused: int) -> None:
         """Refresh the bridge diagnostics registers of every unit id (the audit log alarm point)."""
@@ -338,6 +369,7 @@ class ModbusEngine:
                     regs[a : a + 2] = codec.encode(v & 0xFFFF_FFFF)
                 else:
                     regs[a] = min(max(v, 0), 0xFFFF)
+            self.units[b.unit].sync(b.table, b.address, BRIDGE_DIAG_SIZE)
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -354,6 +386,13 @@ class ModbusEngine:
         has), is audited through ``bridge.refuse``."""
         self.requests += 1
         function = pdu[0]
+        if function == 3 or function == 4:  # register reads, every PLC's poll: no pymodbus objects
+            if len(pdu) != 5:  # what decode_request's size check refuses
+                return self._exc(function, ExcCodes.ILLEGAL_VALUE)
+            address, count = _ADDRESS_COUNT(pdu, 1)
+            if not 1 <= count <= MAX_READ_REGISTERS:  # what pymodbus's decode refuses
+                return self._exc(function, ExcCodes.ILLEGAL_VALUE)
+            return self._read_registers(self.units[unit], function, address, count)
         if function not in FUNCTIONS:
             if function in UNSERVED_WRITES:
                 self._refuse_request(unit, function, pdu, peer, RefusalReason.UNSUPPORTED,
@@ -429,14 +468,31 @@ class ModbusEngine:
                 self.bridge.refuse(target, value, caller, RefusalReason.NOT_ALLOWED, detail)
         return self._exc(function, ExcCodes.ILLEGAL_FUNCTION)
 
-    def _read(self, space: UnitSpace, function: int, table: str, address: int, count: int) -> bytes:
-        known = space.known.get(table)
+    def _read_registers(self, space: UnitSpace, function: int, address: int, count: int) -> bytes:
+        """FC 3/4 from the table's byte image: the same checks and bytes as :meth:`_read`."""
+        table = READ_TABLES[function]
         end = address + count
+        refused = self._unreadable(space, function, table, address, end)
+        if refused is not None:
+            return refused
+        return bytes((function, 2 * count)) + space.images[table][2 * address : 2 * end]
+
+    def _read(self, space: UnitSpace, function: int, table: str, address: int, count: int) -> bytes:
+        end = address + count
+        refused = self._unreadable(space, function, table, address, end)
+        if refused is not None:
+            return refused
+        return read_response(function, space.values[table][address:end], table in BIT_TABLES)
+
+    def _unreadable(self, space: UnitSpace, function: int, table: str, address: int, end: int) -> bytes | None:
+        """The exception response when the range cannot be read: an address without a meaning, or a
+        value whose quality is refused; None when it can."""
+        known = space.known.get(table)
         if known is None or end > len(known) or known.find(0, address, end) != -1:
             return self._exc(function, ExcCodes.ILLEGAL_ADDRESS)
         if space.bad[table].find(1, address, end) != -1:
             return self._exc(function, ExcCodes.GATEWAY_NO_RESPONSE)
-        return read_response(function, space.values[table][address:end], table in BIT_TABLES)
+        return None
 
     @staticmethod
     def _write_values(function: int, pdu: bytes, request: ModbusPDU) -> list[int] | None:
