@@ -108,9 +108,11 @@ _COIL_OFF = b"\x00\x00"
 _DECODE_ERRORS = (ValueError, IndexError, struct.error, ModbusException)
 MAX_READ_REGISTERS = 125  # pymodbus's ReadHoldingRegistersRequest.MAX_COUNT (FC 3 and 4)
 _ADDRESS_COUNT = struct.Struct(">HH").unpack_from
-_WORD = struct.Struct(">H").pack
-# one word per quality code, as the quality registers' byte image holds it
-_QUALITY_WORDS = {q: _WORD(q.code) for q in Quality}
+# register tables keep a byte image for reads, refreshed lazily in blocks of 2**BLOCK_BITS registers:
+# a store marks its block stale (one byte store), the next read of the block packs it once for all
+BLOCK_BITS = 5
+BLOCK = 1 << BLOCK_BITS
+_PACK_BLOCK = struct.Struct(f">{BLOCK}H").pack
 
 Response = bytes | Coroutine[Any, Any, bytes]
 
@@ -172,9 +174,8 @@ class _Slot:
     end: int
     quality_address: int
     bit: bool
-    image: bytearray | None  # the register table's byte image (None for bit tables)
-    quality_image: bytearray | None
-    pack: Any  # struct pack of this signal's words, big-endian (the image's layout)
+    stale: bytearray | None  # the register table's stale blocks (None for bit tables)
+    quality_stale: bytearray | None
     refused: bool = False  # whether bad[] is set for this signal now
 
 
@@ -184,9 +185,10 @@ class UnitSpace:
     def __init__(self, unit: int) -> None:
         self.unit = unit
         self.values: dict[str, list[int]] = {}
-        # register tables also as the bytes a read answers with (two per register, big-endian), kept
-        # equal to ``values`` by every store: a read of 125 registers is one slice, no packing
+        # register tables also as the bytes a read answers with (two per register, big-endian); a
+        # block whose ``stale`` byte is set is packed from ``values`` by the next read that covers it
         self.images: dict[str, bytearray] = {}
+        self.stale: dict[str, bytearray] = {}
         self.known: dict[str, bytearray] = {}  # 1: a signal, quality, diagnostics or reserved address
         self.bad: dict[str, bytearray] = {}  # 1: the owning signal's value must not be served
         self.owner: dict[str, dict[int, Placement]] = {}  # every address a signal covers
@@ -200,17 +202,37 @@ class UnitSpace:
             vals.extend([0] * grow)
             if table not in BIT_TABLES:
                 self.images.setdefault(table, bytearray()).extend(bytes(2 * grow))
+                stale = self.stale.setdefault(table, bytearray())
+                stale.extend(b"\x01" * (((end + BLOCK - 1) >> BLOCK_BITS) - len(stale)))
             self.known.setdefault(table, bytearray()).extend(bytes(grow))
             self.bad.setdefault(table, bytearray()).extend(bytes(grow))
             self.owner.setdefault(table, {})
 
-    def sync(self, table: str, address: int, count: int) -> None:
-        """Copy ``values[address:address + count]`` into the byte image (after a bulk store)."""
-        image = self.images.get(table)
-        if image is not None and count > 0:
-            image[2 * address : 2 * (address + count)] = struct.pack(
-                f">{count}H", *self.values[table][address : address + count]
-            )
+    def touched(self, table: str, address: int, count: int) -> None:
+        """``values[address:address + count]`` changed (a bulk store): their blocks are stale."""
+        stale = self.stale.get(table)
+        if stale is not None and count > 0:
+            first, last = address >> BLOCK_BITS, (address + count - 1) >> BLOCK_BITS
+            stale[first : last + 1] = b"\x01" * (last - first + 1)
+
+    def image(self, table: str, address: int, end: int) -> bytearray:
+        """The bytes of registers ``address`` to ``end - 1`` (which exist), packing stale blocks first."""
+        stale = self.stale[table]
+        image = self.images[table]
+        first, last = address >> BLOCK_BITS, ((end - 1) >> BLOCK_BITS) + 1
+        b = stale.find(1, first, last)
+        if b != -1:
+            values = self.values[table]
+            while b != -1:
+                lo = b << BLOCK_BITS
+                hi = lo + BLOCK
+                if hi <= len(values):
+                    image[2 * lo : 2 * hi] = _PACK_BLOCK(*values[lo:hi])
+                else:  # the table's last, partial block
+                    image[2 * lo : 2 * len(values)] = struct.pack(f">{len(values) - lo}H", *values[lo:])
+                stale[b] = 0
+                b = stale.find(1, b + 1, last)
+        return image[2 * address : 2 * end]
 
     def mark(self, table: str, address: int, count: int, label: tuple[str, str] | None = None) -> None:
         self.ensure(table, address + count)
@@ -272,9 +294,8 @@ class ModbusEngine:
                 p.address + p.count,
                 p.quality_address,
                 bit,
-                None if bit else space.images[p.table],
-                space.images.get(rmap.quality_table),
-                None if bit else struct.Struct(f">{p.count}H").pack,
+                None if bit else space.stale[p.table],
+                space.stale.get(rmap.quality_table),
             )
             # nothing received yet: refused (exception mode) until the first value arrives
             self._store(slot, None, Quality.WAITING)
@@ -295,13 +316,13 @@ class ModbusEngine:
             if slot.bit:
                 slot.values[slot.address] = 1 if value else 0
             else:
-                words = slot.encode(value)
-                slot.values[slot.address : slot.end] = words
-                slot.image[2 * slot.address : 2 * slot.end] = slot.pack(*words)  # type: ignore[index]
+                slot.values[slot.address : slot.end] = slot.encode(value)
+                stale = slot.stale
+                stale[slot.address >> BLOCK_BITS] = 1  # type: ignore[index]
+                stale[(slot.end - 1) >> BLOCK_BITS] = 1  # type: ignore[index]  # a value across two blocks
         slot.quality[slot.quality_address] = _QUALITY_CODES[quality]
-        if slot.quality_image is not None:
-            q = 2 * slot.quality_address
-            slot.quality_image[q : q + 2] = _QUALITY_WORDS[quality]
+        if slot.quality_stale is not None:
+            slot.quality_stale[slot.quality_address >> BLOCK_BITS] = 1
         refuse = self.refuse_bad and (value is None or quality is not Quality.GOOD)
         if refuse is not slot.refused:
             n = slot.end - slot.address
@@ -346,7 +367,7 @@ class ModbusEngine:
                 regs[a : a + 2] = codec.encode(v & 0xFFFF_FFFF)  # counters wrap like a PLC expects
             else:
                 regs[a] = min(max(v, 0), 0xFFFF)
-        self.units[d.unit].sync(d.table, d.address, DIAG_SIZE)
+        self.units[d.unit].touched(d.table, d.address, DIAG_SIZE)
 
     def apply_bridge_stats(self, stats: BridgeStats, connections: int, evicted: int, refused: int) -> None:
         """Refresh the bridge diagnostics registers of every unit id (the audit log alarm point)."""
@@ -369,7 +390,7 @@ class ModbusEngine:
                     regs[a : a + 2] = codec.encode(v & 0xFFFF_FFFF)
                 else:
                     regs[a] = min(max(v, 0), 0xFFFF)
-            self.units[b.unit].sync(b.table, b.address, BRIDGE_DIAG_SIZE)
+            self.units[b.unit].touched(b.table, b.address, BRIDGE_DIAG_SIZE)
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -475,7 +496,7 @@ class ModbusEngine:
         refused = self._unreadable(space, function, table, address, end)
         if refused is not None:
             return refused
-        return bytes((function, 2 * count)) + space.images[table][2 * address : 2 * end]
+        return bytes((function, 2 * count)) + space.image(table, address, end)
 
     def _read(self, space: UnitSpace, function: int, table: str, address: int, count: int) -> bytes:
         end = address + count
