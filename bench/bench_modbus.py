@@ -24,7 +24,7 @@ Servers, one after the other under the same load:
 Reported per server: reads/s (all clients, and per client), errors, the bridge process's CPU
 (``time.process_time``: the receive path of the load, the feed and the server; not the clients or
 the writer), that CPU per read beyond what the load costs alone (measured before the clients start),
-frames received and lost, register updates/s and feed µs per update.
+the clients' own CPU per read, frames received and lost, register updates/s and feed µs per update.
 
 Usage: .venv/bin/python bench/bench_modbus.py [--seconds 5] [--clients 4] [--rate 9000] [--client raw]
 Figures vary by a few percent between runs on shared machines; compare rows of one run.
@@ -101,11 +101,13 @@ def pymodbus_client(port: int, start_at: float, seconds: float) -> tuple[int, in
 
 
 def client_main(kind: str, port: int, start_at: float, seconds: float, out: Any) -> None:
-    out.put((raw_client if kind == "raw" else pymodbus_client)(port, start_at, seconds))
+    cpu0 = time.process_time()
+    ok, errors = (raw_client if kind == "raw" else pymodbus_client)(port, start_at, seconds)
+    out.put((ok, errors, time.process_time() - cpu0))
 
 
-async def clients(kind: str, port: int, n: int, seconds: float) -> tuple[int, int, float, float]:
-    """Run ``n`` client processes against ``port``: (reads, errors, wall s, bridge CPU s)."""
+async def clients(kind: str, port: int, n: int, seconds: float) -> tuple[int, int, float, float, float]:
+    """Run ``n`` client processes against ``port``: (reads, errors, wall s, bridge CPU s, clients' CPU s)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     start_at = time.time() + 2.0  # spawned interpreters need a moment to start
@@ -118,7 +120,7 @@ async def clients(kind: str, port: int, n: int, seconds: float) -> tuple[int, in
     cpu = time.process_time() - cpu0
     for p in procs:
         await asyncio.to_thread(p.join, 10)
-    return sum(r[0] for r in results), sum(r[1] for r in results), seconds, cpu
+    return sum(r[0] for r in results), sum(r[1] for r in results), seconds, cpu, sum(r[2] for r in results)
 
 
 # --- the load (another process) ----------------------------------------------------------------------
@@ -247,8 +249,9 @@ async def main(args: argparse.Namespace) -> int:
             idle = await load_only_cpu()
             feed.update(updates=0, seconds=0.0)
             rx0, t0 = load.received, time.monotonic()
-            reads, errors, wall, cpu = await clients(args.client, port, args.clients, args.seconds)
+            reads, errors, wall, cpu, client_cpu = await clients(args.client, port, args.clients, args.seconds)
             rows.append({"name": name, "reads": reads, "errors": errors, "wall": wall, "cpu": cpu, "idle": idle,
+                         "client_cpu": client_cpu,
                          "feed_s": feed["seconds"], "updates": feed["updates"],
                          "frames_per_s": (load.received - rx0) / (time.monotonic() - t0)})
 
@@ -307,14 +310,15 @@ async def main(args: argparse.Namespace) -> int:
         f"{os.getloadavg()[0]:.2f}\n"
     )
     print("| server | reads/s | per client | errors | bridge CPU | of it the load alone | CPU µs per read | "
-          "frames/s received | updates/s | feed µs/update |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "client CPU µs per read | frames/s received | updates/s | feed µs/update |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         rate = r["reads"] / r["wall"]
         per_read = (r["cpu"] - r["idle"] * r["wall"]) / r["reads"] * 1e6 if r["reads"] else float("nan")
         per_update = r["feed_s"] / r["updates"] * 1e6 if r["updates"] else float("nan")
+        client = r["client_cpu"] / r["reads"] * 1e6 if r["reads"] else float("nan")
         print(f"| {r['name']} | {rate:,.0f} | {rate / args.clients:,.0f} | {r['errors']} | "
-              f"{r['cpu'] / r['wall'] * 100:.0f} % | {r['idle'] * 100:.0f} % | {per_read:.1f} | "
+              f"{r['cpu'] / r['wall'] * 100:.0f} % | {r['idle'] * 100:.0f} % | {per_read:.1f} | {client:.1f} | "
               f"{r['frames_per_s']:,.0f} | {r['updates'] / r['wall']:,.0f} | {per_update:.2f} |")
     if len(rows) == 2 and rows[1]["reads"]:
         print(f"\nreads/s canbridge / pymodbus: {rows[0]['reads'] / rows[1]['reads']:.2f}")
