@@ -137,7 +137,8 @@ class Buffer:
         try:
             with self.db:
                 self.db.execute("BEGIN")
-                gone = self.db.execute(f"SELECT sink, COUNT(*) FROM queue WHERE {where} GROUP BY sink", params).fetchall()
+                gone = self.db.execute(
+                    f"SELECT sink, COUNT(*) FROM queue WHERE {where} GROUP BY sink", params).fetchall()
                 self.db.execute(f"DELETE FROM queue WHERE {where}", params)
         except sqlite3.Error as e:
             self._failed("cannot drop from the store-and-forward queue", e)
