@@ -104,6 +104,8 @@ TIERS: dict[str, Tier] = {
     t.name: t
     for t in (
         Tier("opcua-interop", "OPC UA against node-opcua (independent client)", _node_pkg("node-opcua-client")),
+        Tier("mqtt-interop", "MQTT/Sparkplug B against Mosquitto and Eclipse Tahu's JS codec (independent host)",
+             _all(_cmd("mosquitto"), _node_pkg("sparkplug-payload"), _node_pkg("mqtt"))),
         Tier("modbus-interop", "Modbus TCP against mbpoll (independent client)", _cmd("mbpoll")),
         Tier("modbus-rtu", "Modbus RTU over a socat pseudo-terminal pair", _cmd("socat")),
         Tier("browser", "web dashboard in headless Chromium", _all(_cmd("chromium"), _py("playwright"))),
