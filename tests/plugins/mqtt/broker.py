@@ -24,7 +24,8 @@ class Mosquitto:
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            # user root: as root, mosquitto would switch to its own user, who cannot read the test files
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
             f"log_dest file {workdir / 'mosquitto.log'}\nlog_type error\nlog_type warning\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
