@@ -31,9 +31,10 @@ from cryptography.x509.oid import NameOID
 from canbridge import PluginError
 from canbridge.core.app import demo_config, unique_channel
 from canbridge.testing import BridgeHarness, until
-from tests.plugins.mqtt.broker import Mosquitto
+from tests.plugins.mqtt.broker import Mosquitto, running_broker
 
 pytestmark = pytest.mark.tier("mqtt-interop")
+broker = running_broker  # the fixture, under the name the tests use
 
 GROUP, NODE = "g", "n"
 SETPOINT = "demo.MotorCommand.SpeedSetpoint"
@@ -67,14 +68,6 @@ def dcmd(*metrics: tuple[int, DataType, object]) -> bytes:
         m.datatype = int(dt)
         sp.set_value(m, dt, value)
     return sp.encode(p)
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Any:
-    b = Mosquitto(tmp_path)
-    b.start()
-    yield b
-    b.stop()
 
 
 async def test_refused_commands_are_audited_send_nothing_and_show_as_node_metric(broker: Mosquitto,

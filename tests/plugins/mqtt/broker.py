@@ -7,7 +7,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 
 def free_port() -> int:
@@ -59,6 +62,12 @@ class Mosquitto:
         self.proc = None
 
 
-def mosquitto_path() -> str | None:
-    return shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+@pytest.fixture
+def running_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A running Mosquitto for one test (import this fixture into the test module)."""
+    b = Mosquitto(tmp_path)
+    b.start()
+    yield b
+    b.stop()

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from canbridge.testing import BridgeHarness, until
-from tests.plugins.mqtt.broker import Mosquitto
+from tests.plugins.mqtt.broker import Mosquitto, running_broker
 from tests.tiers import NODE_MODULES, ROOT
 
 pytestmark = pytest.mark.tier("mqtt-interop")
+broker = running_broker  # the fixture, under the name the tests use
 
 SCRIPT = Path(__file__).parent / "js" / "sparkplug_host.js"
 GROUP, NODE, HOST = "plant1", "gw7", "scada"
@@ -76,14 +77,6 @@ async def tahu_host(url: str) -> AsyncIterator[Host]:
         yield host
     finally:
         await host.close()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Any:
-    b = Mosquitto(tmp_path)
-    b.start()
-    yield b
-    b.stop()
 
 
 def mqtt_config(url: str, **sparkplug: Any) -> dict[str, Any]:
