@@ -10,12 +10,16 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from canbridge.core.app import demo_config, unique_channel
 from canbridge.testing import BridgeHarness, until
 from tests.plugins.mqtt.broker import Mosquitto, running_broker
 from tests.tiers import NODE_MODULES, ROOT
@@ -241,5 +245,88 @@ async def test_broker_outage_new_bdseq_births_again_and_store_and_forward_replay
                         for d in host.messages("DDATA") for m in metrics(d)
                         if m.get("isHistorical") and m.get("alias") == alias]
                 assert len(keys) == len(set(keys)) and len(keys) >= len(set(got))
+    finally:
+        broker.stop()
+
+
+# --- a bridge process: kill -9, restarts --------------------------------------------------------------
+
+
+def write_config(tmp_path: Path, url: str) -> Path:
+    cfg = demo_config(unique_channel("mqttproc"), {"mqtt": mqtt_config(url)}, tmp_path / "state")
+    path = tmp_path / "bridge.yaml"
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+@contextlib.asynccontextmanager
+async def bridge_process(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("canbridge")), "run", str(config), "--log-level", "WARNING",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def queued(state: Path) -> int:
+    path = state / "mqtt" / "buffer.sqlite"
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM queue WHERE sink = 'sparkplug'").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
+async def test_tck_id_ndeath_bdseq_after_kill_9_matches_nbirth_and_goes_on_after_restart(
+        broker: Mosquitto, tmp_path: Path) -> None:
+    config = write_config(tmp_path, broker.url)
+    async with tahu_host(broker.url) as host:
+        await host.state(True)
+        async with bridge_process(config) as proc:
+            await host.wait(lambda: host.messages("DBIRTH"), "DBIRTH from the bridge process", timeout=60)
+            proc.kill()  # kill -9: no DISCONNECT, the broker publishes the Will
+            await proc.wait()
+        await host.wait(lambda: host.messages("NDEATH"), "the Will (NDEATH) published by the broker")
+        first = bdseq(host.messages("NBIRTH")[0])
+        assert bdseq(host.messages("NDEATH")[0]) == first
+        async with bridge_process(config):
+            await host.wait(lambda: len(host.messages("NBIRTH")) == 2, "NBIRTH after the restart", timeout=60)
+        assert bdseq(host.messages("NBIRTH")[1]) == (first + 1) % 256
+
+
+async def test_restart_during_an_outage_keeps_the_queue(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    config = write_config(tmp_path, broker.url)
+    state = tmp_path / "state"
+    try:
+        async with tahu_host(broker.url) as host:
+            await host.state(True)
+            async with bridge_process(config) as proc:
+                await host.wait(lambda: host.messages("DBIRTH"), "DBIRTH", timeout=60)
+                broker.stop()
+                await until(lambda: queued(state) > 20, 30, what="the simulator's changes queued on disk")
+                proc.terminate()  # the bridge stops during the outage
+                await proc.wait()
+        before = queued(state)
+        assert before > 20
+        stopped_ms = int(time.time() * 1000)
+        broker.start()
+        async with tahu_host(broker.url) as host:
+            await host.state(True)
+            async with bridge_process(config):
+                def historical() -> list[Msg]:
+                    return [m for d in host.messages("DDATA") for m in metrics(d) if m.get("isHistorical")]
+
+                await host.wait(lambda: len(historical()) >= before, "the queue from before the restart", timeout=60)
+                await until(lambda: queued(state) == 0, 30, what="the queue drained")
+                stamps = [m["timestamp"] for m in historical()]
+                assert sum(1 for t in stamps if t < stopped_ms) >= before
     finally:
         broker.stop()
