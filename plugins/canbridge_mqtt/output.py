@@ -31,6 +31,10 @@ class Output(ABC):
         """Publish ``changes`` in order; return how many (from the start) went out: fewer when the link
         broke, and the rest must be kept."""
 
+    def interrupted(self) -> bool:
+        """Whether the drain should pause for something more urgent (a rebirth)."""
+        return False
+
     def backlog(self) -> int:
         return 0 if self.buffer is None else self.buffer.count(self.sink)
 
@@ -55,7 +59,7 @@ class Output(ABC):
         if buf is None:
             return
         cfg = self.buffer_cfg
-        while self.online and buf.count(self.sink):
+        while self.online and buf.count(self.sink) and not self.interrupted():
             rows = buf.peek(self.sink, cfg.batch)
             if not rows:
                 return

@@ -76,6 +76,9 @@ class SparkplugOutput(Output):
         self._sent_node: dict[str, object] = {}
         self._counters_at = 0.0
 
+    def interrupted(self) -> bool:
+        return self._rebirth.is_set() or not self.host_online
+
     # --- the connection --------------------------------------------------------------------------------
     def will(self) -> aiomqtt.Will:
         self.node.bdseq = self.bdseq.next()  # incremented per connect, written before the connect
@@ -340,4 +343,6 @@ class SparkplugOutput(Output):
         if online != self.host_online:
             log.info("mqtt: primary host %s is %s", self.sp.primary_host_id, "online" if online else "offline")
         self.host_online = online
+        if not online:
+            self.online = False  # from now on changes are buffered (the session sends the NDEATH)
         self._host_changed.set()
