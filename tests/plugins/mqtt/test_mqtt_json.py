@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from canbridge.core.app import demo_config, unique_channel
+from canbridge.core.app import DEMO_DBC, demo_config, unique_channel
 from canbridge.testing import BridgeHarness, until
 from tests.plugins.mqtt.broker import Mosquitto, running_broker
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.tier("mqtt-interop")
 broker = running_broker  # the fixture, under the name the tests use
 
 SPEED = "cb/demo/MotorStatus/MotorSpeed"
+REPLAY_LOG = Path(__file__).resolve().parents[2] / "data" / "replay" / "demo.log"
 
 
 class Sub:
@@ -151,3 +153,34 @@ async def test_replay_after_an_outage_with_original_ts_not_retained(tmp_path: Pa
                 assert got[1:4] == list(zip((2001, 2002, 2003), stamps, strict=True)), (got, stamps)
     finally:
         broker.stop()
+
+
+async def test_values_equal_what_rest_shows_for_the_same_replayed_log(broker: Mosquitto, tmp_path: Path) -> None:
+    cfg = {
+        "buses": [{"name": "demo", "interface": "replay", "replay": {"file": str(REPLAY_LOG), "speed": "fast"}}],
+        "mappings": [{"bus": "demo", "dbc": str(DEMO_DBC)}],
+        "plugins": {"rest": {"host": "127.0.0.1", "port": 0, "anonymous_read": True},
+                    "mqtt": config(broker.url, retain=True)["plugins"]["mqtt"]},
+    }
+    async with sub(broker.port) as s, BridgeHarness(config=cfg, state_dir=tmp_path) as h:
+        # 24 of its 25 frames are mapped (tests/core/can/test_replay.py)
+        await until(lambda: h.bridge.bus_status("demo").rx_frames >= 24, 20, what="the log replayed")
+        svc: Any = h.service("mqtt")
+        await until(lambda: svc.json.online and svc.json.backlog() == 0, 20, what="published")
+        url = h.service("rest").endpoints()[0].rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/api/v1/signals") as r:
+                listing = await r.json()
+            rest = {x["name"]: x for x in listing["signals"]}
+
+            def last(name: str) -> Any:
+                vals = s.values("cb/" + name.replace(".", "/"))
+                return vals[-1] if vals else None
+
+            def same() -> bool:
+                return all((m := last(n)) is not None and m["value"] == x["value"] and m["quality"] == x["quality"]
+                           for n, x in rest.items())
+
+            await until(same, 20, what="every JSON value equal to REST's",
+                        detail=lambda: {n: (last(n), x["value"]) for n, x in rest.items() if not same()})
+        assert any(x["value"] is not None for x in rest.values())
