@@ -83,9 +83,9 @@ async def tahu_host(url: str) -> AsyncIterator[Host]:
         await host.close()
 
 
-def mqtt_config(url: str, **sparkplug: Any) -> dict[str, Any]:
+def mqtt_config(url: str, protocol: str = "3.1.1", **sparkplug: Any) -> dict[str, Any]:
     return {
-        "broker": {"urls": [url], "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+        "broker": {"urls": [url], "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "protocol": protocol},
         "sparkplug": {"group_id": GROUP, "edge_node_id": NODE, "primary_host_id": HOST, "data_qos": 1,
                       **sparkplug},
         "report": {"interval_ms": 50},
@@ -140,10 +140,12 @@ async def test_tck_id_topics_nbirth_then_dbirth_decoded_by_tahu_after_host_onlin
         assert seqs == list(range(len(seqs)))  # tck-id-payloads-sequence-num-incrementing
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_tck_id_operational_behavior_edge_node_rebirth_same_bdseq_no_reconnect(broker: Mosquitto,
-                                                                                    tmp_path: Path) -> None:
-    async with tahu_host(broker.url) as host, BridgeHarness(plugins={"mqtt": mqtt_config(broker.url)},
-                                                             state_dir=tmp_path / "s"):
+                                                                                    tmp_path: Path,
+                                                                                    protocol: str) -> None:
+    cfg = mqtt_config(broker.url, protocol)
+    async with tahu_host(broker.url) as host, BridgeHarness(plugins={"mqtt": cfg}, state_dir=tmp_path / "s"):
         await host.state(True)
         await host.wait(lambda: host.messages("DBIRTH"), "DBIRTH")
         first = host.messages("NBIRTH")[0]
@@ -330,3 +332,18 @@ async def test_restart_during_an_outage_keeps_the_queue(tmp_path: Path) -> None:
                 assert sum(1 for t in stamps if t < stopped_ms) >= before
     finally:
         broker.stop()
+
+
+async def test_multiple_brokers_failover_to_the_next_url(broker: Mosquitto, tmp_path: Path) -> None:
+    from tests.plugins.mqtt.broker import free_port
+
+    dead = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = mqtt_config(broker.url)
+    cfg["broker"]["urls"] = [dead, broker.url]
+    async with tahu_host(broker.url) as host, BridgeHarness(plugins={"mqtt": cfg}, state_dir=tmp_path / "s") as h:
+        await host.state(True)
+        await host.wait(lambda: host.messages("NBIRTH"), "NBIRTH through the second broker")
+        out: Any = h.service("mqtt")
+        assert out.sparkplug.link.url == broker.url and out.sparkplug.link.failures >= 1
+        # the failed CONNECT used a bdSeq too: the birth carries the next one
+        assert bdseq(host.messages("NBIRTH")[0]) == 1
