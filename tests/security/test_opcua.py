@@ -34,7 +34,6 @@ from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures, used by nam
     OPERATOR,
     READER,
     make_client_cert,
-    nid,
     ns_index,
     opcua_config,
     pki_dir,
@@ -43,6 +42,7 @@ from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures, used by nam
     status_name,
     users,
 )
+from tests.plugins.opcua.uatypes import nid
 
 Cfg = Callable[..., dict[str, Any]]
 SPEED = "demo.MotorStatus.MotorSpeed"
