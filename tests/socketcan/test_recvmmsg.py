@@ -24,7 +24,7 @@ def _until_queued(sock: socket.socket, timeout: float = 5.0) -> None:
         rmem = struct.unpack_from("=I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[0]
         same = same + 1 if rmem == last and rmem else 0
         last = rmem
-        time.sleep(0.02)
+        time.sleep(0.02)  # "settled" means unchanged over time: no event tells that the softirq is done
 
 
 async def test_a_real_can_socket_is_read_with_recvmmsg_and_kernel_timestamps(open_driver: OpenDriver) -> None:

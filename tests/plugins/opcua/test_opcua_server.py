@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +12,7 @@ from asyncua.common.subscription import DataChangeNotif
 from canbridge_opcua.units import UNECE_NAMESPACE
 
 from canbridge import Quality
+from canbridge.testing import eventually
 from tests.plugins.opcua.conftest import OPERATOR, READER, connect, ns_index, running, status_name
 from tests.plugins.opcua.uatypes import (
     AttributeIds,
@@ -111,13 +110,7 @@ async def test_values_timestamps_and_quality(opcua_config: Cfg, pki_seed: Any) -
         h.inject("100#E803000000000000")  # MotorSpeed 1000 rpm
         await h.until(lambda: h.bridge.read(SPEED).value == 1000)
         sv = h.bridge.read(SPEED)
-        deadline = time.monotonic() + 5
-        while True:
-            dv = await speed.read_data_value(raise_on_bad_status=False)
-            if dv_value(dv) == 1000 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.02)
-        assert dv_value(dv) == 1000
+        dv = await eventually(lambda: speed.read_data_value(raise_on_bad_status=False), lambda dv: dv_value(dv) == 1000)
         assert dv_status(dv).is_good()
         assert sv.timestamp_ns is not None
         expected = datetime.fromtimestamp(sv.timestamp_ns / 1e9, UTC)
@@ -126,13 +119,8 @@ async def test_values_timestamps_and_quality(opcua_config: Cfg, pki_seed: Any) -
 
         # no more frames: the message goes stale after its timeout and the status follows
         await h.until(lambda: h.bridge.read(SPEED).quality is Quality.STALE, timeout=5)
-        deadline = time.monotonic() + 5
-        while True:
-            dv = await speed.read_data_value(raise_on_bad_status=False)
-            if dv_status(dv).value == StatusCodes.UncertainLastUsableValue or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.02)
-        assert dv_status(dv).value == StatusCodes.UncertainLastUsableValue
+        dv = await eventually(lambda: speed.read_data_value(raise_on_bad_status=False),
+                              lambda dv: dv_status(dv).value == StatusCodes.UncertainLastUsableValue)
         assert dv_value(dv) == 1000  # the last usable value stays
 
 
@@ -151,7 +139,7 @@ async def test_subscription_delivers_changes(opcua_config: Cfg, pki_seed: Any) -
         for rpm in (100, 200, 300):
             h.inject(f"100#{rpm.to_bytes(2, 'little').hex().upper()}000000000000")
             await h.until(lambda rpm=rpm: h.bridge.read(SPEED).value == rpm)  # type: ignore[misc]
-            await asyncio.sleep(0.15)
+            await h.until(lambda rpm=rpm: any(v == rpm for v, _ in got), what=f"{rpm} notified")  # type: ignore[misc]
         await h.until(lambda: any(v == 300 for v, _ in got))
         assert [v for v, _ in got if v is not None][-3:] == [100, 200, 300]
         await h.until(lambda: got[-1][1] == StatusCodes.UncertainLastUsableValue, timeout=5)
@@ -187,12 +175,9 @@ async def test_write_is_sent_on_the_bus(opcua_config: Cfg, pki_seed: Any) -> Non
         node = c.get_node(nid(SETPOINT, idx))
         assert await node.read_data_type() == nid(ObjectIds.UInt16)
         await node.write_value(ua.DataValue(ua.Variant(1500, ua.VariantType.UInt16)))
-        deadline = time.monotonic() + 3
-        while True:
-            frame = await h.next_sent(0x300, timeout=2)
-            if setpoint_of(frame.data) == 1500 or time.monotonic() > deadline:
-                break
-        assert setpoint_of(frame.data) == 1500
+        # the cyclic frame repeats: the first with the new setpoint
+        await eventually(lambda: h.next_sent(0x300, timeout=2), lambda f: setpoint_of(f.data) == 1500, timeout=3,
+                         interval=0)
         assert await node.read_value() == 1500  # shown at once, not one update later
         # a choice text for an enum signal is accepted too
         mode = c.get_node(nid("demo.MotorCommand.Mode", idx))
@@ -288,16 +273,13 @@ async def test_bus_diagnostics(opcua_config: Cfg, pki_seed: Any) -> None:
 
         assert await diag("State").read_value() == "active"
         assert await diag("StateCode").read_value() == 0
-        for _ in range(100):  # the simulator's frames arrive; counters follow within a second
-            if await diag("RxFrames").read_value() > 0:
-                break
-            await asyncio.sleep(0.05)
-        assert await diag("RxFrames").read_value() > 0
+        # the simulator's frames arrive; counters follow within a second
+        await eventually(diag("RxFrames").read_value, lambda n: n > 0, what="RxFrames counting")
         tx = await diag("TxFrames").read_value()
         assert 0 <= tx <= h.bridge.bus_status("demo").tx_frames
         assert isinstance(await diag("BusLoad").read_value(), float)
         age = await diag("Messages.MotorStatus.Age").read_data_value(raise_on_bad_status=False)
-        assert age.StatusCode.is_good() and 0 <= age.Value.Value < 5
+        assert dv_status(age).is_good() and 0 <= dv_value(age) < 5
         assert await diag("Messages.MotorStatus.Quality").read_value() == "good"
         assert await diag("Messages.MotorStatus.Frames").read_value() > 0
 

@@ -4,11 +4,9 @@ status codes for every quality and refusal reason (against a fake bridge that re
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from pydantic import ValidationError
 
 import canbridge
 from canbridge import Quality, RefusalReason
-from canbridge.testing import FakeBridge, signal_info
+from canbridge.testing import FakeBridge, eventually, signal_info, until
 from tests.plugins.opcua.conftest import small_table, status_name
 from tests.plugins.opcua.uatypes import (
     AttributeIds,
@@ -213,13 +211,14 @@ async def served(tmp_path: Path, pki_seed: Path) -> AsyncIterator[tuple[FakeBrid
         await svc.stop()
 
 
-async def read_until(node: Any, pred: Any, timeout: float = 5.0) -> ua.DataValue:
-    deadline = time.monotonic() + timeout
-    while True:
+async def read_until(node: Any, pred: Callable[[ua.DataValue], object]) -> ua.DataValue:
+    """The node's DataValue once ``pred`` accepts it."""
+
+    async def read() -> ua.DataValue:
         dv: ua.DataValue = await node.read_data_value(raise_on_bad_status=False)
-        if pred(dv) or time.monotonic() > deadline:
-            return dv
-        await asyncio.sleep(0.01)
+        return dv
+
+    return await eventually(read, pred, interval=0.01)
 
 
 async def test_quality_status_codes(served: Any) -> None:
@@ -234,7 +233,7 @@ async def test_quality_status_codes(served: Any) -> None:
     for i, (quality, code) in enumerate(expected.items()):
         ts = 1_700_000_000_123_456_000 + i
         bridge.set("b0.Status.Speed", 100 + i, quality, timestamp_ns=ts)
-        dv = await read_until(node, lambda dv, code=code: dv.StatusCode.value == code)
+        dv = await read_until(node, lambda dv, code=code: dv_status(dv).value == code)  # type: ignore[misc]
         assert dv_status(dv).value == code, quality
         assert dv.SourceTimestamp is not None
         assert dv.SourceTimestamp.timestamp() == pytest.approx(ts / 1e9, abs=1e-6)
@@ -291,7 +290,7 @@ async def test_enum_kinds_and_value_as_text(served: Any) -> None:
     assert [(v.Value, v.DisplayName.Text) for v in values] == [(1, "Low"), (4, "High")]
     bridge.set("b0.Status.Gear", 4)
     text = await read_until(
-        await gear.get_child("0:ValueAsText"), lambda dv: dv.Value.Value is not None and dv.Value.Value.Text == "High"
+        await gear.get_child("0:ValueAsText"), lambda dv: dv_value(dv) is not None and dv_value(dv).Text == "High"
     )
     assert dv_value(text).Text == "High"
     mode = client.get_node(nid("b0.Command.Mode", idx))
@@ -336,12 +335,7 @@ async def test_monitored_items_skip_the_deepcopy(served: Any) -> None:
     assert mdata.queue_size == 1
     for v in (1, 2, 3):
         bridge.set("b0.Status.Speed", v)
-        await asyncio.sleep(0.05)
-    for _ in range(500):
-        if 3 in got:
-            break
-        await asyncio.sleep(0.01)
-    assert 3 in got
+        await until(lambda v=v: v in got, what=f"{v} notified")  # type: ignore[misc]
     await sub.delete()
 
 
