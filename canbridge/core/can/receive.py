@@ -63,6 +63,14 @@ from canbridge.core.can.linuxcan import RTR as _RTR
 
 MSG_DONTWAIT = 0x40
 
+# (flags, id mask) by the top three bits of a raw can_id (EFF, RTR, ERR): an error frame's id is its error
+# class bits, else an extended or a standard id. One lookup in the hot path instead of a chain of tests.
+_ID_KINDS: tuple[tuple[int, int], ...] = tuple(
+    (_ERR, CAN_ERR_MASK) if (k << 29) & CAN_ERR_FLAG else (_EXT, CAN_EFF_MASK) if (k << 29) & CAN_EFF_FLAG
+    else (0, CAN_SFF_MASK)
+    for k in range(8)
+)
+
 # The layouts below are those of 64-bit Linux (LP64): pointers and size_t are 8 bytes.
 _HDR_SIZE = 64  # struct mmsghdr: struct msghdr (56) + unsigned int msg_len + padding
 _IOV_SIZE = 16  # struct iovec
@@ -209,6 +217,7 @@ class MmsgReceiver:
         n: int, mv: memoryview, slot_off: int, out: list[RawFrame], now_ns: int, overflow: int
     ) -> tuple[int, int]:
         append = out.append
+        kinds = _ID_KINDS
         hdrs = _HDR_READ.iter_unpack(mv[: n * _HDR_SIZE])
         slots = _SLOT_READ.iter_unpack(mv[slot_off : slot_off + n * _SLOT_SIZE])
         off = slot_off + _FRAME_OFF - _SLOT_SIZE
@@ -232,15 +241,8 @@ class MmsgReceiver:
                 if not now_ns:
                     now_ns = time.time_ns()
                 ts = now_ns
-            if raw_id & CAN_ERR_FLAG:
-                flags = _ERR
-                can_id = raw_id & CAN_ERR_MASK
-            elif raw_id & CAN_EFF_FLAG:
-                flags = _EXT
-                can_id = raw_id & CAN_EFF_MASK
-            else:
-                flags = 0
-                can_id = raw_id & CAN_SFF_MASK
+            flags, mask = kinds[raw_id >> 29]
+            can_id = raw_id & mask
             if size == CAN_MTU:
                 if raw_id & CAN_RTR_FLAG:  # a remote request carries no data
                     append((can_id, flags | _RTR, b"", ts))
@@ -333,15 +335,8 @@ class DrainStats:
 def parse_can_frame(buf: bytes, timestamp_ns: int) -> RawFrame:
     """Parse one ``struct can_frame`` (16 bytes) or ``struct canfd_frame`` (72 bytes)."""
     raw_id, length, fd_flags = _HEADER.unpack_from(buf)
-    flags = 0
-    if raw_id & CAN_ERR_FLAG:
-        flags = _ERR
-        can_id = raw_id & CAN_ERR_MASK
-    elif raw_id & CAN_EFF_FLAG:
-        flags = _EXT
-        can_id = raw_id & CAN_EFF_MASK
-    else:
-        can_id = raw_id & CAN_SFF_MASK
+    flags, mask = _ID_KINDS[raw_id >> 29]
+    can_id = raw_id & mask
     if len(buf) == CANFD_MTU:
         flags |= _FD
         if fd_flags & CANFD_BRS:
