@@ -352,6 +352,31 @@ def parse_can_frame(buf: bytes, timestamp_ns: int) -> RawFrame:
     return (can_id, flags, data, timestamp_ns)
 
 
+@dataclass(slots=True)
+class SocketReader:
+    """The event loop's readable handler of a CAN_RAW socket: one drain (recvmmsg when there is a
+    receiver, else recvmsg), the batch to ``on_frames``, then a read error to ``on_error`` (the driver
+    says what it means). Frames go from here straight to the core, not back through the driver."""
+
+    sock: socket.socket
+    receiver: MmsgReceiver | None
+    max_frames: int
+    stats: DrainStats
+    on_frames: Callable[[list[RawFrame]], None]
+    on_error: Callable[[OSError], None]
+
+    def __call__(self) -> None:
+        rx = self.receiver
+        if rx is not None:
+            frames, err = rx.drain(self.sock, self.max_frames, self.stats)
+        else:
+            frames, err = drain_recvmsg(self.sock, self.max_frames, self.stats)
+        if frames:
+            self.on_frames(frames)
+        if err is not None:
+            self.on_error(err)
+
+
 def drain_recvmsg(sock: socket.socket, max_frames: int,
                   stats: DrainStats | None) -> tuple[list[RawFrame], OSError | None]:
     """One ``recvmsg`` per frame: where libc has no ``recvmmsg``."""
