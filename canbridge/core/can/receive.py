@@ -206,10 +206,7 @@ class MmsgReceiver:
             if n < vlen:  # the queue ran empty (or an error follows: the next call reports it)
                 break
         if stats is not None:
-            stats.frames += len(out)
-            stats.drains += 1
-            if overflow >= 0:
-                stats.overflow_drops = overflow
+            stats.drained(len(out), overflow)
         return out, err
 
     @staticmethod
@@ -331,6 +328,13 @@ class DrainStats:
     frames: int = 0
     drains: int = 0
 
+    def drained(self, frames: int, overflow: int) -> None:
+        """One drain that read ``frames`` frames and saw the SO_RXQ_OVFL count ``overflow`` (-1: none)."""
+        self.frames += frames
+        self.drains += 1
+        if overflow >= 0:
+            self.overflow_drops = overflow
+
 
 def parse_can_frame(buf: bytes, timestamp_ns: int) -> RawFrame:
     """Parse one ``struct can_frame`` (16 bytes) or ``struct canfd_frame`` (72 bytes)."""
@@ -417,10 +421,7 @@ def drain_recvmsg(sock: socket.socket, max_frames: int,
         # the fallback path: one system call per frame already, so the parse is the reference one
         append(parse_can_frame(buf, ts))
     if stats is not None:
-        stats.frames += len(out)
-        stats.drains += 1
-        if overflow >= 0:
-            stats.overflow_drops = overflow
+        stats.drained(len(out), overflow)
     return out, err
 
 
