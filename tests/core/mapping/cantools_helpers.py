@@ -1,8 +1,9 @@
-"""What the codec tests need from cantools and the generated encoder, shared by test_codec and
-test_codec_parity."""
+"""What the codec tests share (test_codec, test_codec_parity): the generated encoder for a whole frame,
+cantools' decode as a dict, and value equality that holds for NaN."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from canbridge.core.mapping.codec import _message_encoder
@@ -19,3 +20,12 @@ def decoded(message: Any, data: bytes, **kw: Any) -> dict[str, Any]:
     out = message.decode(data, **kw)
     assert isinstance(out, dict)
     return out
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values of the same type (NaN equals NaN)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return bool(a == b)

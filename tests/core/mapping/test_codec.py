@@ -22,7 +22,7 @@ from canbridge.core.mapping.codec import (
     compile_message_encoder,
     initial_payload,
 )
-from tests.core.mapping.cantools_helpers import decoded, encode_message
+from tests.core.mapping.cantools_helpers import decoded, encode_message, same
 
 DEMO = Path(__file__).resolve().parents[3] / "mappings" / "demo" / "demo.dbc"
 
@@ -43,15 +43,6 @@ def decode_all(message: Message, data: bytes, bools: tuple[str, ...] = ()) -> di
     names = {i: n for n, i in indices.items()}
     assert len(changed) == len(set(changed))
     return {names[i]: values[i] for i in changed}
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal values of the same type (NaN equals NaN)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float) and math.isnan(a):
-        return math.isnan(b)
-    return bool(a == b)
 
 
 def assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from cantools.database.can import Message, Signal
 
 from canbridge.core.mapping.codec import compile_decoder, compile_encoder, fits
 from canbridge.core.mapping.formats import load_dbc
-from tests.core.mapping.cantools_helpers import decoded, encode_message
+from tests.core.mapping.cantools_helpers import decoded, encode_message, same
 
 DBC_DIR = Path(__file__).resolve().parents[2] / "data" / "dbc"
 LENIENT = {"FORD_CADS_64", "chrysler_cusw", "vw_mqb", "mazda_2017"}
@@ -36,14 +36,6 @@ def test_all_test_dbcs_are_there() -> None:
 
 def load(stem: str) -> list[Message]:
     return load_dbc(DBC_DIR / f"{stem}.dbc", strict=stem not in LENIENT)
-
-
-def same(a: Any, b: Any) -> bool:
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float) and math.isnan(a):
-        return math.isnan(b)
-    return bool(a == b)
 
 
 class Reference:
