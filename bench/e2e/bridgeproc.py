@@ -51,6 +51,7 @@ class BridgeProcess:
     buses: list[str]
     messages: int
     settings: Settings = field(default_factory=Settings)
+    naive: bool = False  # run bench/e2e/naive_bridge.py (the baseline) instead of canbridge
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     peer_fds: dict[str, int] = field(default_factory=dict)  # the generator's ends
@@ -98,8 +99,14 @@ class BridgeProcess:
         self._log = (self.workdir / "bridge.log").open("wb")
         exe = Path(sys.executable).with_name("canbridge")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "canbridge"]
+        cmd = [*cmd, "run", str(self.config_path)]
+        if self.naive:
+            spec = self.workdir / "naive.spec.json"
+            spec.write_text(json.dumps({"dbc": str(self.workdir / "large.dbc"), "buses": self._bridge_fds,
+                                        "opcua_port": self.ports["opcua"], "rest_port": self.ports["rest"]}))
+            cmd = [sys.executable, str(Path(__file__).with_name("naive_bridge.py")), str(spec)]
         t0 = time.monotonic()
-        self.proc = subprocess.Popen([*cmd, "run", str(self.config_path)], env=env, stdout=self._log,
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, pass_fds=list(self._bridge_fds.values()))
         for fd in self._bridge_fds.values():
             os.close(fd)  # the bridge holds them now

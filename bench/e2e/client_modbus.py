@@ -104,11 +104,14 @@ async def run(spec: dict[str, Any], rec: Recorder, ready: asyncio.Event, stop: a
 
     async def poll() -> None:
         t0 = time.perf_counter()
+        complete = True
         for unit, fc, address, count, members in reads:
             try:
                 regs = await poller.read(unit, fc, address, count)
-            except RuntimeError as e:  # e.g. exception 4 while values are bad: no value this time
-                rec.error(str(e))
+            except RuntimeError as e:  # exception 0B while a value is not good (waiting, stale): none this time
+                complete = False
+                if ready.is_set():  # before every probe had its first frame, waiting values are expected
+                    rec.error(str(e))
                 continue
             t = time.time_ns()
             for name, offset in members:
@@ -116,7 +119,8 @@ async def run(spec: dict[str, Any], rec: Recorder, ready: asyncio.Event, stop: a
                 value = decode(entry, regs[offset : offset + int(entry["count"])])
                 rec.value(name, wire.seq_of_speed(value), 0, t)
         polls.append(time.perf_counter() - t0)
-        ready.set()
+        if complete:
+            ready.set()
 
     fc6, fc16 = spec["fc6_signal"], spec["fc16_signal"]
     lock = asyncio.Lock()  # one request at a time on the write connection

@@ -1,9 +1,11 @@
 """REST client process (aiohttp): paced ``GET /api/v1/signals/{name}`` (latency of each) and writes of
 RestCmd.Seq with ``PUT /api/v1/signals/{name}``.
 
-Spec: ``url``, ``get_signal``, ``get_hz``, ``write_hz``, ``write_signal``. The GETs record
-``[send_ns, seconds]`` in ``samples["get"]``: each is timed from just before the request to the parsed
-answer, on a connection of its own, never overlapping (a single client at a fixed rate).
+Spec: ``url``, ``get_signal``, ``get_hz``, ``get_concurrency``, ``write_hz``, ``write_signal``. The GETs
+record ``[send_ns, seconds]`` in ``samples["get"]``, each timed from just before the request to the
+parsed answer. ``get_hz`` > 0: one connection at that rate, never overlapping; ``get_hz`` 0:
+``get_concurrency`` connections each sending the next GET as soon as the answer came (as the old
+bench/bench_rest.py did).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ async def run(spec: dict[str, Any], rec: Recorder, ready: asyncio.Event, stop: a
     base = spec["url"]
     gets: list[tuple[int, float]] = []
     rec.samples["get"] = gets
-    async with aiohttp.ClientSession() as get_session, aiohttp.ClientSession() as put_session:
+    connections = aiohttp.TCPConnector(limit=int(spec["get_concurrency"]))
+    async with aiohttp.ClientSession(connector=connections) as get_session, aiohttp.ClientSession() as put_session:
         get_url = f"{base}/api/v1/signals/{spec['get_signal']}"
         async with get_session.get(get_url) as r:
             r.raise_for_status()
@@ -53,7 +56,13 @@ async def run(spec: dict[str, Any], rec: Recorder, ready: asyncio.Event, stop: a
                     rec.error(f"PUT {r.status}")
                 return r.status == 200
 
-        await asyncio.gather(paced(stop, float(spec["get_hz"]), get),
+        async def flat_out() -> None:
+            while not stop.is_set():
+                await get()
+
+        hz = float(spec["get_hz"])
+        getters = [paced(stop, hz, get)] if hz > 0 else [flat_out() for _ in range(int(spec["get_concurrency"]))]
+        await asyncio.gather(*getters,
                              write_loop(rec, stop, float(spec["write_hz"]), spec["write_signal"], write))
 
 

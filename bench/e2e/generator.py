@@ -2,9 +2,12 @@
 
     python bench/e2e/generator.py SPEC_JSON OUT_JSON
 
-SPEC: ``{"buses": [{"name", "fd", "messages"}], "rate": frames/s per bus, "probes": P, "idle_hz": h}``.
-Prints ``ready``, then obeys stdin lines: ``load`` (every message of every bus in turn at ``rate``),
-``idle`` (only the probe messages, ``idle_hz`` each), ``quiet`` (nothing), ``stop`` (write OUT, exit).
+SPEC: ``{"buses": [{"name", "fd", "messages"}], "rate": frames/s per bus, "probes": P, "probe_hz": h}``.
+Prints ``ready``, then obeys stdin lines: ``idle`` (only the P probe messages, ``probe_hz`` each: a
+message's cycle, 100 ms in the DBC), ``load`` (the probes as when idle, and the other messages in turn
+filling the bus up to ``rate``), ``quiet`` (nothing), ``stop`` (write OUT, exit). Probe frames keep their
+cycle under load, so a probe value is never overwritten by a newer frame before a client can have it:
+the latency measured is the bridge's and the protocol's, not the age of the newest of many frames.
 Sends are paced per millisecond and never wait: a full socket queue loses the frame and counts it, as
 the kernel drops frames on a CAN socket. Frames the bridge sends come back on the same sockets and are
 recorded with their SO_TIMESTAMPNS kernel timestamp (the command messages only: id, Seq, ns).
@@ -47,18 +50,25 @@ class Bus:
         self.seq = [0] * messages
         self.probes = probes
         self.sent_ns: list[list[int]] = [[] for _ in range(probes)]  # per probe message, per frame
-        self.next = 0  # next message in the round
+        self.next_probe = 0  # next message of each round
+        self.next_other = probes
         self.sent = 0
         self.lost = 0
         self.rx: list[tuple[int, int, int]] = []  # (can id, seq, kernel ns) of frames the bridge sent
 
-    def send_some(self, count: int, limit: int) -> None:
-        """``count`` frames, cycling over the first ``limit`` messages."""
+    def send_some(self, count: int, probes: bool) -> None:
+        """``count`` frames of the probe messages (``probes``) or of the others, each round in turn."""
         send = self.sock.send
         ids, seqs = self.ids, self.seq
+        lo, hi = (0, self.probes) if probes else (self.probes, len(ids))
+        if hi <= lo:
+            return
         for _ in range(count):
-            i = self.next
-            self.next = i + 1 if i + 1 < limit else 0
+            i = self.next_probe if probes else self.next_other
+            if probes:
+                self.next_probe = i + 1 if i + 1 < hi else lo
+            else:
+                self.next_other = i + 1 if i + 1 < hi else lo
             seq = seqs[i]
             data = wire.can_frame(ids[i], wire.payload(seq))
             probe = i < self.probes
@@ -91,8 +101,8 @@ class Bus:
 def run(spec: dict[str, Any], out: Path) -> None:
     probes = int(spec["probes"])
     buses = [Bus(b["name"], int(b["fd"]), int(b["messages"]), probes) for b in spec["buses"]]
-    rate = float(spec["rate"])
-    idle_rate = probes * float(spec["idle_hz"])
+    probe_rate = probes * float(spec["probe_hz"])
+    other_rate = max(0.0, float(spec["rate"]) - probe_rate)
     mode = "quiet"
     phases: list[dict[str, Any]] = []
     stdin = sys.stdin.fileno()
@@ -101,16 +111,22 @@ def run(spec: dict[str, Any], out: Path) -> None:
     socks = [b.sock for b in buses]
     print("ready", flush=True)
     t0 = time.perf_counter()
-    done = 0.0  # frames due so far in this phase, per bus
+    done_probe = done_other = 0  # frames due so far in this phase, per bus
     cpu0 = time.process_time()
     while True:
         now = time.perf_counter()
-        per_s = rate if mode == "load" else idle_rate if mode == "idle" else 0.0
-        due = int((now - t0) * per_s)
-        if due > done:
-            for b in buses:
-                b.send_some(due - int(done), len(b.ids) if mode == "load" else probes)
-            done = due
+        if mode in ("idle", "load"):
+            due = int((now - t0) * probe_rate)
+            if due > done_probe:
+                for b in buses:
+                    b.send_some(due - done_probe, True)
+                done_probe = due
+        if mode == "load":
+            due = int((now - t0) * other_rate)
+            if due > done_other:
+                for b in buses:
+                    b.send_some(due - done_other, False)
+                done_other = due
         readable, _, _ = select.select([stdin, *socks], [], [], 0.001)
         for b in buses:
             if b.sock in readable:
@@ -130,7 +146,7 @@ def run(spec: dict[str, Any], out: Path) -> None:
                                "lost": sum(b.lost for b in buses)})
                 mode = cmd
                 t0 = time.perf_counter()
-                done = 0.0
+                done_probe = done_other = 0
                 print(f"ok {cmd}", flush=True)
     write_out(out, buses, phases, time.process_time() - cpu0)
 

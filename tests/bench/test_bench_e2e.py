@@ -35,5 +35,5 @@ def test_idle_scenario_measures_every_protocol(tmp_path: Path) -> None:
         assert writes["n"] > 0 and writes["missing"] == 0, (label, writes)
         assert writes["p50"] > 0, label  # the frame came after the request
     assert result["rest_get"]["n"] > 0
-    assert set(result["cpu_pct"]) == {"bridge", "generator", "opcua", "modbus", "sse", "rest"}
+    assert set(result["cpu_pct"]) == {"bridge", "generator", "opcua", "modbus", "sse", "rest", "schedprobe"}
     assert not result["errors"], result["errors"]
