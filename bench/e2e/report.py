@@ -37,7 +37,12 @@ def print_scenario(r: dict[str, Any]) -> None:
     out(f"a bare asyncio process's 10 ms sleeps woke late by: p50 {ms(lag['p50'])} ms, p99 {ms(lag['p99'])} ms, "
         f"max {ms(lag['max'])} ms (the machine, not the bridge)")
     cpu = ", ".join(f"{c} {v:.0f} % ({r['rss_mb'][c]:.0f} MB)" for c, v in r["cpu_pct"].items())
-    print(f"CPU (% of one core) and RSS: {cpu}")
+    out(f"CPU (% of one core) and RSS: {cpu}")
+    waits = ", ".join(f"{c} {v:.0f} %" for c, v in r["runqueue_wait_pct"].items())
+    out(f"runnable but waiting for a CPU (% of the window, all threads): {waits}")
+    if r.get("profile"):
+        shares = ", ".join(f"{k} {v:.0f} %" for k, v in r["profile"].items())
+        out(f"bridge event loop thread (py-spy samples): {shares}")
     lag = r.get("loop_lag")
     print(f"bridge loop lag: {lag if lag else 'no ' + 'canbridge_event_loop_lag_seconds metric in this bridge'}")
     if r.get("bridge_stats") is None:
