@@ -3,8 +3,9 @@
 generator in another feeding the real SocketCAN receive code, and a client per protocol in processes of
 their own. Measures frame → client and write → frame latencies, frames lost and CPU per process.
 
-    .venv/bin/python bench/bench_e2e.py [--seconds S] [--scenarios idle,full-1k,full-10k,4x-full-1k]
-                                        [--probes P] [--write-hz W] [--json FILE] [--keep DIR]
+    .venv/bin/python bench/bench_e2e.py [--seconds S] [--scenarios idle,full-1k,naive-full-1k,full-10k,...]
+                                        [--probes P] [--write-hz W] [--update-ms MS] [--profile DIR]
+                                        [--json FILE] [--keep DIR]
 
 Set-up (issue #14): each bus is a ``socketpair(AF_UNIX, SOCK_DGRAM)`` carrying real 16-byte ``struct
 can_frame`` datagrams; the bridge inherits one end as a descriptor and opens it as a bus of kind ``fd``
@@ -21,6 +22,13 @@ writable command messages. Clients (bench/e2e/client_*.py), each its own process
 * Modbus TCP (plain sockets): polls the probe registers every ``--poll-ms``, writes with FC6 and FC16;
 * SSE (aiohttp): ``GET /api/v1/stream`` of the probe signals (``interval`` ``--sse-ms``);
 * REST (aiohttp): paced ``GET /api/v1/signals/{name}`` (``--get-hz``) and ``PUT`` writes.
+
+Scenarios: ``idle`` (probe frames only), ``full-1k`` / ``full-10k`` (one full bus, 1,000 / 10,000 signals
+changing), ``4x-full-1k`` / ``4x-full-10k`` (four), ``naive-full-1k`` (bench/e2e/naive_bridge.py, the
+obvious asyncio bridge, instead of canbridge), ``get-burst-quiet`` / ``get-burst-full`` (only the REST
+client, 20 connections as fast as they go: issue #14 item 5). A process that sleeps 10 ms in a loop
+(bench/e2e/schedprobe.py) measures the machine's own stalls in every window, and the run-queue wait of
+every process says how long the scheduler kept it from running.
 
 Latency frame → client: from CLOCK_REALTIME just before the generator's send of the frame (the kernel
 timestamp the bridge reads follows within microseconds: the report gives that offset from the source
@@ -275,6 +283,8 @@ def main() -> int:
         if n not in SCENARIOS:
             p.error(f"unknown scenario {n!r}; known: {', '.join(SCENARIOS)}")
     wire.probe_glob("b0", args.probes)  # validates --probes
+    if args.profile is not None and not (shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists()):
+        p.error("--profile needs py-spy (.venv/bin/pip install py-spy)")
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench_e2e_"))
     results = []
     print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)

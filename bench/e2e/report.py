@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -46,6 +47,8 @@ def print_scenario(r: dict[str, Any]) -> None:
     lag = r.get("loop_lag")
     print(f"bridge loop lag: {lag if lag else 'no ' + 'canbridge_event_loop_lag_seconds metric in this bridge'}")
     if r.get("bridge_stats") is None:
-        print("bridge /api/v1/stats: not in this bridge")
+        out("bridge /api/v1/stats: not in this bridge")
+    else:
+        out(f"bridge /api/v1/stats: {json.dumps(r['bridge_stats'])[:600]}")
     if r["errors"]:
         print(f"client errors: {r['errors']}")
