@@ -54,6 +54,7 @@ from canbridge._plugin import (
     Service,
     hookimpl,
 )
+from canbridge._socketcan import socketcan_on_socket
 from canbridge._table import load_table
 from canbridge.config import BusConfig, Strict, load_config, problems_from_validation
 
@@ -116,4 +117,5 @@ __all__ = [
     "parse_frame",
     "parse_frame_object",
     "problems_from_validation",
+    "socketcan_on_socket",
 ]

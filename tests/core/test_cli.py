@@ -85,7 +85,7 @@ def test_check_reports_every_problem_at_once(tmp_path: Path, capsys: pytest.Capt
     assert f"{len(expected)} problems found:" in err
     for line in expected:
         assert line in err, f"{line!r} missing from:\n{err}"
-    assert "installed: modbus, opcua, rest" in err
+    assert "installed: modbus, mqtt, opcua, rest" in err
 
 
 def test_run_refuses_to_start_on_the_same_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,8 +191,8 @@ def test_check_needs_something(capsys: pytest.CaptureFixture[str]) -> None:
 def test_plugins_lists_the_builtin_plugins_with_versions(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:5] if line.strip()}
-    for name in ("canbridge.builtin", "opcua", "modbus", "rest"):
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:6] if line.strip()}
+    for name in ("canbridge.builtin", "opcua", "modbus", "mqtt", "rest"):
         assert rows[name][1:3] == ["canbridge", __version__], out
     assert "register_northbound" in rows["rest"][3:][0]
     assert "mapping formats: arxml, dbc, kcd, sym, yaml" in out
@@ -214,11 +214,13 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert __version__ in capsys.readouterr().out
 
 
-def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, timeout: float) -> str:
+def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, timeout: float, stderr: bool = False) -> str:
+    """What ``proc`` printed (on stdout, or stderr) up to and including ``needle``."""
     import selectors
 
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
+    stream = proc.stderr if stderr else proc.stdout
+    assert stream is not None
+    fd = stream.fileno()
     seen = b""
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:
@@ -237,13 +239,15 @@ def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, timeout: float) -
 
 def test_demo_starts_and_stops_on_sigint(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "canbridge", "demo", "--no-plugins", "--state-dir",
-                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             str(tmp_path), "--log-level", "INFO"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out = _wait_for_line(proc, "Connect to", 60)
         assert "25 signals" in out
-        time.sleep(0.3)  # let it serve a moment
+        # serving: the bus came up (logged once the signal handlers are installed and the bridge started)
+        started = _wait_for_line(proc, "-> active", 60, stderr=True)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, rest = proc.communicate(timeout=30)
+        err = started.encode() + rest
         assert proc.returncode == 0, err
         assert b"canbridge stopped" in err
     finally:
