@@ -214,6 +214,7 @@ class SignalValue:
     value: Value | None
     quality: Quality
     timestamp_ns: int | None  # receive time of the newest frame carrying it (kernel time where known)
+    reason: str | None = None  # why the quality is what it is, where the value itself says (J1939 ranges)
 
     @property
     def timestamp(self) -> float | None:
@@ -258,6 +259,8 @@ class BusStatus:
     bus_load: float = 0.0  # percent of the bitrate used, over the last second
     last_error: str | None = None
     since_ns: int = 0  # when the state was entered
+    # J1939: frames of mapped PGNs from sources no mapping decodes, "<message>@0x<SA>" -> frames
+    unconfigured_sources: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

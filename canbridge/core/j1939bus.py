@@ -1,0 +1,105 @@
+"""The J1939 side of one bus's receive path: frames whose exact id is not in the bus's lookup are
+matched by (PGN, source address), counted per (PGN, source) when the PGN is mapped but the source is
+not, and handed to the transport-protocol reassembler when they are TP.CM / TP.DT frames.
+
+It runs only for frames the exact-id lookup missed, on buses with J1939 mappings, so plain DBC traffic
+never reaches it. A matched id is added to the exact-id lookup, so the next frame with that id is an
+exact hit again: the per-frame cost of PGN matching is paid once per distinct id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from canbridge.core.mapping.codec import Decoder
+from canbridge.core.mapping.j1939 import match_key
+from canbridge.core.mapping.table import EXT_KEY, MessageEntry
+
+MAX_UNCONFIGURED = 1024  # distinct (PGN, source) pairs counted; more are counted together
+_ID_MASK = 0x1FFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class HeardSource:
+    """A mapped PGN heard from a source address the mapping does not decode."""
+
+    pgn: int
+    source: int
+    message: str  # the DBC message of that PGN
+    frames: int
+
+
+class J1939Receiver:
+    """PGN matching, unconfigured sources and the transport protocol of one bus."""
+
+    def __init__(self, index: Mapping[int, MessageEntry], lookup: dict[int, tuple[int, Decoder]],
+                 last: dict[int, bytes]) -> None:
+        self._index = {k: (e.index, e.decoder) for k, e in index.items()}
+        self._message_of_pgn = {k >> 8: e.info.message for k, e in index.items()}
+        self._lookup = lookup
+        self._last = last
+        self._keys: dict[int, list[int]] = {}  # message index -> its frame keys in the lookup
+        self._decoders = {e.index: e.decoder for e in index.values()}
+        self.unconfigured: dict[int, int] = {}  # match key -> frames
+        self.unconfigured_other = 0  # frames of pairs beyond MAX_UNCONFIGURED
+        for e in index.values():
+            self._bind(e.key, e.index)
+
+    def _bind(self, key: int, mi: int) -> tuple[int, Decoder]:
+        """Put a frame key of a message into the exact-id lookup.
+
+        The store skips decoding a payload equal to the last one *of that key*; when one message is
+        reached through several keys (another priority or destination), a decode through one key must
+        forget the others' last payloads, or a payload seen before under another key would be skipped
+        although the values now hold a different one's.
+        """
+        keys = self._keys.setdefault(mi, [])
+        keys.append(key)
+        dec = self._decoders[mi]
+        if len(keys) == 1:
+            hit = self._lookup[key] = (mi, dec)
+            return hit
+        last = self._last
+        for k in keys:
+            self._lookup[k] = (mi, _forgetting(dec, k, keys, last))
+        return self._lookup[key]
+
+    def resolve(self, key: int, data: bytes, ts: int) -> tuple[int, Decoder] | None:
+        """The lookup entry of a frame the exact-id lookup missed, or None (not mapped)."""
+        if not key & EXT_KEY:
+            return None
+        can_id = key & _ID_MASK
+        mk = match_key(can_id)
+        hit = self._index.get(mk)
+        if hit is not None:
+            return self._bind(key, hit[0])
+        pgn = mk >> 8
+        if pgn in self._message_of_pgn:
+            n = self.unconfigured.get(mk)
+            if n is None and len(self.unconfigured) >= MAX_UNCONFIGURED:
+                self.unconfigured_other += 1
+            else:
+                self.unconfigured[mk] = (n or 0) + 1
+        return None
+
+    def unconfigured_summary(self) -> dict[str, int]:
+        """``heard()`` for BusStatus: "<message>@0x<SA>" -> frames ("*": pairs beyond the bound)."""
+        out = {f"{h.message}@0x{h.source:02X}": h.frames for h in self.heard()}
+        if self.unconfigured_other:
+            out["*"] = self.unconfigured_other
+        return out
+
+    def heard(self) -> list[HeardSource]:
+        """Mapped PGNs heard from unconfigured sources, by PGN then source."""
+        return [HeardSource(k >> 8, k & 0xFF, self._message_of_pgn[k >> 8], n)
+                for k, n in sorted(self.unconfigured.items())]
+
+
+def _forgetting(dec: Decoder, key: int, keys: list[int], last: dict[int, bytes]) -> Decoder:
+    def decode(data: bytes, values: list[object], changed: list[int]) -> None:
+        dec(data, values, changed)
+        for k in keys:
+            if k != key:
+                last.pop(k, None)
+    return decode

@@ -1,0 +1,99 @@
+"""SAE J1939 identifiers and raw-value conventions: PGN, source and destination address of a 29-bit id,
+the key the receive path matches J1939 frames by, and the "not available" / "error" ranges of J1939-71.
+
+A 29-bit id is priority (3 bits) | EDP, DP (2) | PDU format PF (8) | PDU specific PS (8) | source
+address SA (8). PF < 240 (PDU1): PS is a destination address and not part of the PGN; PF >= 240
+(PDU2): PS is the group extension, part of the PGN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+PGN_REQUEST = 0xEA00
+PGN_TP_CM = 0xEC00  # transport protocol, connection management (RTS, CTS, EoMA, BAM, abort)
+PGN_TP_DT = 0xEB00  # transport protocol, data transfer
+PGN_DM1 = 0xFECA
+NULL_ADDRESS = 0xFE  # "cannot claim an address": never a configured source
+GLOBAL_ADDRESS = 0xFF  # broadcast destination
+
+
+def pgn_of(can_id: int) -> int:
+    """The parameter group number of a 29-bit id (the destination address of PDU1 groups masked out)."""
+    pf = (can_id >> 16) & 0xFF
+    if pf < 240:
+        return (can_id >> 8) & 0x3FF00
+    return (can_id >> 8) & 0x3FFFF
+
+
+def source_of(can_id: int) -> int:
+    return can_id & 0xFF
+
+
+def destination_of(can_id: int) -> int:
+    """The destination address: PS for PDU1 groups, global (0xFF) for PDU2 groups."""
+    return (can_id >> 8) & 0xFF if ((can_id >> 16) & 0xFF) < 240 else GLOBAL_ADDRESS
+
+
+def priority_of(can_id: int) -> int:
+    return (can_id >> 26) & 0x7
+
+
+def is_pdu1(pgn: int) -> bool:
+    return ((pgn >> 8) & 0xFF) < 240
+
+
+def make_id(priority: int, pgn: int, source: int, destination: int = GLOBAL_ADDRESS) -> int:
+    """A 29-bit id; the destination goes into PS for PDU1 groups and is ignored for PDU2 groups."""
+    ps = destination if is_pdu1(pgn) else pgn & 0xFF
+    return ((priority & 7) << 26) | ((pgn & 0x3FF00) << 8) | (ps << 8) | (source & 0xFF)
+
+
+def match_key(can_id: int) -> int:
+    """What a J1939 frame is matched by: (PGN, source address), priority and destination masked out."""
+    return (pgn_of(can_id) << 8) | (can_id & 0xFF)
+
+
+def with_source(can_id: int, source: int) -> int:
+    return (can_id & ~0xFF) | (source & 0xFF)
+
+
+# --- raw values: J1939-71 "not available" and "error indicator" ranges ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """What a J1939 decoder stores instead of a number: the store shows it as quality ``bad``."""
+
+    reason: str
+
+    def __repr__(self) -> str:
+        return f"<{self.reason}>"
+
+
+NOT_AVAILABLE = Unavailable("J1939 not available")
+ERROR_INDICATOR = Unavailable("J1939 error indicator")
+
+
+def special_ranges(length: int) -> tuple[int, int] | None:
+    """(first error raw value, first not-available raw value) of an unsigned J1939 parameter, or None
+    for lengths without them (1-bit flags).
+
+    Parameters of whole bytes reserve their top byte: 0xFE.. error, 0xFF.. not available (8 bits:
+    0xFE, 0xFF; 16 bits: 0xFE00..0xFEFF, 0xFF00..0xFFFF; 32 bits: 0xFE000000.., 0xFF000000..). Shorter
+    or odd lengths (2-bit states, 4-bit values) reserve the two top values: all ones minus one is the
+    error, all ones not available.
+    """
+    if length < 2:
+        return None
+    if length % 8 == 0:
+        shift = length - 8
+        return 0xFE << shift, 0xFF << shift
+    top = (1 << length) - 1
+    return top - 1, top
+
+
+def has_special_ranges(signal: Any) -> bool:
+    """Whether a cantools signal follows the J1939 ranges: unsigned integers of 2 bits or more."""
+    return not signal.is_signed and not signal.is_float and special_ranges(signal.length) is not None
