@@ -261,6 +261,8 @@ class BusStatus:
     since_ns: int = 0  # when the state was entered
     # J1939: frames of mapped PGNs from sources no mapping decodes, "<message>@0x<SA>" -> frames
     unconfigured_sources: dict[str, int] = field(default_factory=dict)
+    # J1939 transport protocol (multi-packet messages): "completed", broken ones by reason, "duplicates", ...
+    transport: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

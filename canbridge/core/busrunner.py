@@ -105,12 +105,28 @@ class BusRunner:
         n_err, unmapped, decode_errors, rtr, n_ext, nbytes = self.store.receive(
             self.cfg.name, batch, self._lookup, self.last_payload, self._msg_signals, self._error_frame,
             self.j1939.resolve if self.j1939 is not None else None)
+        if self.j1939 is not None:
+            unmapped, decode_errors = self._j1939_batch(unmapped, decode_errors)
         n = len(batch) - n_err
         self.rx_frames += n
         self.unmapped_frames += unmapped
         self.decode_errors += decode_errors
         self.rtr_frames += rtr
         self._bits += n * _OVERHEAD_STD + n_ext * (_OVERHEAD_EXT - _OVERHEAD_STD) + nbytes * 8
+
+    def _j1939_batch(self, unmapped: int, decode_errors: int) -> tuple[int, int]:
+        """Transport-protocol frames are not unmapped; messages they completed are decoded now."""
+        assert self.j1939 is not None
+        unmapped -= self.j1939.tp_frames
+        self.j1939.tp_frames = 0
+        done = self.j1939.take_completed()
+        if done:
+            _, u, d, _, _, _ = self.store.receive(self.cfg.name, done, self._lookup, self.last_payload,
+                                                  self._msg_signals, self._error_frame, self.j1939.resolve)
+            self.j1939.tp_frames = 0
+            unmapped += u
+            decode_errors += d
+        return unmapped, decode_errors
 
     def _error_frame(self, can_id: int, data: bytes) -> None:
         self.error_frames += 1
@@ -270,6 +286,8 @@ class BusRunner:
     def poll(self) -> None:
         """Once a second: kernel diagnostics and the bus load estimate."""
         now = time.monotonic()
+        if self.j1939 is not None:
+            self.j1939.expire(now)
         t_prev, bits_prev = self._bits_mark
         self._bits_mark = (now, self._bits)
         bitrate = self.kernel.get("bitrate") or self.cfg.bitrate
@@ -308,6 +326,7 @@ class BusRunner:
             restarts=int(k.get("restarts", 0) or 0), reconnects=self.reconnects,
             bus_load=round(self.bus_load, 2), last_error=self.last_error, since_ns=self.since_ns,
             unconfigured_sources=self.j1939.unconfigured_summary() if self.j1939 is not None else {},
+            transport=self.j1939.tp.counters() if self.j1939 is not None else {},
         )
 
 

@@ -9,15 +9,19 @@ exact hit again: the per-frame cost of PGN matching is paid once per distinct id
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from canbridge._model import FrameFlags, RawFrame
+from canbridge.core.can.j1939tp import Reassembler
 from canbridge.core.mapping.codec import Decoder
-from canbridge.core.mapping.j1939 import match_key
+from canbridge.core.mapping.j1939 import PGN_TP_CM, PGN_TP_DT, make_id, match_key
 from canbridge.core.mapping.table import EXT_KEY, MessageEntry
 
 MAX_UNCONFIGURED = 1024  # distinct (PGN, source) pairs counted; more are counted together
 _ID_MASK = 0x1FFFFFFF
+_EXT = int(FrameFlags.EXTENDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,10 @@ class J1939Receiver:
         self._decoders = {e.index: e.decoder for e in index.values()}
         self.unconfigured: dict[int, int] = {}  # match key -> frames
         self.unconfigured_other = 0  # frames of pairs beyond MAX_UNCONFIGURED
+        self.tp = Reassembler()
+        self.tp_frames = 0  # TP.CM and TP.DT frames consumed (they are not unmapped frames)
+        self.completed: list[RawFrame] = []  # reassembled messages waiting to be decoded
+        self._tp_mono = 0.0  # monotonic time of the newest TP frame, to run the frames' clock on
         for e in index.values():
             self._bind(e.key, e.index)
 
@@ -75,6 +83,14 @@ class J1939Receiver:
         if hit is not None:
             return self._bind(key, hit[0])
         pgn = mk >> 8
+        if pgn in (PGN_TP_CM, PGN_TP_DT):
+            self.tp_frames += 1
+            self._tp_mono = time.monotonic()
+            done = self.tp.feed(can_id, data, ts)
+            if done is not None:  # decoded like a single frame of its PGN, right after this batch
+                self.completed.append(
+                    (make_id(done.priority, done.pgn, done.source, done.destination), _EXT, done.data, ts))
+            return None
         if pgn in self._message_of_pgn:
             n = self.unconfigured.get(mk)
             if n is None and len(self.unconfigured) >= MAX_UNCONFIGURED:
@@ -82,6 +98,16 @@ class J1939Receiver:
             else:
                 self.unconfigured[mk] = (n or 0) + 1
         return None
+
+    def take_completed(self) -> list[RawFrame]:
+        done, self.completed = self.completed, []
+        return done
+
+    def expire(self, mono: float) -> None:
+        """Transfers that wait for a frame that never comes time out on the frames' clock, moved on by
+        the time since the newest TP frame (a replayed log's timestamps are not the wall clock)."""
+        if self.tp.active:
+            self.tp.expire(self.tp.last_ts + int((mono - self._tp_mono) * 1e9))
 
     def unconfigured_summary(self) -> dict[str, int]:
         """``heard()`` for BusStatus: "<message>@0x<SA>" -> frames ("*": pairs beyond the bound)."""

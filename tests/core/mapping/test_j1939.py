@@ -321,3 +321,62 @@ def test_j1939_decoders_equal_cantools_except_the_special_ranges(data: bytes) ->
             err, na = j1939.special_ranges(s.length) or (1 << 64, 1 << 64)
             want = j1939.NOT_AVAILABLE if raw >= na else j1939.ERROR_INDICATOR if raw >= err else expected[s.name]
             assert values[i] == want, (m.name, s.name, raw)
+
+
+# --- multi-packet messages through the receive path ---------------------------------------------------
+
+
+def bam_frames(sa: int, payload: bytes, pgn: int = 0xFEE3, ts: int = 0) -> list[RawFrame]:
+    n = -(-len(payload) // 7)
+    out = [frame(7, j1939.PGN_TP_CM, sa, bytes([32]) + len(payload).to_bytes(2, "little") + bytes([n, 0xFF])
+                 + pgn.to_bytes(3, "little"), ts=ts)]
+    for i in range(1, n + 1):
+        chunk = payload[(i - 1) * 7:i * 7]
+        data = bytes([i]) + chunk + b"\xff" * (7 - len(chunk))
+        out.append(frame(7, j1939.PGN_TP_DT, sa, data, ts=ts + i * 50_000_000))
+    return out
+
+
+def test_a_bam_is_decoded_like_a_frame_and_its_packets_are_not_unmapped() -> None:
+    r, store, t = runner()
+    payload = bytearray(b"\xff" * 39)
+    payload[0:2] = (4800).to_bytes(2, "little")
+    r.on_frames(bam_frames(0x00, bytes(payload)))
+    assert value(store, t, "truck.EC1.EngineSpeedAtIdlePoint1").value == 600.0
+    assert value(store, t, "truck.EC1.EngineReferenceTorque").reason == "J1939 not available"
+    st = r.status()
+    assert (st.unmapped_frames, st.rx_frames, st.transport) == (0, 7, {"completed": 1})
+
+
+def test_a_transfer_split_over_batches_completes() -> None:
+    r, store, t = runner()
+    frames = bam_frames(0x00, (4800).to_bytes(2, "little") + bytes(37))
+    for f in frames:
+        r.on_frames([f])
+    assert value(store, t, "truck.EC1.EngineSpeedAtIdlePoint1").value == 600.0
+
+
+def test_a_short_reassembled_message_is_a_decode_error() -> None:
+    r, store, t = runner()
+    r.on_frames(bam_frames(0x00, bytes(20)))  # EC1 has 39 bytes
+    assert r.status().decode_errors == 1 and store.msg_count[t.messages["truck.EC1"].index] == 0
+
+
+def test_a_transfer_that_never_ends_times_out_on_the_frames_clock() -> None:
+    r, store, t = runner()
+    r.on_frames(bam_frames(0x00, bytes(39))[:3])
+    assert r.j1939 is not None
+    assert r.status().transport == {"completed": 0, "active": 1}
+    mono = r.j1939._tp_mono
+    r.j1939.expire(mono + 0.5)
+    assert r.status().transport == {"completed": 0, "active": 1}
+    r.j1939.expire(mono + 1.0)
+    assert r.status().transport == {"completed": 0, "timeout_t1": 1}
+    assert store.msg_count[t.messages["truck.EC1"].index] == 0
+
+
+def test_a_bam_of_an_unconfigured_source_is_counted_as_heard() -> None:
+    r, store, t = runner()
+    r.on_frames(bam_frames(0x42, bytes(39)))
+    assert r.status().unconfigured_sources == {"EC1@0x42": 1}
+    assert store.msg_count[t.messages["truck.EC1"].index] == 0
