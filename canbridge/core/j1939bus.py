@@ -44,6 +44,7 @@ class J1939Receiver:
         self._lookup = lookup
         self._last = last
         self._keys: dict[int, list[int]] = {}  # message index -> its frame keys in the lookup
+        self._holders: dict[int, list[int]] = {}  # message index -> [the key its values were decoded from]
         self._decoders = {e.index: e.decoder for e in index.values()}
         self.unconfigured: dict[int, int] = {}  # match key -> frames
         self.unconfigured_other = 0  # frames of pairs beyond MAX_UNCONFIGURED
@@ -68,9 +69,9 @@ class J1939Receiver:
         if len(keys) == 1:
             hit = self._lookup[key] = (mi, dec)
             return hit
-        last = self._last
+        holder = self._holders.setdefault(mi, [keys[0]])  # the first key decoded alone until now
         for k in keys:
-            self._lookup[k] = (mi, _forgetting(dec, k, keys, last))
+            self._lookup[k] = (mi, _forgetting(dec, k, holder, self._last))
         return self._lookup[key]
 
     def resolve(self, key: int, data: bytes, ts: int) -> tuple[int, Decoder] | None:
@@ -122,10 +123,13 @@ class J1939Receiver:
                 for k, n in sorted(self.unconfigured.items())]
 
 
-def _forgetting(dec: Decoder, key: int, keys: list[int], last: dict[int, bytes]) -> Decoder:
+def _forgetting(dec: Decoder, key: int, holder: list[int], last: dict[int, bytes]) -> Decoder:
+    """``dec`` that also drops the last payload of the key decoded before it (``holder[0]``): only the
+    key whose payload the values hold may skip an equal payload."""
     def decode(data: bytes, values: list[object], changed: list[int]) -> None:
         dec(data, values, changed)
-        for k in keys:
-            if k != key:
-                last.pop(k, None)
+        prev = holder[0]
+        if prev != key:
+            last.pop(prev, None)
+            holder[0] = key
     return decode

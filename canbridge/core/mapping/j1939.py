@@ -62,9 +62,12 @@ def with_source(can_id: int, source: int) -> int:
 # --- raw values: J1939-71 "not available" and "error indicator" ranges ---------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Unavailable:
-    """What a J1939 decoder stores instead of a number: the store shows it as quality ``bad``."""
+    """What a J1939 decoder stores instead of a number: the store shows it as quality ``bad``.
+
+    Compared by identity (the two markers below are the only instances): the decoders compare every
+    value with the one stored, and a generated ``__eq__`` would be a Python call per comparison."""
 
     reason: str
 
