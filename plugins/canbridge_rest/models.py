@@ -30,6 +30,8 @@ class SignalUpdate(_Out):
     quality: Literal["good", "stale", "bad", "waiting"]
     timestamp: str | None = Field(description="source timestamp, ISO 8601 UTC")
     timestamp_ns: int | None = Field(description="source timestamp, nanoseconds since the epoch")
+    reason: str | None = Field(None, description="why the value is missing although its frame came "
+                               "(J1939 not available / error indicator)")
 
 
 class Signal(SignalUpdate):
@@ -183,6 +185,10 @@ class Bus(_Out):
     reconnects: int
     bus_load: float = Field(description="percent of the bitrate used over the last second")
     last_error: str | None
+    unconfigured_sources: dict[str, int] = Field(
+        default_factory=dict, description="J1939: frames of mapped PGNs from unconfigured sources, <message>@0x<SA>")
+    transport: dict[str, int] = Field(
+        default_factory=dict, description="J1939 transport protocol: completed and broken transfers by reason")
 
 
 class MessageAge(_Out):
@@ -288,6 +294,7 @@ def update(info: canbridge.SignalInfo, sv: canbridge.SignalValue) -> dict[str, A
         "quality": sv.quality.value,
         "timestamp": iso(sv.timestamp_ns),
         "timestamp_ns": sv.timestamp_ns,
+        "reason": sv.reason,
     }
 
 
@@ -330,6 +337,8 @@ def bus(info: canbridge.BusInfo | None, st: canbridge.BusStatus) -> dict[str, An
         "reconnects": st.reconnects,
         "bus_load": finite(float(st.bus_load)) or 0.0,
         "last_error": st.last_error,
+        "unconfigured_sources": dict(st.unconfigured_sources),
+        "transport": dict(st.transport),
     }
 
 
