@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import IntFlag, StrEnum
 from typing import Literal
 
+from canbridge._j1939 import Dm1
+
 Value = bool | int | float
 """A signal's physical value: ``bool`` for one-bit flags, ``int`` when scaling keeps integers, else ``float``."""
 
@@ -263,6 +265,7 @@ class BusStatus:
     unconfigured_sources: dict[str, int] = field(default_factory=dict)
     # J1939 transport protocol (multi-packet messages): "completed", broken ones by reason, "duplicates", ...
     transport: dict[str, int] = field(default_factory=dict)
+    dm1: dict[int, Dm1] = field(default_factory=dict)  # J1939: source address -> its latest DM1
 
 
 @dataclass(frozen=True, slots=True)

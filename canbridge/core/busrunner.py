@@ -327,6 +327,7 @@ class BusRunner:
             bus_load=round(self.bus_load, 2), last_error=self.last_error, since_ns=self.since_ns,
             unconfigured_sources=self.j1939.unconfigured_summary() if self.j1939 is not None else {},
             transport=self.j1939.tp.counters() if self.j1939 is not None else {},
+            dm1=dict(self.j1939.dm1) if self.j1939 is not None else {},
         )
 
 

@@ -1,6 +1,7 @@
 """The J1939 side of one bus's receive path: frames whose exact id is not in the bus's lookup are
 matched by (PGN, source address), counted per (PGN, source) when the PGN is mapped but the source is
-not, and handed to the transport-protocol reassembler when they are TP.CM / TP.DT frames.
+not, and handed to the transport-protocol reassembler when they are TP.CM / TP.DT frames; DM1 (active
+trouble codes) of every source is kept decoded.
 
 It runs only for frames the exact-id lookup missed, on buses with J1939 mappings, so plain DBC traffic
 never reaches it. A matched id is added to the exact-id lookup, so the next frame with that id is an
@@ -13,12 +14,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from canbridge._j1939 import Dm1
 from canbridge._model import FrameFlags, RawFrame
 from canbridge.core.can.j1939tp import Reassembler
 from canbridge.core.mapping.codec import Decoder
-from canbridge.core.mapping.j1939 import PGN_TP_CM, PGN_TP_DT, make_id, match_key
+from canbridge.core.mapping.j1939 import PGN_DM1, PGN_TP_CM, PGN_TP_DT, decode_dm1, make_id, match_key
 from canbridge.core.mapping.table import EXT_KEY, MessageEntry
 
+MAX_DM1_SOURCES = 254  # every source address
 MAX_UNCONFIGURED = 1024  # distinct (PGN, source) pairs counted; more are counted together
 _ID_MASK = 0x1FFFFFFF
 _EXT = int(FrameFlags.EXTENDED)
@@ -51,6 +54,7 @@ class J1939Receiver:
         self.tp = Reassembler()
         self.tp_frames = 0  # TP.CM and TP.DT frames consumed (they are not unmapped frames)
         self.completed: list[RawFrame] = []  # reassembled messages waiting to be decoded
+        self.dm1: dict[int, Dm1] = {}  # source address -> its latest DM1 (any source, configured or not)
         self._tp_mono = 0.0  # monotonic time of the newest TP frame, to run the frames' clock on
         for e in index.values():
             self._bind(e.key, e.index)
@@ -81,9 +85,14 @@ class J1939Receiver:
         can_id = key & _ID_MASK
         mk = match_key(can_id)
         hit = self._index.get(mk)
-        if hit is not None:
-            return self._bind(key, hit[0])
         pgn = mk >> 8
+        if pgn == PGN_DM1:  # never bound to the exact-id lookup, so that every DM1 comes through here
+            self._dm1(mk & 0xFF, data, ts)
+            if hit is not None:
+                self._last.pop(key, None)
+                return hit
+        elif hit is not None:
+            return self._bind(key, hit[0])
         if pgn in (PGN_TP_CM, PGN_TP_DT):
             self.tp_frames += 1
             self._tp_mono = time.monotonic()
@@ -99,6 +108,14 @@ class J1939Receiver:
             else:
                 self.unconfigured[mk] = (n or 0) + 1
         return None
+
+    def _dm1(self, source: int, data: bytes, ts: int) -> None:
+        old = self.dm1.get(source)
+        if old is None and len(self.dm1) >= MAX_DM1_SOURCES:
+            return
+        dm1 = decode_dm1(data, source, ts, 1 if old is None else old.messages + 1)
+        if dm1 is not None:
+            self.dm1[source] = dm1
 
     def take_completed(self) -> list[RawFrame]:
         done, self.completed = self.completed, []

@@ -189,6 +189,25 @@ class Bus(_Out):
         default_factory=dict, description="J1939: frames of mapped PGNs from unconfigured sources, <message>@0x<SA>")
     transport: dict[str, int] = Field(
         default_factory=dict, description="J1939 transport protocol: completed and broken transfers by reason")
+    dm1: dict[str, Dm1Out] = Field(default_factory=dict, description="J1939: active trouble codes by source, 0x<SA>")
+
+
+class DtcOut(_Out):
+    spn: int
+    fmi: int
+    occurrences: int
+    conversion_method: int
+
+
+class Dm1Out(_Out):
+    """A J1939 source's active trouble codes (DM1)."""
+
+    source: int
+    lamps: dict[str, str] = Field(description="mil, red_stop, amber_warning, protect: off|on|reserved|not_available")
+    flash: dict[str, str] = Field(description="the lamps' flash: slow|fast|reserved|none")
+    dtcs: list[DtcOut]
+    timestamp: str | None
+    messages: int
 
 
 class MessageAge(_Out):
@@ -339,6 +358,20 @@ def bus(info: canbridge.BusInfo | None, st: canbridge.BusStatus) -> dict[str, An
         "last_error": st.last_error,
         "unconfigured_sources": dict(st.unconfigured_sources),
         "transport": dict(st.transport),
+        "dm1": {f"0x{sa:02X}": dm1(d) for sa, d in sorted(st.dm1.items())},
+    }
+
+
+def dm1(d: canbridge.Dm1) -> dict[str, Any]:
+    return {
+        "source": d.source,
+        "lamps": {"mil": d.mil, "red_stop": d.red_stop, "amber_warning": d.amber_warning, "protect": d.protect},
+        "flash": {"mil": d.mil_flash, "red_stop": d.red_stop_flash, "amber_warning": d.amber_warning_flash,
+                  "protect": d.protect_flash},
+        "dtcs": [{"spn": c.spn, "fmi": c.fmi, "occurrences": c.occurrences, "conversion_method": c.conversion_method}
+                 for c in d.dtcs],
+        "timestamp": iso(d.timestamp_ns),
+        "messages": d.messages,
     }
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from canbridge._j1939 import Dm1, Dtc
+
 PGN_REQUEST = 0xEA00
 PGN_TP_CM = 0xEC00  # transport protocol, connection management (RTS, CTS, EoMA, BAM, abort)
 PGN_TP_DT = 0xEB00  # transport protocol, data transfer
@@ -100,3 +102,28 @@ def special_ranges(length: int) -> tuple[int, int] | None:
 def has_special_ranges(signal: Any) -> bool:
     """Whether a cantools signal follows the J1939 ranges: unsigned integers of 2 bits or more."""
     return not signal.is_signed and not signal.is_float and special_ranges(signal.length) is not None
+
+
+# --- DM1: active diagnostic trouble codes (J1939-73) ------------------------------------------------------
+
+_LAMP = ("off", "on", "reserved", "not_available")
+_FLASH = ("slow", "fast", "reserved", "none")
+
+
+def decode_dm1(data: bytes, source: int, ts: int, messages: int = 1) -> Dm1 | None:
+    """A DM1 payload (single frame or reassembled): lamp states (byte 1), their flash (byte 2), then 4 bytes
+    per DTC (SPN low 16 bits; SPN high 3 bits and FMI; conversion method and occurrence count). None if
+    shorter than 6 bytes. "No DTC" (all zeros) and padding (all ones) are not codes."""
+    if len(data) < 6:
+        return None
+    lamps, flash = data[0], data[1]
+    dtcs = []
+    for i in range(2, len(data) - 3, 4):
+        a, b, c, d = data[i], data[i + 1], data[i + 2], data[i + 3]
+        if (a | b | c | d) == 0 or (a & b & c & d) == 0xFF:
+            continue
+        dtcs.append(Dtc(spn=a | (b << 8) | ((c >> 5) << 16), fmi=c & 0x1F, occurrences=d & 0x7F,
+                        conversion_method=d >> 7))
+    return Dm1(source, _LAMP[lamps >> 6 & 3], _LAMP[lamps >> 4 & 3], _LAMP[lamps >> 2 & 3], _LAMP[lamps & 3],
+               _FLASH[flash >> 6 & 3], _FLASH[flash >> 4 & 3], _FLASH[flash >> 2 & 3], _FLASH[flash & 3],
+               tuple(dtcs), ts, messages)

@@ -380,3 +380,54 @@ def test_a_bam_of_an_unconfigured_source_is_counted_as_heard() -> None:
     r.on_frames(bam_frames(0x42, bytes(39)))
     assert r.status().unconfigured_sources == {"EC1@0x42": 1}
     assert store.msg_count[t.messages["truck.EC1"].index] == 0
+
+
+# --- DM1 ---------------------------------------------------------------------------------------------------
+
+
+def dtc_bytes(spn: int, fmi: int, oc: int, cm: int = 0) -> bytes:
+    return bytes([spn & 0xFF, (spn >> 8) & 0xFF, ((spn >> 16) << 5) | fmi, (cm << 7) | oc])
+
+
+def test_dm1_of_one_frame() -> None:
+    # amber warning on, MIL off, red stop not available, protect off; amber flashes fast; SPN 190 FMI 2, 5 times
+    d = j1939.decode_dm1(bytes([0b00110100, 0b11110111]) + dtc_bytes(190, 2, 5) + b"\xff\xff", 0x00, 7)
+    assert d is not None
+    assert (d.mil, d.red_stop, d.amber_warning, d.protect) == ("off", "not_available", "on", "off")
+    assert (d.mil_flash, d.red_stop_flash, d.amber_warning_flash, d.protect_flash) == ("none", "none", "fast", "none")
+    assert [(c.spn, c.fmi, c.occurrences, c.conversion_method) for c in d.dtcs] == [(190, 2, 5, 0)]
+    assert (d.source, d.timestamp_ns, d.messages) == (0, 7, 1)
+
+
+def test_dm1_without_trouble_codes() -> None:
+    d = j1939.decode_dm1(bytes([0, 0xFF, 0, 0, 0, 0, 0xFF, 0xFF]), 3, 0)
+    assert d is not None and d.dtcs == () and d.mil == "off"
+    assert j1939.decode_dm1(b"\x00\x00\x00", 3, 0) is None
+
+
+@given(st.lists(st.tuples(st.integers(1, 0x7FFFE), st.integers(0, 31), st.integers(0, 126), st.integers(0, 1)),
+                max_size=20))
+def test_dm1_dtcs_round_trip(dtcs: list[tuple[int, int, int, int]]) -> None:
+    codes = b"".join(dtc_bytes(*c) for c in dtcs) or bytes(4)  # no DTC: zeros
+    d = j1939.decode_dm1(bytes([0x55, 0xFF]) + codes, 1, 0)
+    assert d is not None
+    assert [(c.spn, c.fmi, c.occurrences, c.conversion_method) for c in d.dtcs] == dtcs
+
+
+def test_dm1_per_source_through_the_receive_path_single_frame_and_bam() -> None:
+    r, _, _ = runner()
+    r.on_frames([frame(6, j1939.PGN_DM1, 0x00, bytes([0x04, 0xFF]) + dtc_bytes(110, 0, 1) + b"\xff\xff")])
+    five = bytes([0x54, 0xFF]) + b"".join(dtc_bytes(spn, fmi, 1 + k) for k, (spn, fmi) in enumerate(
+        [(84, 2), (190, 3), (100, 1), (0x7FFFE, 31), (521, 7)]))
+    r.on_frames(bam_frames(0x03, five, pgn=j1939.PGN_DM1))
+    dm1 = r.status().dm1
+    assert set(dm1) == {0x00, 0x03}
+    assert [(c.spn, c.fmi) for c in dm1[0x00].dtcs] == [(110, 0)] and dm1[0x00].amber_warning == "on"
+    assert [(c.spn, c.fmi, c.occurrences) for c in dm1[0x03].dtcs] == [
+        (84, 2, 1), (190, 3, 2), (100, 1, 3), (0x7FFFE, 31, 4), (521, 7, 5)]
+    assert dm1[0x03].amber_warning == "on" and dm1[0x03].red_stop == "on"
+    # the fault cleared: the next DM1 replaces the list
+    r.on_frames([frame(6, j1939.PGN_DM1, 0x00, bytes([0, 0xFF, 0, 0, 0, 0, 0xFF, 0xFF]), ts=9)])
+    r.on_frames([frame(6, j1939.PGN_DM1, 0x00, bytes([0, 0xFF, 0, 0, 0, 0, 0xFF, 0xFF]), ts=10)])
+    assert r.status().dm1[0x00].dtcs == () and r.status().dm1[0x00].messages == 3
+    assert r.status().unconfigured_sources == {}  # DM1 is not mapped: understood, not "unconfigured"
