@@ -43,7 +43,7 @@ class J1939Receiver:
     def __init__(self, index: Mapping[int, MessageEntry], lookup: dict[int, tuple[int, Decoder]],
                  last: dict[int, bytes]) -> None:
         self._index = {k: (e.index, e.decoder) for k, e in index.items()}
-        self._message_of_pgn = {k >> 8: e.info.message for k, e in index.items()}
+        self._message_of_pgn = {k >> 8: str(e.db_message.name) for k, e in index.items()}
         self._lookup = lookup
         self._last = last
         self._keys: dict[int, list[int]] = {}  # message index -> its frame keys in the lookup

@@ -173,6 +173,7 @@ def build_table(
             problems.append(Problem(why, file, *where(mi, "protocol")))
         for m, mname, frame_id, pgn_key in instances:
             key = frame_key(frame_id, m.is_extended_frame)
+            label = mname[len(mc.bus) + 1:]  # as plugins show it: "<source>.<message>" with several sources
             if mname in messages:
                 problems.append(Problem(f"message {mname} is mapped twice", file, where(mi)[0], where(mi)[1]))
                 continue
@@ -212,7 +213,7 @@ def build_table(
                 lo, hi = _limits(s)
                 sname = f"{mname}.{s.name}"
                 info = SignalInfo(
-                    name=sname, bus=mc.bus, message=m.name, signal=s.name, index=len(signal_list),
+                    name=sname, bus=mc.bus, message=label, signal=s.name, index=len(signal_list),
                     frame_id=frame_id, extended=m.is_extended_frame, direction=direction, value_type=vt,
                     bit_length=s.length, signed=s.is_signed, is_float=s.is_float, scale=s.scale,
                     offset=s.offset, minimum=lo, maximum=hi, unit=s.unit or None,
@@ -238,7 +239,7 @@ def build_table(
                 problems.append(Problem(f"message {m.name}: cannot build codec: {e}", str(mc.file)))
                 continue
             info_m = MessageInfo(
-                name=mname, bus=mc.bus, message=m.name, frame_id=frame_id, extended=m.is_extended_frame,
+                name=mname, bus=mc.bus, message=label, frame_id=frame_id, extended=m.is_extended_frame,
                 fd=bool(getattr(m, "is_fd", False)), length=m.length, direction=direction,
                 signals=tuple(sig_names), cycle_time_ms=cycle,
                 period_ms=tcfg.period_ms if tcfg else None, comment=_comment(m),

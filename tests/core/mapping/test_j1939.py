@@ -109,6 +109,10 @@ def test_several_sources_get_their_names_in_the_signal_names() -> None:
     assert "truck.retarder.EEC1.EngineSpeed" in t.signals and "truck.EEC1.EngineSpeed" not in t.signals
     assert t.messages["truck.retarder.EEC1"].info.frame_id == 0x0CF0040F
     assert t.signals["truck.retarder.EEC1.EngineSpeed"].frame_id == 0x0CF0040F
+    # plugins build their trees from bus, message and signal: each source is its own message
+    for s in t.signal_list:
+        assert f"{s.bus}.{s.message}.{s.signal}" == s.name
+    assert t.messages["truck.retarder.EEC1"].info.message == "retarder.EEC1"
 
 
 def test_one_configured_source_keeps_short_names_and_its_address() -> None:
