@@ -435,3 +435,13 @@ def test_dm1_per_source_through_the_receive_path_single_frame_and_bam() -> None:
     r.on_frames([frame(6, j1939.PGN_DM1, 0x00, bytes([0, 0xFF, 0, 0, 0, 0, 0xFF, 0xFF]), ts=10)])
     assert r.status().dm1[0x00].dtcs == () and r.status().dm1[0x00].messages == 3
     assert r.status().unconfigured_sources == {}  # DM1 is not mapped: understood, not "unconfigured"
+
+
+def test_unconfigured_pairs_are_bounded() -> None:
+    from canbridge.core.j1939bus import MAX_UNCONFIGURED
+
+    r, _, _ = runner(sources={0xFD: "only"})
+    pgns = [0xF004, 0xFEEE, 0xFEF1, 0xFEE3, 0x0000]
+    r.on_frames([frame(6, pgn, sa, bytes(8)) for pgn in pgns for sa in range(253)])
+    summary = r.status().unconfigured_sources
+    assert len(summary) == MAX_UNCONFIGURED + 1 and summary["*"] == 5 * 253 - MAX_UNCONFIGURED
