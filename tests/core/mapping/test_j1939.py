@@ -445,3 +445,13 @@ def test_unconfigured_pairs_are_bounded() -> None:
     r.on_frames([frame(6, pgn, sa, bytes(8)) for pgn in pgns for sa in range(253)])
     summary = r.status().unconfigured_sources
     assert len(summary) == MAX_UNCONFIGURED + 1 and summary["*"] == 5 * 253 - MAX_UNCONFIGURED
+
+
+@given(st.lists(st.tuples(st.integers(0, 7), st.sampled_from([0x00, 0x05, 0xFF]), st.integers(0, 3)),
+                min_size=1, max_size=60))
+def test_the_values_are_always_those_of_the_last_frame_whatever_its_id(frames: list[tuple[int, int, int]]) -> None:
+    # one message reached through many ids (priorities, destinations) with payloads that repeat
+    r, store, t = runner(messages=["TSC1"])
+    for priority, da, k in frames:
+        r.on_frames([frame(priority, 0x0000, 0x03, bytes([0, 0x10 * k, 0, 125 + k]) + bytes(4), da=da)])
+        assert value(store, t, "truck.TSC1.RequestedTorqueLimit").value == k
