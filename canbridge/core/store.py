@@ -208,6 +208,11 @@ class SignalStore:
             fsub.close()
 
 
+# Changes delivered per batch at most (the first batch, the initial state, is whole): at 10,000 signals a
+# whole change set held the event loop for tens of milliseconds in every consumer (bench/bench_e2e.py).
+CHANGE_CHUNK = 500
+
+
 class _Subscription(Subscription):
     def __init__(self, store: SignalStore, indices: frozenset[int] | None, interval: float) -> None:
         self._store = store
@@ -289,7 +294,15 @@ class _Subscription(Subscription):
             if not pending:
                 continue
             self._last = time.monotonic()
-            yield [store.value(i) for i in sorted(pending)]
+            order = sorted(pending)
+            for start in range(0, len(order), CHANGE_CHUNK):
+                if start:
+                    # A loop turn between chunks: the receive path, writes and other clients run while
+                    # one consumer works through a large change set.
+                    await asyncio.sleep(0)
+                    if self._closed:
+                        return
+                yield [store.value(i) for i in order[start:start + CHANGE_CHUNK]]
 
 
 class _FrameSubscription(FrameSubscription):
