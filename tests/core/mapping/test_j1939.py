@@ -132,9 +132,11 @@ def test_bad_j1939_options_are_config_errors(mapping: dict[str, Any], needle: st
         config(**mapping)
 
 
-def test_j1939_messages_cannot_be_written_yet() -> None:
+@pytest.mark.parametrize("mapping", [{"writable": ["TSC1.*"]}, {"writable": ["EEC1.EngineSpeed"]},
+                                     {"transmit": {"TSC1": {"period_ms": 10}}}])
+def test_j1939_messages_cannot_be_written_yet(mapping: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="address claiming"):
-        table(writable=["TSC1.*"])
+        table(**mapping)
 
 
 def test_sources_on_a_plain_file_are_a_problem() -> None:
