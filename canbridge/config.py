@@ -42,6 +42,14 @@ class NetlinkSettings(Strict):
     fd: bool | None = Field(None, description="switch CAN FD on or off")
 
 
+class CanopenNodeConfig(Strict):
+    """A CANopen node on a bus, described by its EDS or DCF file (docs/canopen.md)."""
+
+    id: int = Field(ge=1, le=127, description="CANopen node id (1-127)")
+    name: str = Field(pattern=NAME_PATTERN, description="used in signal names `<bus>.<node>.<object>`")
+    eds: Path = Field(description="the node's EDS or DCF file (relative to the configuration file)")
+
+
 class BusConfig(Strict):
     """One CAN bus."""
 
@@ -59,9 +67,16 @@ class BusConfig(Strict):
     replay: ReplayOptions | None = Field(None, description="for interface: replay")
     netlink: NetlinkSettings | None = Field(None, description="configure the interface itself (socketcan)")
     options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for python-can")
+    nodes: list[CanopenNodeConfig] = Field(
+        default_factory=list, description="CANopen nodes: their TPDOs become signals (docs/canopen.md)")
 
     @model_validator(mode="after")
     def _replay_needs_file(self) -> BusConfig:
+        for attr in ("id", "name"):
+            seen = [getattr(n, attr) for n in self.nodes]
+            dup = sorted({str(v) for v in seen if seen.count(v) > 1})
+            if dup:
+                raise ValueError(f"nodes: duplicate node {attr} {', '.join(dup)}")
         if self.interface == "replay" and self.replay is None:
             raise ValueError("interface 'replay' needs a 'replay: {file: ...}' section")
         if self.replay is not None and self.interface != "replay":

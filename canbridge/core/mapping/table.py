@@ -13,7 +13,8 @@ from typing import Any, Literal
 from canbridge._errors import ConfigError, MappingError, Problem
 from canbridge._model import MessageInfo, SignalInfo, physical_range
 from canbridge._plugin import MappingFormat
-from canbridge.config import Config, MappingConfig, TransmitConfig
+from canbridge.config import CanopenNodeConfig, Config, MappingConfig, TransmitConfig
+from canbridge.core.mapping.canopen import canopen_jobs, canopen_messages
 from canbridge.core.mapping.codec import Decoder, SignalEncoder, compile_decoder, compile_encoder, initial_payload
 from canbridge.core.mapping.j1939 import match_key, source_of, with_source
 
@@ -131,16 +132,24 @@ def build_table(
     signal_message: list[int] = []
     j1939: dict[str, dict[int, MessageEntry]] = {}
 
-    def where(i: int, *key: str | int) -> tuple[int | None, str]:
-        loc: tuple[str | int, ...] = ("mappings", i, *key)
-        path = f"mappings[{i}]" + "".join(f".{k}" if isinstance(k, str) else f"[{k}]" for k in key)
-        return lines.get(loc, lines.get(("mappings", i))), path
+    jobs: list[tuple[int, MappingConfig, CanopenNodeConfig | None]] = [
+        (mi, mc, None) for mi, mc in enumerate(config.mappings)]
+    node_locs = canopen_jobs(config, jobs)  # job index -> ("buses", b, "nodes", n) of a CANopen node
 
-    for mi, mc in enumerate(config.mappings):
+    def where(i: int, *key: str | int) -> tuple[int | None, str]:
+        base = node_locs.get(i, ("mappings", i))
+        loc: tuple[str | int, ...] = (*base, *key)
+        path = "".join(f".{k}" if isinstance(k, str) else f"[{k}]" for k in loc).lstrip(".")
+        return lines.get(loc, lines.get(base)), path
+
+    for mi, mc, node in jobs:
         try:
-            db_messages = load_mapping_file(mc, base_dir, formats)
+            db_messages = load_mapping_file(mc, base_dir, formats) if node is None else \
+                canopen_messages(node, base_dir)
         except MappingError as e:
-            if e.line is None:  # about the file as a whole (missing, unknown type): point at the config entry
+            if node is not None:  # a CANopen node's file: name the file and point at the node entry
+                problems.append(Problem(f"node {node.name}: {e.detail}: {e.file}", file, *where(mi, "eds")))
+            elif e.line is None:  # about the file as a whole (missing, unknown type): point at the config entry
                 ln, p = where(mi, "dbc" if mc.dbc is not None else "signals")
                 problems.append(Problem(f"{e.detail}: {e.file}", file, ln, p))
             else:  # inside the mapping file: its own file and line say more
@@ -211,7 +220,7 @@ def build_table(
                 if vt is bool:
                     bools.add(s.name)
                 lo, hi = _limits(s)
-                sname = f"{mname}.{s.name}"
+                sname = f"{mname}.{s.name}" if node is None else f"{mc.bus}.{node.name}.{s.name}"
                 info = SignalInfo(
                     name=sname, bus=mc.bus, message=label, signal=s.name, index=len(signal_list),
                     frame_id=frame_id, extended=m.is_extended_frame, direction=direction, value_type=vt,

@@ -1,0 +1,182 @@
+"""CANopen nodes from their description file (EDS or DCF): each transmit PDO becomes a cantools
+``Message`` the mapping table compiles like a DBC message, so TPDOs are decoded on the receive path by
+the generated decoders (no per-frame library call).
+
+The ``canopen`` package parses the file (INI dialect, ``$NODEID`` arithmetic, data types, limits); the
+PDO layout (communication parameter 0x1800+n sub 1 COB-ID, mapping parameter 0x1A00+n) is read here
+from its object dictionary model. Signal names (docs/canopen.md, "Names"): ``<bus>.<node>.<object>``
+for a variable, ``<bus>.<node>.<object>.<subobject>`` for a sub-index of a record or array, each part
+the ParameterName with every run of characters other than letters and digits replaced by ``_``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cantools.database.can import Message, Signal
+from cantools.database.conversion import BaseConversion
+
+from canbridge._errors import MappingError
+from canbridge.config import CanopenNodeConfig, Config, MappingConfig
+
+TPDO_COMM = 0x1800
+TPDO_MAP = 0x1A00
+TPDO_COUNT = 512  # 0x1800..0x19FF
+PRODUCER_HEARTBEAT = 0x1017
+COB_INVALID = 1 << 31  # the PDO does not exist / is not valid
+COB_EXTENDED = 1 << 29
+
+# CiA 301 data types the PDO decoder can carry: code -> (bits, signed, float)
+_NUMERIC: dict[int, tuple[int, bool, bool]] = {
+    0x01: (1, False, False),  # BOOLEAN
+    0x02: (8, True, False), 0x03: (16, True, False), 0x10: (24, True, False), 0x04: (32, True, False),
+    0x12: (40, True, False), 0x13: (48, True, False), 0x14: (56, True, False), 0x15: (64, True, False),
+    0x05: (8, False, False), 0x06: (16, False, False), 0x16: (24, False, False), 0x07: (32, False, False),
+    0x18: (40, False, False), 0x19: (48, False, False), 0x1A: (56, False, False), 0x1B: (64, False, False),
+    0x08: (32, True, True), 0x11: (64, True, True),  # REAL32, REAL64
+}
+_DUMMY = range(0x0001, 0x0008)  # dummy mapping entries (data type indices): gaps in the PDO
+
+
+def part_name(text: str) -> str:
+    """One part of a CANopen signal name: the ParameterName with non-alphanumeric runs as ``_``."""
+    name = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+    return name or "unnamed"
+
+
+@dataclass(frozen=True)
+class CanopenObject:
+    """Where a TPDO-mapped signal comes from in the node's dictionary."""
+
+    index: int
+    subindex: int
+    access: str
+    data_type: int
+
+
+@dataclass(frozen=True)
+class NodeDescription:
+    """What the mapping table and the heartbeat consumer need from one node's file."""
+
+    messages: list[Message]
+    objects: dict[str, CanopenObject]  # cantools signal name -> object
+    heartbeat_ms: int | None  # producer heartbeat time (0x1017); None or 0: none
+
+
+def _value(var: Any) -> Any:
+    """A DCF's ParameterValue where given, else the EDS DefaultValue."""
+    return var.value if getattr(var, "value", None) is not None else var.default
+
+
+def _sub(od: Any, index: int, sub: int) -> Any | None:
+    if index not in od:
+        return None
+    obj = od[index]
+    if not hasattr(obj, "subindices"):
+        return obj if sub == 0 else None
+    return obj.subindices.get(sub)
+
+
+def load_od(path: Path, node_id: int) -> Any:
+    """The object dictionary of ``path`` for ``node_id``; MappingError naming the file on failure."""
+    import canopen  # imported here: only configurations with CANopen nodes pay for it
+
+    if not path.exists():
+        raise MappingError("EDS/DCF file not found", file=str(path))
+    try:
+        return canopen.objectdictionary.import_od(str(path), node_id)
+    except Exception as e:  # configparser, ValueError, KeyError: a broken file, not a crash
+        raise MappingError(f"cannot read EDS/DCF: {type(e).__name__}: {e}", file=str(path)) from e
+
+
+def describe_node(path: Path, node_id: int, node: str) -> NodeDescription:
+    """The TPDO messages of a node (names ``<node>.TPDO<n>``), their objects and its heartbeat time."""
+    od = load_od(path, node_id)
+    messages: list[Message] = []
+    objects: dict[str, CanopenObject] = {}
+    owner: dict[str, str] = {}
+    for n in range(TPDO_COUNT):
+        comm = _sub(od, TPDO_COMM + n, 1)
+        if comm is None or TPDO_MAP + n not in od:
+            continue
+        cob = int(_value(comm) or 0)
+        count_var = _sub(od, TPDO_MAP + n, 0)
+        count = int(_value(count_var) or 0) if count_var is not None else 0
+        if cob & COB_INVALID or count == 0:
+            continue
+        pdo = f"TPDO{n + 1}"
+        where = f"{pdo} (0x{TPDO_MAP + n:04X})"
+        signals: list[Signal] = []
+        start = 0
+        for k in range(1, count + 1):
+            entry = _sub(od, TPDO_MAP + n, k)
+            if entry is None:
+                raise MappingError(f"{where}: sub-index {k} of {count} mapped objects is missing", file=str(path))
+            raw = int(_value(entry) or 0)
+            index, sub, bits = raw >> 16, (raw >> 8) & 0xFF, raw & 0xFF
+            if index in _DUMMY:
+                start += bits
+                continue
+            var = _sub(od, index, sub)
+            if var is None:
+                raise MappingError(f"{where}: maps 0x{index:04X}sub{sub}, which is not in the dictionary",
+                                   file=str(path))
+            kind = _NUMERIC.get(var.data_type)
+            if kind is None:
+                raise MappingError(f"{where}: 0x{index:04X}sub{sub} has data type 0x{var.data_type:04X}, which "
+                                   "canbridge cannot decode from a PDO yet (numbers and BOOLEAN only)", file=str(path))
+            size, signed, is_float = kind
+            if bits != size:
+                raise MappingError(f"{where}: 0x{index:04X}sub{sub} is mapped with {bits} bits, its data type has "
+                                   f"{size}", file=str(path))
+            parent = od[index]
+            name = part_name(var.name) if parent is var else f"{part_name(parent.name)}.{part_name(var.name)}"
+            if name in owner:
+                raise MappingError(f"{where}: object {name} (0x{index:04X}sub{sub}) is already mapped by "
+                                   f"{owner[name]}", file=str(path))
+            owner[name] = pdo
+            access = str(var.access_type)
+            objects[name] = CanopenObject(index, sub, access, var.data_type)
+            desc = f": {var.description}" if getattr(var, "description", "") else ""
+            signals.append(Signal(
+                name=name, start=start, length=bits, byte_order="little_endian", is_signed=signed,
+                conversion=BaseConversion.factory(scale=1, offset=0, is_float=is_float),
+                minimum=var.min, maximum=var.max, unit=var.unit or None,
+                comment=f"CANopen 0x{index:04X}sub{sub} ({access}){desc}",
+            ))
+            start += bits
+        if start > 64:
+            raise MappingError(f"{where}: maps {start} bits, more than the 64 of a PDO", file=str(path))
+        timer = _sub(od, TPDO_COMM + n, 5)  # event timer (ms): the staleness cycle where given
+        cycle = int(_value(timer) or 0) if timer is not None else 0
+        messages.append(Message(
+            frame_id=cob & (0x1FFFFFFF if cob & COB_EXTENDED else 0x7FF), name=f"{node}.{pdo}",
+            length=(start + 7) // 8, signals=signals, is_extended_frame=bool(cob & COB_EXTENDED),
+            cycle_time=cycle or None, comment=f"CANopen {pdo} of node {node_id}", strict=True,
+        ))
+    hb = _sub(od, PRODUCER_HEARTBEAT, 0)
+    heartbeat = int(_value(hb) or 0) if hb is not None else None
+    return NodeDescription(messages, objects, heartbeat or None)
+
+
+def canopen_jobs(
+    config: Config, jobs: list[tuple[int, MappingConfig, CanopenNodeConfig | None]]
+) -> dict[int, tuple[str | int, ...]]:
+    """Append one mapping job per CANopen node to ``jobs``: a read-only mapping of the node's TPDOs
+    (no writable signals, no transmit); return each such job's configuration location."""
+    locs: dict[int, tuple[str | int, ...]] = {}
+    for bi, bus in enumerate(config.buses):
+        for ni, node in enumerate(bus.nodes):
+            locs[len(jobs)] = ("buses", bi, "nodes", ni)
+            mc = MappingConfig.model_construct(bus=bus.name, dbc=node.eds, signals=None, write_rate=None)
+            jobs.append((len(jobs), mc, node))
+    return locs
+
+
+def canopen_messages(node: CanopenNodeConfig, base_dir: Path) -> list[Message]:
+    """The TPDO messages of a CANopen node."""
+    path = node.eds if node.eds.is_absolute() else base_dir / node.eds
+    return describe_node(path, node.id, node.name).messages
