@@ -109,6 +109,11 @@ def check_block(block: Block, kind: str, tmp: Path) -> list[str]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = ROOT / name if (ROOT / name).is_file() else stand_in
                 shutil.copyfile(source, target)
+    for b in data.get("buses") or [] if isinstance(data, dict) else []:  # CANopen nodes' EDS files, from the repo
+        for n in b.get("nodes") or [] if isinstance(b, dict) else []:
+            if isinstance(n, dict) and isinstance(n.get("eds"), str) and (ROOT / n["eds"]).is_file():
+                (tmp / n["eds"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ROOT / n["eds"], tmp / n["eds"])
     _, registry = load_registry()
     report = check_data(data, lines, str(path), tmp, registry, interfaces=False, ports=False)
     out = []
