@@ -48,6 +48,9 @@ class CanopenNodeConfig(Strict):
     id: int = Field(ge=1, le=127, description="CANopen node id (1-127)")
     name: str = Field(pattern=NAME_PATTERN, description="used in signal names `<bus>.<node>.<object>`")
     eds: Path = Field(description="the node's EDS or DCF file (relative to the configuration file)")
+    heartbeat_timeout_ms: int | None = Field(
+        None, ge=0, description="heartbeat consumer time: the node's signals are bad after this long without a "
+        "heartbeat; default: 1.5 x the producer heartbeat time of the file (0x1017); 0: not supervised")
 
 
 class BusConfig(Strict):

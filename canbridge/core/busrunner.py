@@ -15,6 +15,7 @@ from canbridge._model import BusState, BusStatus, Frame, RawFrame
 from canbridge._plugin import BusDriver, BusKind, PeriodicHandle
 from canbridge.config import BusConfig
 from canbridge.core.can.errorframes import classify_error_frame
+from canbridge.core.canopennode import NodeMonitor
 from canbridge.core.j1939bus import J1939Receiver
 from canbridge.core.mapping.table import MappingTable
 from canbridge.core.store import SignalStore
@@ -59,6 +60,9 @@ class BusRunner:
         pgn_index = table.j1939.get(cfg.name)
         # PGN matching needs every priority and source address: no exact-id kernel filters on such a bus
         self.j1939 = J1939Receiver(pgn_index, self._lookup, self.last_payload) if pgn_index else None
+        self.canopen = NodeMonitor(cfg.name, table, store, time.monotonic()) if table.canopen.get(cfg.name) else None
+        if self.canopen is not None:
+            store.watchers.append(self.canopen.expire)
         self.driver: BusDriver | None = None
         self.state = BusState.STARTING
         self.since_ns = time.time_ns()
@@ -107,6 +111,8 @@ class BusRunner:
             self.j1939.resolve if self.j1939 is not None else None)
         if self.j1939 is not None:
             unmapped, decode_errors = self._j1939_batch(unmapped, decode_errors)
+        if self.canopen is not None:
+            self.canopen.on_batch(batch, time.monotonic())
         n = len(batch) - n_err
         self.rx_frames += n
         self.unmapped_frames += unmapped

@@ -40,6 +40,9 @@ class SignalStore:
         self.msg_mono: list[float] = [0.0] * n_msg  # monotonic time of the last frame
         self.msg_count: list[int] = [0] * n_msg
         self.msg_quality: list[Quality] = [Quality.WAITING] * n_msg
+        self.msg_reason: list[str | None] = [None] * n_msg  # why a message is bad, where a watcher knows
+        self.held: set[int] = set()  # bad until a watcher releases them (CANopen node lost): frames do not revive
+        self.watchers: list[Callable[[float], None]] = []  # run by expire(): node supervision (heartbeats)
         self.signal_message = table.signal_message
         self._subs: list[_Subscription] = []
         self._frame_subs: list[_FrameSubscription] = []
@@ -57,7 +60,9 @@ class SignalStore:
         if type(value) is Unavailable:  # a J1939 "not available" or "error" raw value: no number
             return SignalValue(self.table.signal_list[index].name, None, Quality.BAD, self.msg_ts[mi],
                                value.reason)
-        return SignalValue(self.table.signal_list[index].name, value, self.msg_quality[mi], self.msg_ts[mi])
+        q = self.msg_quality[mi]
+        return SignalValue(self.table.signal_list[index].name, value, q, self.msg_ts[mi],
+                           self.msg_reason[mi] if q is Quality.BAD else None)
 
     # --- writing (receive path, write path, supervisor) ---
     def receive(self, bus: str, batch: list[RawFrame], lookup: Mapping[int, tuple[int, Decoder]],
@@ -111,7 +116,7 @@ class SignalStore:
             msg_ts[mi] = ts
             msg_mono[mi] = mono
             counts[mi] += 1
-            if mq[mi] is not GOOD:
+            if mq[mi] is not GOOD and mi not in self.held:
                 mq[mi] = GOOD
                 revived.append(mi)
         for mi in revived:
@@ -150,6 +155,8 @@ class SignalStore:
         for e in self.table.message_list:
             if e.timeout_s is not None and quality[e.index] is GOOD and now - mono[e.index] > e.timeout_s:
                 self.set_message_quality(e.index, Quality.STALE)
+        for watch in self.watchers:
+            watch(now)
 
     def publish(self, changed: Iterable[int]) -> None:
         """Tell subscribers these signal indices changed (value or quality)."""
@@ -162,9 +169,10 @@ class SignalStore:
         for sub in self._subs:
             sub.add(changed, now)
 
-    def set_message_quality(self, msg_index: int, quality: Quality) -> None:
-        if self.msg_quality[msg_index] is not quality:
+    def set_message_quality(self, msg_index: int, quality: Quality, reason: str | None = None) -> None:
+        if self.msg_quality[msg_index] is not quality or self.msg_reason[msg_index] != reason:
             self.msg_quality[msg_index] = quality
+            self.msg_reason[msg_index] = reason
             self.publish(self.table.message_list[msg_index].signal_indices)
 
     # --- subscriptions ---

@@ -12,6 +12,7 @@ the ParameterName with every run of characters other than letters and digits rep
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ TPDO_COUNT = 512  # 0x1800..0x19FF
 PRODUCER_HEARTBEAT = 0x1017
 COB_INVALID = 1 << 31  # the PDO does not exist / is not valid
 COB_EXTENDED = 1 << 29
+HEARTBEAT_BASE = 0x700
+NMT_STATE = "NMT_state"
+BOOT_UP = 0
+NMT_STATES = {0: "boot_up", 4: "stopped", 5: "operational", 127: "pre_operational"}
 
 # CiA 301 data types the PDO decoder can carry: code -> (bits, signed, float)
 _NUMERIC: dict[int, tuple[int, bool, bool]] = {
@@ -97,7 +102,7 @@ def describe_node(path: Path, node_id: int, node: str) -> NodeDescription:
     od = load_od(path, node_id)
     messages: list[Message] = []
     objects: dict[str, CanopenObject] = {}
-    owner: dict[str, str] = {}
+    owner: dict[str, str] = {NMT_STATE: "the heartbeat"}
     for n in range(TPDO_COUNT):
         comm = _sub(od, TPDO_COMM + n, 1)
         if comm is None or TPDO_MAP + n not in od:
@@ -157,9 +162,21 @@ def describe_node(path: Path, node_id: int, node: str) -> NodeDescription:
             length=(start + 7) // 8, signals=signals, is_extended_frame=bool(cob & COB_EXTENDED),
             cycle_time=cycle or None, comment=f"CANopen {pdo} of node {node_id}", strict=True,
         ))
+    messages.append(heartbeat_message(node_id, node))
     hb = _sub(od, PRODUCER_HEARTBEAT, 0)
     heartbeat = int(_value(hb) or 0) if hb is not None else None
     return NodeDescription(messages, objects, heartbeat or None)
+
+
+def heartbeat_message(node_id: int, node: str) -> Message:
+    """The heartbeat / boot-up frame (0x700 + node id): its NMT state is the signal ``<bus>.<node>.NMT_state``
+    (bit 7, the node-guarding toggle, is not part of it)."""
+    state = Signal(name=NMT_STATE, start=0, length=7, byte_order="little_endian", is_signed=False,
+                   conversion=BaseConversion.factory(scale=1, offset=0, choices=OrderedDict(NMT_STATES.items()),
+                                                             is_float=False),
+                   comment="CANopen NMT state from the heartbeat (0x700 + node id)")
+    return Message(frame_id=HEARTBEAT_BASE + node_id, name=f"{node}.Heartbeat", length=1, signals=[state],
+                   comment=f"CANopen heartbeat of node {node_id}", strict=True)
 
 
 def canopen_jobs(
@@ -176,7 +193,7 @@ def canopen_jobs(
     return locs
 
 
-def canopen_messages(node: CanopenNodeConfig, base_dir: Path) -> list[Message]:
-    """The TPDO messages of a CANopen node."""
+def describe(node: CanopenNodeConfig, base_dir: Path) -> NodeDescription:
+    """A configured CANopen node's messages (its TPDOs and its heartbeat) and heartbeat time."""
     path = node.eds if node.eds.is_absolute() else base_dir / node.eds
-    return describe_node(path, node.id, node.name).messages
+    return describe_node(path, node.id, node.name)

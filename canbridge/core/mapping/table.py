@@ -14,7 +14,7 @@ from canbridge._errors import ConfigError, MappingError, Problem
 from canbridge._model import MessageInfo, SignalInfo, physical_range
 from canbridge._plugin import MappingFormat
 from canbridge.config import CanopenNodeConfig, Config, MappingConfig, TransmitConfig
-from canbridge.core.mapping.canopen import canopen_jobs, canopen_messages
+from canbridge.core.mapping.canopen import NodeDescription, canopen_jobs, describe
 from canbridge.core.mapping.codec import Decoder, SignalEncoder, compile_decoder, compile_encoder, initial_payload
 from canbridge.core.mapping.j1939 import match_key, source_of, with_source
 
@@ -54,6 +54,8 @@ class MappingTable:
     by_bus: dict[str, dict[int, MessageEntry]]  # bus -> frame key -> entry
     # bus -> j1939.match_key (PGN, source address) -> entry, for the messages matched by PGN
     j1939: dict[str, dict[int, MessageEntry]] = field(default_factory=dict)
+    # bus -> its CANopen nodes and what their files say (heartbeat supervision: core/canopennode.py)
+    canopen: dict[str, list[tuple[CanopenNodeConfig, NodeDescription]]] = field(default_factory=dict)
 
     def messages_of(self, bus: str) -> list[MessageEntry]:
         return [m for m in self.message_list if m.info.bus == bus]
@@ -131,6 +133,7 @@ def build_table(
     by_bus: dict[str, dict[int, MessageEntry]] = {b.name: {} for b in config.buses}
     signal_message: list[int] = []
     j1939: dict[str, dict[int, MessageEntry]] = {}
+    canopen: dict[str, list[tuple[CanopenNodeConfig, NodeDescription]]] = {}
 
     jobs: list[tuple[int, MappingConfig, CanopenNodeConfig | None]] = [
         (mi, mc, None) for mi, mc in enumerate(config.mappings)]
@@ -144,8 +147,12 @@ def build_table(
 
     for mi, mc, node in jobs:
         try:
-            db_messages = load_mapping_file(mc, base_dir, formats) if node is None else \
-                canopen_messages(node, base_dir)
+            if node is None:
+                db_messages = load_mapping_file(mc, base_dir, formats)
+            else:
+                described = describe(node, base_dir)
+                db_messages = described.messages
+                canopen.setdefault(mc.bus, []).append((node, described))
         except MappingError as e:
             if node is not None:  # a CANopen node's file: name the file and point at the node entry
                 problems.append(Problem(f"node {node.name}: {e.detail}: {e.file}", file, *where(mi, "eds")))
@@ -261,7 +268,7 @@ def build_table(
                 j1939.setdefault(mc.bus, {})[pgn_key] = entry
     if problems:
         raise ConfigError(problems)
-    return MappingTable(signals, signal_list, messages, message_list, signal_message, by_bus, j1939)
+    return MappingTable(signals, signal_list, messages, message_list, signal_message, by_bus, j1939, canopen)
 
 
 def _instances(mc: MappingConfig, selected: Sequence[Any]) -> tuple[list[tuple[Any, str, int, int | None]], str]:

@@ -53,9 +53,9 @@ def test_every_tpdo_mapped_object_is_a_signal_named_bus_node_object_subobject() 
     t = table(drive())
     assert [s.name for s in t.signal_list] == [
         "line.drive1.Statusword", "line.drive1.Drive_status.Temperature",
-        "line.drive1.Position_actual_value", "line.drive1.Drive_status.Current"]
+        "line.drive1.Position_actual_value", "line.drive1.Drive_status.Current", "line.drive1.NMT_state"]
     assert {m.info.name: m.info.frame_id for m in t.message_list} == {
-        "line.drive1.TPDO1": 0x185, "line.drive1.TPDO2": 0x285}
+        "line.drive1.TPDO1": 0x185, "line.drive1.TPDO2": 0x285, "line.drive1.Heartbeat": 0x705}
     assert all(s.direction == "rx" and not s.writable and s.max_write_rate is None for s in t.signal_list)
     assert all(m.transmit is None and not m.encoders for m in t.message_list)
 
@@ -90,6 +90,12 @@ def test_part_names_keep_letters_and_digits(text: str, name: str) -> None:
 
 def test_the_producer_heartbeat_time_is_read() -> None:
     assert describe_node(EDS, 5, "drive1").heartbeat_ms == 100
+
+
+def test_the_nmt_state_is_a_signal_with_the_state_names() -> None:
+    nmt = table(drive()).signals["line.drive1.NMT_state"]
+    assert (nmt.frame_id, nmt.bit_length, nmt.writable) == (0x705, 7, False)
+    assert nmt.choices == {0: "boot_up", 4: "stopped", 5: "operational", 127: "pre_operational"}
 
 
 # --- configuration problems ---------------------------------------------------------------------------
@@ -158,7 +164,7 @@ def test_dummy_entries_leave_gaps_and_invalid_pdos_are_skipped(tmp_path: Path) -
     off = tmp_path / "off.eds"
     off.write_text(gap.read_text().replace("DefaultValue=$NODEID+0x280", "DefaultValue=0x80000285"))
     t = table(drive(eds=off))
-    assert list(t.messages) == ["line.drive1.TPDO1"]
+    assert list(t.messages) == ["line.drive1.TPDO1", "line.drive1.Heartbeat"]
     (temp,) = (t.signals[n] for n in t.messages["line.drive1.TPDO1"].info.signals)
     assert temp.name == "line.drive1.Drive_status.Temperature"
     values: list[Any] = [None] * len(t.signal_list)
