@@ -4,6 +4,7 @@ This package's top level is the public API for plugins; :mod:`canbridge.core` is
 """
 
 from canbridge._bridge import Bridge, FrameSubscription, Subscription
+from canbridge._canopen import CanopenNodeStatus, Emcy
 from canbridge._errors import (
     BusError,
     BusUnavailable,
@@ -75,10 +76,12 @@ __all__ = [
     "BusUnavailable",
     "Caller",
     "CanbridgeError",
+    "CanopenNodeStatus",
     "Command",
     "ConfigError",
     "Dm1",
     "Dtc",
+    "Emcy",
     "Frame",
     "FrameFlags",
     "FrameFormatError",

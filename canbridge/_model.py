@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import IntFlag, StrEnum
 from typing import Literal
 
+from canbridge._canopen import CanopenNodeStatus
 from canbridge._j1939 import Dm1
 
 Value = bool | int | float
@@ -266,6 +267,7 @@ class BusStatus:
     # J1939 transport protocol (multi-packet messages): "completed", broken ones by reason, "duplicates", ...
     transport: dict[str, int] = field(default_factory=dict)
     dm1: dict[int, Dm1] = field(default_factory=dict)  # J1939: source address -> its latest DM1
+    canopen: dict[str, CanopenNodeStatus] = field(default_factory=dict)  # CANopen: node name -> its state
 
 
 @dataclass(frozen=True, slots=True)

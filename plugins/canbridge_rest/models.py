@@ -190,6 +190,30 @@ class Bus(_Out):
     transport: dict[str, int] = Field(
         default_factory=dict, description="J1939 transport protocol: completed and broken transfers by reason")
     dm1: dict[str, Dm1Out] = Field(default_factory=dict, description="J1939: active trouble codes by source, 0x<SA>")
+    canopen: dict[str, CanopenNodeOut] = Field(default_factory=dict, description="CANopen: node state by node name")
+
+
+class EmcyOut(_Out):
+    """A CANopen emergency message (docs/canopen.md)."""
+
+    code: int
+    error_class: str = Field(description="CiA 301 class of the error code")
+    error_register: int = Field(description="error register (0x1001)")
+    register_bits: list[str]
+    manufacturer: str = Field(description="the 5 manufacturer-specific bytes, hex")
+    timestamp: str | None
+
+
+class CanopenNodeOut(_Out):
+    """A CANopen node: NMT state from its heartbeat, counters, last EMCY."""
+
+    node_id: int
+    nmt_state: str | None
+    heartbeats: int
+    boot_ups: int
+    lost: bool = Field(description="no heartbeat within the consumer time: its signals are bad")
+    emcy_count: int
+    last_emcy: EmcyOut | None
 
 
 class DtcOut(_Out):
@@ -435,6 +459,19 @@ def bus(info: canbridge.BusInfo | None, st: canbridge.BusStatus) -> dict[str, An
         "unconfigured_sources": dict(st.unconfigured_sources),
         "transport": dict(st.transport),
         "dm1": {f"0x{sa:02X}": dm1(d) for sa, d in sorted(st.dm1.items())},
+        "canopen": {name: canopen_node(n) for name, n in st.canopen.items()},
+    }
+
+
+def canopen_node(n: canbridge.CanopenNodeStatus) -> dict[str, Any]:
+    e = n.last_emcy
+    return {
+        "node_id": n.node_id, "nmt_state": n.nmt_state, "heartbeats": n.heartbeats, "boot_ups": n.boot_ups,
+        "lost": n.lost, "emcy_count": n.emcy_count,
+        "last_emcy": None if e is None else {
+            "code": e.code, "error_class": e.error_class, "error_register": e.error_register,
+            "register_bits": list(e.register_bits), "manufacturer": e.manufacturer.hex(),
+            "timestamp": iso(e.timestamp_ns)},
     }
 
 

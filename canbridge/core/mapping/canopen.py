@@ -30,6 +30,8 @@ PRODUCER_HEARTBEAT = 0x1017
 COB_INVALID = 1 << 31  # the PDO does not exist / is not valid
 COB_EXTENDED = 1 << 29
 HEARTBEAT_BASE = 0x700
+EMCY_BASE = 0x080
+_EMCY_FIELDS = ("error_code", "error_register", "manufacturer")
 NMT_STATE = "NMT_state"
 BOOT_UP = 0
 NMT_STATES = {0: "boot_up", 4: "stopped", 5: "operational", 127: "pre_operational"}
@@ -102,7 +104,7 @@ def describe_node(path: Path, node_id: int, node: str) -> NodeDescription:
     od = load_od(path, node_id)
     messages: list[Message] = []
     objects: dict[str, CanopenObject] = {}
-    owner: dict[str, str] = {NMT_STATE: "the heartbeat"}
+    owner: dict[str, str] = {NMT_STATE: "the heartbeat", **{f"EMCY.{n}": "the EMCY message" for n in _EMCY_FIELDS}}
     for n in range(TPDO_COUNT):
         comm = _sub(od, TPDO_COMM + n, 1)
         if comm is None or TPDO_MAP + n not in od:
@@ -163,6 +165,7 @@ def describe_node(path: Path, node_id: int, node: str) -> NodeDescription:
             cycle_time=cycle or None, comment=f"CANopen {pdo} of node {node_id}", strict=True,
         ))
     messages.append(heartbeat_message(node_id, node))
+    messages.append(emcy_message(node_id, node))
     hb = _sub(od, PRODUCER_HEARTBEAT, 0)
     heartbeat = int(_value(hb) or 0) if hb is not None else None
     return NodeDescription(messages, objects, heartbeat or None)
@@ -197,3 +200,15 @@ def describe(node: CanopenNodeConfig, base_dir: Path) -> NodeDescription:
     """A configured CANopen node's messages (its TPDOs and its heartbeat) and heartbeat time."""
     path = node.eds if node.eds.is_absolute() else base_dir / node.eds
     return describe_node(path, node.id, node.name)
+
+
+def emcy_message(node_id: int, node: str) -> Message:
+    """The emergency frame (0x80 + node id): the last EMCY of the node as the points
+    ``<bus>.<node>.EMCY.error_code``, ``.error_register`` and ``.manufacturer`` (5 bytes, little-endian)."""
+    sigs = [Signal(name=f"EMCY.{n}", start=start, length=bits, byte_order="little_endian", is_signed=False,
+                   comment=f"CANopen emergency (0x80 + node id): {what}")
+            for n, start, bits, what in zip(_EMCY_FIELDS, (0, 16, 24), (16, 8, 40),
+                                            ("error code", "error register (0x1001)", "manufacturer bytes"),
+                                            strict=True)]
+    return Message(frame_id=EMCY_BASE + node_id, name=f"{node}.EMCY", length=8, signals=sigs,
+                   comment=f"CANopen emergency of node {node_id}", strict=True)

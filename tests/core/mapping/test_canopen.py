@@ -53,9 +53,11 @@ def test_every_tpdo_mapped_object_is_a_signal_named_bus_node_object_subobject() 
     t = table(drive())
     assert [s.name for s in t.signal_list] == [
         "line.drive1.Statusword", "line.drive1.Drive_status.Temperature",
-        "line.drive1.Position_actual_value", "line.drive1.Drive_status.Current", "line.drive1.NMT_state"]
+        "line.drive1.Position_actual_value", "line.drive1.Drive_status.Current", "line.drive1.NMT_state",
+        "line.drive1.EMCY.error_code", "line.drive1.EMCY.error_register", "line.drive1.EMCY.manufacturer"]
     assert {m.info.name: m.info.frame_id for m in t.message_list} == {
-        "line.drive1.TPDO1": 0x185, "line.drive1.TPDO2": 0x285, "line.drive1.Heartbeat": 0x705}
+        "line.drive1.TPDO1": 0x185, "line.drive1.TPDO2": 0x285, "line.drive1.Heartbeat": 0x705,
+        "line.drive1.EMCY": 0x85}
     assert all(s.direction == "rx" and not s.writable and s.max_write_rate is None for s in t.signal_list)
     assert all(m.transmit is None and not m.encoders for m in t.message_list)
 
@@ -164,7 +166,7 @@ def test_dummy_entries_leave_gaps_and_invalid_pdos_are_skipped(tmp_path: Path) -
     off = tmp_path / "off.eds"
     off.write_text(gap.read_text().replace("DefaultValue=$NODEID+0x280", "DefaultValue=0x80000285"))
     t = table(drive(eds=off))
-    assert list(t.messages) == ["line.drive1.TPDO1", "line.drive1.Heartbeat"]
+    assert list(t.messages) == ["line.drive1.TPDO1", "line.drive1.Heartbeat", "line.drive1.EMCY"]
     (temp,) = (t.signals[n] for n in t.messages["line.drive1.TPDO1"].info.signals)
     assert temp.name == "line.drive1.Drive_status.Temperature"
     values: list[Any] = [None] * len(t.signal_list)
