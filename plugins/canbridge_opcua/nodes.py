@@ -108,6 +108,13 @@ class Plan:
     diag: dict[tuple[str, str], tuple[ua.NodeId, ua.VariantType]] = field(default_factory=dict)
     root: ua.NodeId | None = None
 
+    def mutable(self) -> set[ua.NodeId]:
+        """The variables whose Value the service writes (every other value is fixed once built)."""
+        out = {n.nodeid for n in self.signals.values()}
+        out |= {n.choice_text_nodeid for n in self.signals.values() if n.choice_text_nodeid is not None}
+        out |= {vid for vid, _ in self.diag.values()}
+        return out
+
 
 def _qn(name: str, idx: int) -> ua.QualifiedName:
     return ua.QualifiedName(name, idx)
