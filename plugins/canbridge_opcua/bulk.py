@@ -31,26 +31,32 @@ from asyncua.ua.attribute_ids import AttributeIds
 from canbridge import CanbridgeError
 
 _PER_NODE = frozenset({"DisplayName", "Description", "Value"})
-_PER_NODE_IDS = (AttributeIds.NodeId, AttributeIds.BrowseName, AttributeIds.DisplayName, AttributeIds.Description)
+
+
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def _frozen(v: Any) -> Any:
     """A hashable stand-in for an attribute value (asyncua's structures are unhashable dataclasses)."""
+    t = type(v)
+    if t in _SCALARS or isinstance(v, int):  # IntEnum masks too; the type keeps True apart from 1
+        return (t, v)
+    if t is ua.NodeId:
+        return (t, v.Identifier, v.NamespaceIndex, v.NodeIdType)
     if isinstance(v, list | tuple):
         return tuple(_frozen(x) for x in v)
-    if isinstance(v, str | int | float | bool | bytes) or v is None:
-        return (type(v).__name__, v)
     return repr(v)
 
 
 def _shape(item: ua.AddNodesItem) -> tuple[Any, ...]:
     attrs = item.NodeAttributes
-    fields = tuple(
-        (f.name, _frozen(getattr(attrs, f.name))) for f in dataclasses.fields(attrs) if f.name not in _PER_NODE
-    )
+    names = _FIELDS.get(type(attrs))
+    if names is None:
+        names = _FIELDS[type(attrs)] = tuple(f.name for f in dataclasses.fields(attrs) if f.name not in _PER_NODE)
     return (
-        type(attrs).__name__, int(item.NodeClass), _frozen(item.TypeDefinition), _frozen(item.ReferenceTypeId),
-        _frozen(item.ParentNodeId.NamespaceIndex), fields,
+        type(attrs), int(item.NodeClass), _frozen(item.TypeDefinition), _frozen(item.ReferenceTypeId),
+        *(_frozen(getattr(attrs, n)) for n in names),
     )
 
 
