@@ -21,7 +21,7 @@ and every reference of every node equals what ``add_nodes`` makes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable
 from typing import Any
 
 from asyncua import ua
@@ -63,17 +63,17 @@ def _shape(item: ua.AddNodesItem) -> tuple[Any, ...]:
 class BulkAdder:
     """Adds AddNodesItems to one address space; ``mutable`` are the node ids whose Value is written."""
 
-    def __init__(self, aspace: AddressSpace, mutable: Iterable[ua.NodeId]) -> None:
+    def __init__(self, aspace: AddressSpace, mutable: Container[ua.NodeId]) -> None:
         self.aspace = aspace
         self.nms = NodeManagementService(aspace)
-        self.mutable = frozenset(mutable)
+        self.mutable = mutable  # may grow while items are added: asked when each item is
         self._protos: dict[tuple[Any, ...], NodeData] = {}
         self._names: dict[tuple[str, Any], AttributeValue] = {}  # (attribute, text) -> shared value
         self._values: dict[tuple[Any, ...], AttributeValue] = {}
         self._inverse: dict[tuple[ua.NodeId, ua.NodeId], ua.ReferenceDescription] = {}
         self._typedefs: dict[ua.NodeId, ua.ReferenceDescription] = {}
 
-    def add(self, items: Sequence[ua.AddNodesItem]) -> None:
+    def add(self, items: Iterable[ua.AddNodesItem]) -> None:
         """Add every item (parents before children); CanbridgeError naming the first that cannot be."""
         aspace = self.aspace
         for item in items:

@@ -13,7 +13,7 @@ from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from canbridge_opcua.bulk import BulkAdder
-from canbridge_opcua.nodes import Plan, build_plan, nodeid
+from canbridge_opcua.nodes import Plan, build_plan, generate, nodeid
 
 from canbridge import SignalInfo
 from canbridge.testing import FakeBridge, signal_info
@@ -60,10 +60,17 @@ def dump(node: Any) -> tuple[list[Any], list[Any]]:
 @pytest.mark.parametrize("messages", [1, 3, 125])  # 125 messages: 1,000 signals
 async def test_bulk_address_space_equals_add_nodes(messages: int) -> None:
     plain, plan_a = await server_with(messages)
-    bulk, plan_b = await server_with(messages)
+    bulk, reference = await server_with(messages)
     results = await plain.iserver.isession.add_nodes(plan_a.items)
     assert all(r.StatusCode.is_good() for r in results)
-    BulkAdder(bulk.iserver.aspace, plan_b.mutable()).add(plan_b.items)
+    # as the service does it: the items streamed, the plan filled while they are added
+    plan_b = Plan()
+    bridge = FakeBridge(mixed_signals(messages), state_dir=Path("/nonexistent"))
+    idx = reference.signals["bus.Msg0000.Temp"].nodeid.NamespaceIndex
+    BulkAdder(bulk.iserver.aspace, plan_b.mutable).add(
+        generate(plan_b, idx, dict(bridge.buses), dict(bridge.messages), dict(bridge.signals), 50.0)
+    )
+    assert plan_b.mutable == reference.mutable and plan_b.signals.keys() == reference.signals.keys()
 
     a, b = plain.iserver.aspace, bulk.iserver.aspace
     ids = [item.RequestedNewNodeId for item in plan_a.items]
@@ -75,7 +82,7 @@ async def test_bulk_address_space_equals_add_nodes(messages: int) -> None:
 async def test_immutable_values_are_shared_and_written_ones_are_not() -> None:
     server, plan = await server_with(20)
     aspace = server.iserver.aspace
-    BulkAdder(aspace, plan.mutable()).add(plan.items)
+    BulkAdder(aspace, plan.mutable).add(plan.items)
     temps = [n for name, n in plan.signals.items() if name.endswith(".Temp")]
     datatypes = {id(aspace[n.nodeid].attributes[AttributeIds.DataType]) for n in temps}
     values = {id(aspace[n.nodeid].attributes[AttributeIds.Value]) for n in temps}
@@ -94,7 +101,7 @@ async def test_a_client_cannot_write_a_shared_value() -> None:
     attribute: asyncua refuses it for every role but admin (the plugin never grants admin)."""
     server, plan = await server_with(3)
     aspace = server.iserver.aspace
-    BulkAdder(aspace, plan.mutable()).add(plan.items)
+    BulkAdder(aspace, plan.mutable).add(plan.items)
     idx = plan.signals["bus.Msg0000.Temp"].nodeid.NamespaceIndex
     target = nodeid("bus.Msg0000.Temp.EURange", idx)
     before = aspace[nodeid("bus.Msg0001.Temp.EURange", idx)].attributes[AttributeIds.Value].value.Value
