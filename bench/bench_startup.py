@@ -9,7 +9,9 @@ with free ports, twice with the same state directory: the **first** start (cold:
 no start-up cache, no Modbus map file, no certificate) and the **second** (warm). "Ready" is the moment
 every enabled protocol answers from this (the benchmark's) process: REST ``GET /readyz`` is 200, an OPC UA
 client connects and reads one signal node's DisplayName, a Modbus TCP client reads one holding register.
-Resident memory (VmRSS, and the peak VmHWM) is read from ``/proc/<pid>/status`` once ready.
+Resident memory (VmRSS, and the peak VmHWM) is read from ``/proc/<pid>/status`` once ready, and the CPU
+time (user + system) the process used until then: on a machine shared with other work that figure moves
+far less than the wall-clock time to ready.
 
 The floor, in the same run: a raw asyncua server with the same number of plain Double variables, eight
 to an object as canbridge's signals are eight to a message (no canbridge), started as a subprocess and
@@ -144,6 +146,12 @@ async def opcua_ready(port: int, namespace: str, identifier: str) -> bool:
             await client.disconnect()
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process has used: less sensitive to a loaded machine than wall time."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_memory(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) in MiB."""
     fields: dict[str, float] = {}
@@ -159,6 +167,7 @@ class Result:
     ready_s: float
     rss_mb: float
     hwm_mb: float
+    cpu_s: float = 0.0
 
 
 def wait_ready(
@@ -204,7 +213,7 @@ def run_bridge(config: Path, plugins: tuple[str, ...], ports: Ports, timeout: fl
         else:
             ready = wait_quiet(proc, timeout)
         rss, hwm = proc_memory(proc.pid)
-        return Result(ready, rss, hwm)
+        return Result(ready, rss, hwm, proc_cpu(proc.pid))
     finally:
         stop(proc)
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -224,10 +233,10 @@ def wait_quiet(proc: subprocess.Popen[bytes], timeout: float) -> float:
         now = time.perf_counter()
         if now - t0 > timeout:
             raise TimeoutError(f"not idle after {timeout} s")
-        stat = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cpu = proc_cpu(proc.pid)
         # runnable (R) or in disk wait (D) is not idle: on a loaded machine it waits for a core
-        if cpu != last or stat[0] != "S":
+        if cpu != last or state != "S":
             last, idle_since = cpu, None
         elif idle_since is None:
             idle_since = now
@@ -289,7 +298,7 @@ def run_floor(n: int, timeout: float) -> Result:
     try:
         ready = wait_ready(proc, ("opcua",), Ports(port, 0, 0), ("urn:floor", "v0"), timeout)
         rss, hwm = proc_memory(proc.pid)
-        return Result(ready, rss, hwm)
+        return Result(ready, rss, hwm, proc_cpu(proc.pid))
     finally:
         stop(proc)
 
@@ -302,7 +311,7 @@ def bench(sizes: list[int], sets: list[str], repeat: int, timeout: float, floor:
     print(f"load average at start: {os.getloadavg()[0]:.2f}  (2-core machine shared with other sessions)")
     print(
         f"{'signals':>8} {'plugins':>7} {'cold s':>7} {'warm s':>7} {'RSS MB':>7} {'HWM MB':>7}"
-        f" {'cold RSS':>8}"
+        f" {'cold RSS':>8} {'cold cpu':>8} {'warm cpu':>8}"
     )
     for n in sizes:
         messages = max(1, n // 8)
@@ -324,14 +333,14 @@ def bench(sizes: list[int], sets: list[str], repeat: int, timeout: float, floor:
             w = min(warms, key=lambda r: r.ready_s)
             print(
                 f"{messages * 8:>8} {name:>7} {c.ready_s:>7.2f} {w.ready_s:>7.2f} {w.rss_mb:>7.1f} {w.hwm_mb:>7.1f}"
-                f" {c.rss_mb:>8.1f}",
+                f" {c.rss_mb:>8.1f} {c.cpu_s:>8.2f} {w.cpu_s:>8.2f}",
                 flush=True,
             )
         if floor:
             f = run_floor(messages * 8, timeout)
             print(
                 f"{messages * 8:>8} {'floor':>7} {f.ready_s:>7.2f} {'':>7} {f.rss_mb:>7.1f} {f.hwm_mb:>7.1f}"
-                "   (raw asyncua server, same number of plain variables)",
+                f" {'':>8} {f.cpu_s:>8.2f}   (raw asyncua server, same number of plain variables)",
                 flush=True,
             )
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
