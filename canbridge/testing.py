@@ -16,10 +16,10 @@ import dataclasses
 import struct
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import can
 
@@ -49,6 +49,8 @@ from canbridge.core.can.pycan import frame_to_message, message_to_raw
 from canbridge.core.host import collect, make_plugin_manager
 from canbridge.core.runtime import Runtime
 from canbridge.core.writepath import check_limits, check_type
+
+T = TypeVar("T")
 
 
 class _Seen:
@@ -185,9 +187,10 @@ class BridgeHarness:
         """Forget the frames seen so far (e.g. before a write whose frame a test waits for)."""
         self._sent[self._bus(bus)].frames.clear()
 
-    async def until(self, predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01) -> None:
-        """Wait until ``predicate()`` is true; AssertionError after ``timeout`` seconds."""
-        await until(predicate, timeout, interval)
+    async def until(self, predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01, *,
+                    what: str = "condition", detail: Callable[[], object] | None = None) -> None:
+        """Wait until ``predicate()`` is true; AssertionError after ``timeout`` seconds (see :func:`until`)."""
+        await until(predicate, timeout, interval, what=what, detail=detail)
 
 
 async def until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01, *,
@@ -195,8 +198,32 @@ async def until(predicate: Callable[[], object], timeout: float = 5.0, interval:
     """Wait until ``predicate()`` is true, checking every ``interval`` s; AssertionError naming ``what``
     (and ``detail()``, e.g. what was seen instead) after ``timeout`` s. The one polling helper of the
     test suites: a test waits for a condition, never for a fixed time."""
+
+    async def met() -> bool:
+        return bool(predicate())
+
+    await _poll(met, timeout, interval, what, detail)
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], check: Callable[[T], object], timeout: float = 5.0,
+                     interval: float = 0.02, *, what: str = "condition") -> T:
+    """:func:`until` for a condition that takes a request to observe (a Modbus or OPC UA read):
+    ``await probe()`` until ``check`` accepts its result, and return that result; AssertionError naming
+    ``what`` and the last result after ``timeout`` s."""
+    last: list[T] = []
+
+    async def met() -> bool:
+        last[:] = [await probe()]
+        return bool(check(last[0]))
+
+    await _poll(met, timeout, interval, what, lambda: f"last result: {last[0]!r}")
+    return last[0]
+
+
+async def _poll(met: Callable[[], Awaitable[bool]], timeout: float, interval: float, what: str,
+                detail: Callable[[], object] | None) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not await met():
         if time.monotonic() > deadline:
             extra = f"; {detail()}" if detail is not None else ""
             raise AssertionError(f"{what} not met within {timeout} s{extra}")

@@ -29,7 +29,7 @@ from canbridge import (
     WriteRefused,
 )
 from canbridge.core.app import demo_config, unique_channel
-from canbridge.testing import BridgeHarness, FakeBridge, signal_info
+from canbridge.testing import BridgeHarness, FakeBridge, signal_info, until
 
 WRITER = Caller("test")
 READER = Caller("test", permissions=frozenset())
@@ -178,7 +178,7 @@ async def test_subscription_ends_when_closed(fake: FakeBridge) -> None:
             got.append(batch)
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    await until(lambda: got, what="the initial batch")  # iterating when closed
     sub.close()
     await asyncio.wait_for(task, 2)
     assert len(got) == 1 and len(got[0]) == 7

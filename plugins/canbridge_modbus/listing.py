@@ -44,40 +44,36 @@ def map_rows(rmap: RegisterMap) -> list[dict[str, str]]:
             }
         )
     for d in rmap.diagnostics.values():
-        for offset, name, count, _ in DIAGNOSTICS:
-            rows.append(
-                {
-                    "signal": f"{d.bus}.bus.{name}",
-                    "unit_id": str(d.unit),
-                    "table": d.table,
-                    "address": str(d.address + offset),
-                    "registers": str(count),
-                    "encoding": "uint32" if count == 2 else "uint16",
-                    "word_order": d.word_order if count == 2 else "",
-                    "scale": "100" if name == "bus_load" else "1",
-                    "unit": "%" if name == "bus_load" else ("s" if name == "state_age" else ""),
-                    "writable": "no",
-                    "quality_address": "",
-                }
-            )
+        rows += _diagnostics_rows(f"{d.bus}.bus.", d.unit, d.table, d.address, d.word_order, DIAGNOSTICS)
     for b in sorted(rmap.bridge.values(), key=lambda b: b.unit):
-        for offset, name, count, _ in BRIDGE_DIAGNOSTICS:
-            rows.append(
-                {
-                    "signal": f"bridge.{name}",
-                    "unit_id": str(b.unit),
-                    "table": b.table,
-                    "address": str(b.address + offset),
-                    "registers": str(count),
-                    "encoding": "uint32" if count == 2 else "uint16",
-                    "word_order": b.word_order if count == 2 else "",
-                    "scale": "1",
-                    "unit": "",
-                    "writable": "no",
-                    "quality_address": "",
-                }
-            )
+        rows += _diagnostics_rows("bridge.", b.unit, b.table, b.address, b.word_order, BRIDGE_DIAGNOSTICS)
     return rows
+
+
+_DIAG_SCALE = {"bus_load": "100"}  # percent x 100
+_DIAG_UNIT = {"bus_load": "%", "state_age": "s"}
+
+
+def _diagnostics_rows(
+    prefix: str, unit: int, table: str, address: int, word_order: str, fields: tuple[tuple[int, str, int, str], ...]
+) -> list[dict[str, str]]:
+    """The rows of one diagnostics block (a bus's or the bridge's): read-only; counters are uint32 in two."""
+    return [
+        {
+            "signal": f"{prefix}{name}",
+            "unit_id": str(unit),
+            "table": table,
+            "address": str(address + offset),
+            "registers": str(count),
+            "encoding": "uint32" if count == 2 else "uint16",
+            "word_order": word_order if count == 2 else "",
+            "scale": _DIAG_SCALE.get(name, "1"),
+            "unit": _DIAG_UNIT.get(name, ""),
+            "writable": "no",
+            "quality_address": "",
+        }
+        for offset, name, count, _ in fields
+    ]
 
 
 def render_csv(rmap: RegisterMap) -> str:

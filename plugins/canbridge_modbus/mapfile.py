@@ -11,7 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -47,8 +47,19 @@ def default_map_path(config: ModbusConfig, config_path: Path | None, state_dir: 
     return base / f"{config_path.stem}.modbus-map.yaml"
 
 
+_S = TypeVar("_S", dict[Any, Any], list[Any])
+
+
 def _problem(path: Path, msg: str, where: str | None = None) -> ConfigError:
     return ConfigError([Problem(msg, str(path), None, where)])
+
+
+def _section(data: dict[str, Any], key: str, kind: type[_S], path: Path, must: str) -> _S:
+    """The map file's ``key`` section (empty when absent); a ConfigError saying what it ``must`` do or be."""
+    raw = data.get(key) or kind()
+    if not isinstance(raw, kind):
+        raise _problem(path, f"'{key}' must {must}", key)
+    return raw
 
 
 def _int(v: Any, path: Path, where: str, lo: int, hi: int) -> int:
@@ -98,9 +109,7 @@ def load_map_file(path: Path) -> MapFile | None:
     if version != MAP_VERSION:
         raise _problem(path, f"register map version {version!r} is not supported (expected {MAP_VERSION})")
     signals: dict[str, dict[str, Any]] = {}
-    raw_signals = data.get("signals") or {}
-    if not isinstance(raw_signals, dict):
-        raise _problem(path, "'signals' must map signal names to {unit, table, address, ...}", "signals")
+    raw_signals = _section(data, "signals", dict, path, "map signal names to {unit, table, address, ...}")
     for name, entry in raw_signals.items():
         where = f"signals.{name}"
         if not isinstance(entry, dict):
@@ -127,9 +136,7 @@ def load_map_file(path: Path) -> MapFile | None:
                 raise _problem(path, f"scale must be a non-zero number, got {s!r}", where + ".scale")
         signals[str(name)] = dict(entry)
     reserved: list[Reserved] = []
-    raw_reserved = data.get("reserved") or []
-    if not isinstance(raw_reserved, list):
-        raise _problem(path, "'reserved' must be a list", "reserved")
+    raw_reserved = _section(data, "reserved", list, path, "be a list")
     for i, r in enumerate(raw_reserved):
         where = f"reserved[{i}]"
         if not isinstance(r, dict) or "address" not in r or "table" not in r:
@@ -149,9 +156,7 @@ def load_map_file(path: Path) -> MapFile | None:
             )
         )
     diagnostics: dict[str, DiagBlock] = {}
-    raw_diag = data.get("diagnostics") or {}
-    if not isinstance(raw_diag, dict):
-        raise _problem(path, "'diagnostics' must map bus names to {unit, table, address}", "diagnostics")
+    raw_diag = _section(data, "diagnostics", dict, path, "map bus names to {unit, table, address}")
     for bus, d in raw_diag.items():
         where = f"diagnostics.{bus}"
         if not isinstance(d, dict) or "address" not in d:
@@ -167,9 +172,7 @@ def load_map_file(path: Path) -> MapFile | None:
             word_order=order,
         )
     bridge: dict[int, BridgeBlock] = {}
-    raw_bridge = data.get("bridge_diagnostics") or {}
-    if not isinstance(raw_bridge, dict):
-        raise _problem(path, "'bridge_diagnostics' must map unit ids to {table, address}", "bridge_diagnostics")
+    raw_bridge = _section(data, "bridge_diagnostics", dict, path, "map unit ids to {table, address}")
     for unit, d in raw_bridge.items():
         where = f"bridge_diagnostics.{unit}"
         uid = _int(unit, path, where, 1, 247)

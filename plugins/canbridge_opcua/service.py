@@ -401,23 +401,22 @@ class _Transport:
             self._evict(conn, min(pending_same, key=lambda c: c.since), "max_pending_per_address")
             same = [c for c in same if not c.closed]
             live = [c for c in live if not c.closed]
-        if len(same) >= lim.max_connections_per_address:
-            pending = [c for c in same if not c.activated]
-            if not pending:
-                self.turned_away += 1
-                self.refused(conn.peer_name, f"connection refused: {len(same)} connections of this address "
-                             f"(max_connections_per_address {lim.max_connections_per_address})")
-                return False
-            self._evict(conn, min(pending, key=lambda c: c.since), "max_connections_per_address")
-            live = [c for c in live if not c.closed]
-        if len(live) >= lim.max_connections:
-            pending = [c for c in live if not c.activated]
-            if not pending:
-                self.turned_away += 1
-                self.refused(conn.peer_name, f"connection refused: {len(live)} connections "
-                             f"(max_connections {lim.max_connections})")
-                return False
-            self._evict(conn, min(pending, key=lambda c: c.since), "max_connections")
+        per_address = lim.max_connections_per_address
+        if not self._room(conn, same, per_address, "max_connections_per_address", " of this address"):
+            return False
+        return self._room(conn, [c for c in live if not c.closed], lim.max_connections, "max_connections", "")
+
+    def _room(self, conn: GuardedProtocol, group: list[GuardedProtocol], limit: int, name: str, whose: str) -> bool:
+        """At ``limit``, the oldest connection of ``group`` without a session makes room; when all have one,
+        ``conn`` is refused."""
+        if len(group) < limit:
+            return True
+        pending = [c for c in group if not c.activated]
+        if not pending:
+            self.turned_away += 1
+            self.refused(conn.peer_name, f"connection refused: {len(group)} connections{whose} ({name} {limit})")
+            return False
+        self._evict(conn, min(pending, key=lambda c: c.since), name)
         return True
 
     def _evict(self, newcomer: GuardedProtocol, victim: GuardedProtocol, limit: str) -> None:

@@ -214,11 +214,13 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert __version__ in capsys.readouterr().out
 
 
-def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, timeout: float) -> str:
+def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, timeout: float, stderr: bool = False) -> str:
+    """What ``proc`` printed (on stdout, or stderr) up to and including ``needle``."""
     import selectors
 
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
+    stream = proc.stderr if stderr else proc.stdout
+    assert stream is not None
+    fd = stream.fileno()
     seen = b""
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:
@@ -237,13 +239,15 @@ def _wait_for_line(proc: subprocess.Popen[bytes], needle: str, timeout: float) -
 
 def test_demo_starts_and_stops_on_sigint(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "canbridge", "demo", "--no-plugins", "--state-dir",
-                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             str(tmp_path), "--log-level", "INFO"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out = _wait_for_line(proc, "Connect to", 60)
         assert "25 signals" in out
-        time.sleep(0.3)  # let it serve a moment
+        # serving: the bus came up (logged once the signal handlers are installed and the bridge started)
+        started = _wait_for_line(proc, "-> active", 60, stderr=True)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, rest = proc.communicate(timeout=30)
+        err = started.encode() + rest
         assert proc.returncode == 0, err
         assert b"canbridge stopped" in err
     finally:

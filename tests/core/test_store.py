@@ -50,10 +50,11 @@ async def test_unchanged_frames_produce_no_batch(tmp_path: Path) -> None:
         async with rt.subscribe([SPEED], interval=0.0) as sub:
             it = aiter(sub)
             await next_batch(it)
-            link.deliver(motor_status(5), motor_status(5))
+            before = rt.bus_status("demo").rx_frames
+            link.deliver(motor_status(5), motor_status(5))  # received in this call (no task in between)
+            assert rt.bus_status("demo").rx_frames == before + 2
+            assert not sub._pending  # type: ignore[attr-defined]  # received, and nothing for the subscriber
             pending = asyncio.ensure_future(anext(it))
-            await asyncio.sleep(0.05)
-            assert not pending.done()
             link.deliver(motor_status(6))
             batch = await asyncio.wait_for(pending, 2)
             assert [v.value for v in batch] == [6]
@@ -103,16 +104,17 @@ async def test_stopping_the_bridge_ends_subscriptions(tmp_path: Path) -> None:
         sub = rt.subscribe()
         frames = rt.subscribe_frames()
 
+        got: list[object] = []
+
         async def consume() -> int:
-            n = 0
-            async for _ in sub:
-                n += 1
-            async for _ in frames:
-                n += 1
-            return n
+            async for values in sub:
+                got.append(values)
+            async for raw in frames:
+                got.append(raw)
+            return len(got)
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.01)
+        await until(lambda: got, what="the initial batch")  # iterating when the bridge stops
     assert await asyncio.wait_for(task, 2) == 1
 
 

@@ -18,7 +18,6 @@ from asyncua.ua.attribute_ids import AttributeIds
 from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures, used by name
     OPERATOR,
     connect,
-    nid,
     ns_index,
     opcua_config,
     pki_dir,
@@ -26,6 +25,7 @@ from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures, used by nam
     running,
     users,
 )
+from tests.plugins.opcua.uatypes import nid
 
 SETPOINT = "demo.MotorCommand.SpeedSetpoint"
 

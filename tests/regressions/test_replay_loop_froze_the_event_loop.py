@@ -4,10 +4,10 @@ the first pass's clock: every frame was "late", nothing awaited, and the event l
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from canbridge.core.app import DEMO_DBC, runtime_from_data
+from canbridge.testing import until
 
 LOG = Path(__file__).resolve().parent.parent / "data" / "replay" / "demo.log"
 
@@ -18,12 +18,7 @@ async def test_loop_at_recorded_speed_keeps_the_loop_running(tmp_path: Path) -> 
         "mappings": [{"bus": "demo", "dbc": str(DEMO_DBC)}], "state_dir": str(tmp_path)})
     await rt.start()
     try:
-        ticks = 0
-        for _ in range(400):  # the first pass lasts ~1 s; the loop must keep ticking through the second
-            await asyncio.sleep(0.01)
-            ticks += 1
-            if rt.bus_status("demo").rx_frames > 30:
-                break
-        assert rt.bus_status("demo").rx_frames > 30 and ticks < 400
+        # the first pass lasts ~1 s; until() returns only if the loop keeps running through the second
+        await until(lambda: rt.bus_status("demo").rx_frames > 30, timeout=10, what="frames of the second pass")
     finally:
         await rt.stop()

@@ -7,6 +7,7 @@ matches what reached the bus. The disk-full test uses a real, tiny tmpfs (tier `
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -16,8 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import yaml
 
 from canbridge import Caller, RefusalReason, WriteRefused
 from canbridge.core.app import demo_config, unique_channel
-from canbridge.testing import BridgeHarness
+from canbridge.testing import BridgeHarness, until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_DBC = ROOT / "mappings" / "demo" / "demo.dbc"
@@ -135,11 +135,14 @@ class Proc:
         self.log = (tmp / "bridge.log").open("wb")
         self.p = subprocess.Popen([sys.executable, "-m", "canbridge", "run", str(path)], stdout=self.log,
                                   stderr=subprocess.STDOUT, cwd=tmp)
-        deadline = time.monotonic() + 30
-        while self.get("/readyz")[0] != 200:
-            assert self.p.poll() is None, (tmp / "bridge.log").read_text()
-            assert time.monotonic() < deadline, "the bridge did not become ready"
-            time.sleep(0.05)
+        self._log_path = tmp / "bridge.log"
+
+    async def ready(self) -> Proc:
+        """Returns once /readyz answers 200 (the process runs in its own interpreter: nothing here to await)."""
+        await until(lambda: self.p.poll() is not None or self.get("/readyz")[0] == 200, timeout=30,
+                    interval=0.05, what="the bridge ready")
+        assert self.p.poll() is None, self._log_path.read_text()
+        return self
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 5) -> tuple[int, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -166,18 +169,19 @@ class Proc:
 
 
 @pytest.fixture
-def proc(tmp_path: Path) -> Iterator[Proc]:
+async def proc(tmp_path: Path) -> AsyncIterator[Proc]:
     p = Proc(tmp_path)
     try:
-        yield p
+        yield await p.ready()
     finally:
         p.close()
 
 
-def test_sigterm_under_writes_leaves_a_complete_audit_log(proc: Proc) -> None:
+async def test_sigterm_under_writes_leaves_a_complete_audit_log(proc: Proc) -> None:
     answers: list[tuple[int, int]] = []  # (status, value) as each client saw it
     lock = threading.Lock()
     go = threading.Event()
+    enough = threading.Event()  # 1000 answers are in
 
     def client(k: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=5)
@@ -193,6 +197,8 @@ def test_sigterm_under_writes_leaves_a_complete_audit_log(proc: Proc) -> None:
                 status = 0  # the server went away mid-request: the client does not know
             with lock:
                 answers.append((status, v % 6000))
+                if len(answers) >= 1000:
+                    enough.set()
             if status == 0:
                 break
             v += 4
@@ -200,9 +206,7 @@ def test_sigterm_under_writes_leaves_a_complete_audit_log(proc: Proc) -> None:
     threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 20
-    while len(answers) < 1000 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    await asyncio.to_thread(enough.wait, 20)
     proc.p.send_signal(signal.SIGTERM)
     assert proc.p.wait(15) == 0
     go.set()
@@ -219,9 +223,10 @@ def test_sigterm_under_writes_leaves_a_complete_audit_log(proc: Proc) -> None:
     assert all(a[0] in (200, 0, 503) for a in answers), {a[0] for a in answers}
 
 
-def test_sigstop_and_sigcont(tmp_path: Path) -> None:
+async def test_sigstop_and_sigcont(tmp_path: Path) -> None:
     p = Proc(tmp_path, simulate=True)
     try:
+        await p.ready()
         speed = "/api/v1/signals/demo.MotorStatus.MotorSpeed"
 
         def current() -> dict[str, Any]:
@@ -231,15 +236,15 @@ def test_sigstop_and_sigcont(tmp_path: Path) -> None:
 
         first = current()
         p.p.send_signal(signal.SIGSTOP)
-        time.sleep(1.5)  # frozen on purpose: the point is what happens after a real pause
+        await asyncio.sleep(1.5)  # frozen on purpose: the point is what happens after a real pause
         p.p.send_signal(signal.SIGCONT)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def decoding_again() -> bool:
             now = current()
-            if now["quality"] == "good" and now["value"] != first["value"]:
-                break
-            assert time.monotonic() < deadline, now
-            time.sleep(0.05)
+            return bool(now["quality"] == "good" and now["value"] != first["value"])
+
+        await until(decoding_again, timeout=10, interval=0.05, what="fresh values after SIGCONT",
+                    detail=current)
         status, body = p.request("PUT", f"/api/v1/signals/{SET}", {"value": 1234})
         assert status == 200, body
         assert p.p.poll() is None

@@ -27,7 +27,7 @@ from pymodbus.framer import FramerRTU
 
 from canbridge import Frame
 from canbridge.core.app import demo_config, unique_channel
-from canbridge.testing import BridgeHarness
+from canbridge.testing import BridgeHarness, eventually
 from tests.plugins.modbus.conftest import mapped
 
 SETPOINT = "demo.MotorCommand.SpeedSetpoint"  # uint16 0..6000 rpm
@@ -503,12 +503,23 @@ def rtu_frame(pdu: bytes, unit: int = 1) -> bytes:
 
 
 async def write_all(fd: int, data: bytes) -> None:
+    loop = asyncio.get_running_loop()
     view = memoryview(data)
     while view:
         try:
             view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            await asyncio.sleep(0.001)  # the server (in this loop) reads the other end
+        except BlockingIOError:  # the pty is full until the server (in this loop) reads the other end
+            room: asyncio.Future[None] = loop.create_future()
+
+            def writable(f: asyncio.Future[None] = room) -> None:
+                if not f.done():
+                    f.set_result(None)
+
+            loop.add_writer(fd, writable)
+            try:
+                await room
+            finally:
+                loop.remove_writer(fd)
 
 
 def drain(fd: int) -> bytes:
@@ -583,15 +594,12 @@ async def test_audit_log_alarm_point_in_the_bridge_diagnostics_registers(tmp_pat
         read = struct.pack(">BHH", 4, block.address, 10)
         c = await Client.connect(port)
 
+        async def registers() -> tuple[int, ...]:
+            return struct.unpack(">10H", (await c.call(read))[2:])
+
         async def until(check: Any) -> tuple[int, ...]:
             """The block once ``check`` accepts it (it refreshes every diagnostics_interval)."""
-            deadline = asyncio.get_running_loop().time() + 5
-            while True:
-                regs = struct.unpack(">10H", (await c.call(read))[2:])
-                if check(regs):
-                    return regs
-                assert asyncio.get_running_loop().time() < deadline, f"not reached: {regs}"
-                await asyncio.sleep(0.05)
+            return await eventually(registers, check, interval=0.05, what="the diagnostics block")
 
         try:
             await until(lambda r: r[0] == 1 and r[1] == 1)  # audit available, one TCP client (this one)

@@ -30,11 +30,11 @@ from asyncua.ua.ua_binary import nodeid_to_binary, struct_to_binary, uatcp_to_bi
 from asyncua.ua.uaerrors import UaStatusCodeError
 from canbridge_opcua.config import hash_password
 
+from canbridge.testing import until
 from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures, used by name
     OPERATOR,
     READER,
     make_client_cert,
-    nid,
     ns_index,
     opcua_config,
     pki_dir,
@@ -43,6 +43,7 @@ from tests.plugins.opcua.conftest import (  # noqa: F401 - fixtures, used by nam
     status_name,
     users,
 )
+from tests.plugins.opcua.uatypes import nid
 
 Cfg = Callable[..., dict[str, Any]]
 SPEED = "demo.MotorStatus.MotorSpeed"
@@ -178,24 +179,17 @@ async def test_intermediate_chunks_without_a_final_one_are_bounded(opcua_config:
         body = struct_to_binary(request) + b"\0" * 60_000
         before = rss()
         sent = 0
-        closed = False
         for _ in range(400):  # 24 MB if nothing stopped it
             if proto.transport is None or proto.transport.is_closing():
-                closed = True
                 break
             chunk = bytearray(conn.message_to_binary(body, message_type=ua.MessageType.SecureMessage, request_id=9))
             chunk[3:4] = b"C"  # intermediate: "more chunks of this message follow"
             proto.transport.write(bytes(chunk))
             sent += len(chunk)
-            await asyncio.sleep(0.002)
-        for _ in range(500):
-            if proto.transport is None or proto.transport.is_closing():
-                closed = True
-                break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.002)  # a paced flood: the server (in this loop) reads between chunks
+        await until(lambda: proto.transport is None or proto.transport.is_closing(), what="the server closing")
         grown = rss() - before
         print(f"\nintermediate chunks: {sent / MiB:.1f} MiB sent before the server closed; RSS +{grown / MiB:.1f} MiB")
-        assert closed
         assert sent < 8 * MiB  # closed at about max_message_size (1 MiB), not after 24 MB
         assert grown < 48 * MiB
 
@@ -214,7 +208,7 @@ async def test_half_open_connections_do_not_lock_out_clients(opcua_config: Cfg, 
                     w.write(header(b"OPN", 4000) + b"\0" * 100)
                 writers.append(w)
         try:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one loop turn: the server takes the connections in before the timed read
             took = await timed_read(url)  # a 10 s client timeout; asyncua's own lock-out lasted 30 s
             print(f"\nwith 300 half-open connections: connect+read {took * 1000:.0f} ms (idle {idle * 1000:.0f} ms), "
                   f"{svc.transport.evicted} evicted")
@@ -322,8 +316,9 @@ async def test_malformed_input_logs_one_line_per_peer_without_traceback(
             async with open_channel(url) as client:
                 proto: Any = client.uaclient.protocol
                 body = nodeid_to_binary(nid(ObjectIds.ReadRequest_Encoding_DefaultBinary)) + b"\xff" * 30
+                refused = svc.peer_log.refusals
                 proto.transport.write(proto._connection.message_to_binary(body, request_id=3))
-                await asyncio.sleep(0.05)
+                await until(lambda refused=refused: svc.peer_log.refusals > refused, what="the request refused")  # type: ignore[misc]
         records = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert not [r for r in caplog.records if r.exc_info], "no traceback for malformed input"
         ours = [r for r in records if r.name == "canbridge.opcua" and "127.0.0.1" in r.getMessage()]
@@ -532,7 +527,7 @@ async def test_login_flood_does_not_stall_other_clients(
                     t0 = time.perf_counter()
                     await node.read_data_value(raise_on_bad_status=False)
                     out.append(time.perf_counter() - t0)
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # the sampling period of the latency probe
                 return out
 
             idle = await latencies(1.0)

@@ -446,12 +446,15 @@ async def test_audit_unavailable_shows_in_metrics_and_readyz(monkeypatch: pytest
 
 async def test_frame_stream_filters_by_message_and_name() -> None:
     async with running(OPEN) as api:
+        idle = api.h.bridge.stats().subscribers
         for params in ({"message": "MotorStatus"}, {"name": "demo.MotorStatus.Motor*"}):
+            await api.h.until(lambda: api.h.bridge.stats().subscribers == idle, what="the last stream gone")
             async with api.session.get(
                 api.u("/api/v1/stream"), params={"frames": "1", "signals": "0", **params}
             ) as r:
                 await r.content.readuntil(b"retry: 2000\n\n")
-                await asyncio.sleep(0.1)  # the subscription is made when the response starts
+                # the frame subscription is made after the response starts
+                await api.h.until(lambda: api.h.bridge.stats().subscribers == idle + 1, what="the stream subscribed")
                 api.h.inject("200#0011223344556677")  # BatteryStatus: filtered out
                 api.h.inject("100#E8033C0000120000")  # MotorStatus
                 async with asyncio.timeout(5):

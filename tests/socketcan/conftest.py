@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from canbridge import Frame
 from canbridge.config import BusConfig
 from canbridge.core.can.socketcan import SocketcanDriver, can_available
 from canbridge.testing import until
@@ -108,6 +109,18 @@ class Collector:
 
     def ids(self) -> list[int]:
         return [f[0] for f in self.frames]
+
+
+MARK_DATA = b"\xa5" * 8
+
+
+async def sent_since(sender: SocketcanDriver, col: Collector, can_id: int, since_ns: int) -> list[bytes]:
+    """The payloads ``col`` received stamped (by the kernel) after ``since_ns``, read up to a marker frame
+    with this id that ``sender`` sends now: once the marker is in, so is everything sent before it."""
+    n = len(col.frames)
+    sender.send(Frame(can_id, MARK_DATA))
+    await col.until(lambda: any(f[2] == MARK_DATA for f in col.frames[n:]), what="the marker frame")
+    return [f[2] for f in col.frames if f[3] > since_ns and f[2] != MARK_DATA]
 
 
 def bus_config(channel: str, **kw: Any) -> BusConfig:

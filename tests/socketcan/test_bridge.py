@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO_DBC = ROOT / "mappings" / "demo" / "demo.dbc"
 CALLER = Caller("test")
 RAW_CALLER = Caller("test", permissions=frozenset({Permission.RAW}))
+SPEED = "demo.MotorStatus.MotorSpeed"
+END = "300#A5A5A5A5A5A5A5A5"  # an end marker on MotorCommand's id, sent by a peer
 
 
 def config(dev: str, tmp: Path, kernel_filters: bool = True, **mapping: Any) -> dict[str, Any]:
@@ -54,6 +56,14 @@ def config(dev: str, tmp: Path, kernel_filters: bool = True, **mapping: Any) -> 
 
 async def until(pred: Callable[[], object], limit: float = 15.0, what: str = "condition") -> None:
     await testing.until(pred, limit, 0.05, what=what)
+
+
+async def decodes(bridge: Any, frame: str, speed: int, what: str) -> None:
+    """A peer sends this MotorStatus frame (cansend syntax) once the bus is active; returns when the
+    bridge shows its speed, good."""
+    await until(lambda: bridge.bus_status("demo").state is BusState.ACTIVE, what=f"bus active ({what})")
+    cansend(bridge.dev, frame)
+    await until(lambda: bridge.read(SPEED).value == speed and bridge.read(SPEED).quality is Quality.GOOD, what=what)
 
 
 @pytest.fixture
@@ -104,12 +114,9 @@ async def test_cansend_frames_decode_with_kernel_timestamps_and_unmapped_ids_sta
 
 async def test_signals_turn_bad_when_the_link_goes_down_and_recover_after_up(bridge: Any) -> None:
     dev = bridge.dev
-    speed = "demo.MotorStatus.MotorSpeed"
-    await until(lambda: bridge.bus_status("demo").state is BusState.ACTIVE, what="bus active")
-    cansend(dev, "100#1027000000000000")
-    await until(lambda: bridge.read(speed).quality is Quality.GOOD, what="good")
+    await decodes(bridge, "100#1027000000000000", 10000, "good")
     ip("link", "set", "down", dev)
-    await until(lambda: bridge.read(speed).quality is Quality.BAD, what="bad after down")
+    await until(lambda: bridge.read(SPEED).quality is Quality.BAD, what="bad after down")
     status = bridge.bus_status("demo")
     assert status.state is BusState.DOWN
     assert status.last_error and "down" in status.last_error.lower()
@@ -121,34 +128,31 @@ async def test_signals_turn_bad_when_the_link_goes_down_and_recover_after_up(bri
     assert "down" in refused.value.detail
     assert bridge.read("demo.MotorCommand.SpeedSetpoint").value == shadow_before
     ip("link", "set", "up", dev)
-    await until(lambda: bridge.bus_status("demo").state is BusState.ACTIVE, what="active after up")
-    cansend(dev, "100#2003000000000000")
-    await until(
-        lambda: bridge.read(speed).value == 800 and bridge.read(speed).quality is Quality.GOOD,
-        what="good again with the new value",
-    )
+    await decodes(bridge, "100#2003000000000000", 800, "good again with the new value")
     assert bridge.bus_status("demo").reconnects >= 1
 
 
 async def test_the_bridge_reopens_an_interface_that_was_deleted_and_created_again(bridge: Any) -> None:
     dev = bridge.dev
-    speed = "demo.MotorStatus.MotorSpeed"
-    await until(lambda: bridge.bus_status("demo").state is BusState.ACTIVE, what="bus active")
-    cansend(dev, "100#6400000000000000")
-    await until(lambda: bridge.read(speed).value == 100, what="first value")
+    await decodes(bridge, "100#6400000000000000", 100, "first value")
     ip("link", "del", "dev", dev)
-    await until(lambda: bridge.read(speed).quality is Quality.BAD, what="bad after delete")
+    await until(lambda: bridge.read(SPEED).quality is Quality.BAD, what="bad after delete")
     assert bridge.bus_status("demo").state is BusState.DOWN
-    await asyncio.sleep(1.0)  # several reconnect attempts fail while the interface is missing
+    # several reconnect attempts fail while the interface is missing (each waits out its backoff)
+    runner = bridge.runners["demo"]
+    backoffs: list[float] = []
+    backoff = runner._sleep
+
+    async def counted(delay: float) -> None:
+        backoffs.append(delay)
+        await backoff(delay)
+
+    runner._sleep = counted
+    await until(lambda: len(backoffs) >= 3, what="three failed reopen attempts")
     assert bridge.bus_status("demo").state is BusState.DOWN
     ip("link", "add", "dev", dev, "type", "vcan")
     ip("link", "set", "up", dev)
-    await until(lambda: bridge.bus_status("demo").state is BusState.ACTIVE, what="reopened by itself")
-    cansend(dev, "100#C800000000000000")
-    await until(
-        lambda: bridge.read(speed).value == 200 and bridge.read(speed).quality is Quality.GOOD,
-        what="decoding again on the new interface",
-    )
+    await decodes(bridge, "100#C800000000000000", 200, "reopened by itself, decoding again on the new interface")
     assert bridge.bus_status("demo").reconnects >= 1
 
 
@@ -179,10 +183,11 @@ async def test_cyclic_motor_command_via_bcm_modified_by_writes_and_stopped_with_
         assert 0.05 < statistics.median(gaps) < 0.2, gaps
         bridge.stopped_by_test = True
         await bridge.stop()
-        await asyncio.sleep(0.3)
-        await dump.collect(len(dump.lines) + 1000, limit=0.5)  # read what was sent before the stop
-        count = len(dump.lines)
-        await dump.collect(count + 1, limit=1.0)
-        assert len(dump.lines) == count, "MotorCommand still sent after the bridge stopped"
+        stopped = time.time()
+        await asyncio.sleep(1.0)  # ten periods: a transmission still running would send ~10 frames in this time
+        cansend(dev, END)  # once candump shows this frame, it has shown everything sent before it
+        await dump.wait_for(END)
+        late = [line for line, t in zip(dump.lines, dump.stamps, strict=True) if t > stopped and line != END]
+        assert late == [], "MotorCommand still sent after the bridge stopped"
     finally:
         await dump.stop()

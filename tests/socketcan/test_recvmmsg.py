@@ -8,23 +8,24 @@ import struct
 import time
 
 from canbridge.core.can.linuxcan import AF_CAN, CAN_EFF_FLAG, CAN_RAW, SO_MEMINFO
+from canbridge.testing import until
 from tests.socketcan.conftest import OpenDriver
 
 FRAME = struct.Struct("=IB3x8s")
 
 
-def _until_queued(sock: socket.socket, timeout: float = 5.0) -> None:
+async def _until_queued(sock: socket.socket, timeout: float = 5.0) -> None:
     """Wait until the kernel has queued what was sent: vcan hands frames to the receive softirq, which
     a loaded (emulated) machine may run after send() returned. Settled = the receive queue's memory
-    (SO_MEMINFO's rmem_alloc) is non-zero and unchanged over three looks 20 ms apart."""
-    deadline = time.monotonic() + timeout
+    (SO_MEMINFO's rmem_alloc) is non-zero and unchanged over four looks 20 ms apart."""
     select.select([sock], [], [], timeout)
-    last, same = -1, 0
-    while same < 3 and time.monotonic() < deadline:
-        rmem = struct.unpack_from("=I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[0]
-        same = same + 1 if rmem == last and rmem else 0
-        last = rmem
-        time.sleep(0.02)
+    looks: list[int] = []
+
+    def settled() -> bool:
+        looks.append(struct.unpack_from("=I", sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[0])
+        return len(looks) >= 4 and looks[-1] > 0 and len(set(looks[-4:])) == 1
+
+    await until(settled, timeout, 0.02, what="the receive queue settled", detail=lambda: f"rmem_alloc {looks[-4:]}")
 
 
 async def test_a_real_can_socket_is_read_with_recvmmsg_and_kernel_timestamps(open_driver: OpenDriver) -> None:
@@ -44,7 +45,7 @@ async def test_a_real_can_socket_is_read_with_recvmmsg_and_kernel_timestamps(ope
         after = time.time_ns()
     finally:
         tx.close()
-    _until_queued(sock)
+    await _until_queued(sock)
     calls = rx.calls
     frames, err = rx.drain(sock, 1024, drv.stats)
     assert err is None

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import statistics
+import time
 
 import pytest
 
 from canbridge import BusError, Frame
-from tests.socketcan.conftest import CandumpFactory, OpenDriver
+from tests.socketcan.conftest import CandumpFactory, OpenDriver, sent_since
 
 
 async def test_sent_frames_appear_in_candump(open_driver: OpenDriver, candump: CandumpFactory) -> None:
@@ -63,10 +64,9 @@ async def test_bcm_periodic_modify_atomic_and_stop(open_driver: OpenDriver) -> N
     # sent by the kernel at the period (emulated CPU: only a loose check that it is the period)
     assert 25 < statistics.median(gaps) < 100, gaps
     handle.stop()
-    await asyncio.sleep(0.3)  # let frames in flight arrive
-    n_stop = len(col.frames)
-    await asyncio.sleep(0.5)
-    assert len(col.frames) == n_stop, "frames still sent after stop()"
+    stopped_ns = time.time_ns()
+    await asyncio.sleep(0.5)  # ten periods: a task still running would send ~10 frames in this time
+    assert await sent_since(drv, col, 0x310, stopped_ns) == [], "frames still sent after stop()"
     with pytest.raises(BusError):
         handle.modify(Frame(0x310, old))
 
@@ -77,11 +77,11 @@ async def test_close_stops_periodic_frames(open_driver: OpenDriver) -> None:
     drv.send_periodic(Frame(0x311, b"\x01"), 0.05)
     drv.send_periodic(Frame(0x311, b"\x02"), 0.05)  # two tasks, same id: both owned and stopped
     await col.until(lambda: {f[2] for f in col.frames} == {b"\x01", b"\x02"}, what="both tasks")
+    marker, _ = await open_driver("vcan0", read=False)
     await drv.close()
-    await asyncio.sleep(0.3)
-    n = len(col.frames)
-    await asyncio.sleep(0.5)
-    assert len(col.frames) == n, "BCM frames still sent after close()"
+    closed_ns = time.time_ns()
+    await asyncio.sleep(0.5)  # ten periods: a task still running would send ~10 frames in this time
+    assert await sent_since(marker, col, 0x311, closed_ns) == [], "BCM frames still sent after close()"
 
 
 async def test_send_when_closed_raises(open_driver: OpenDriver) -> None:

@@ -63,6 +63,14 @@ from canbridge.core.can.linuxcan import RTR as _RTR
 
 MSG_DONTWAIT = 0x40
 
+# (flags, id mask) by the top three bits of a raw can_id (EFF, RTR, ERR): an error frame's id is its error
+# class bits, else an extended or a standard id. One lookup in the hot path instead of a chain of tests.
+_ID_KINDS: tuple[tuple[int, int], ...] = tuple(
+    (_ERR, CAN_ERR_MASK) if (k << 29) & CAN_ERR_FLAG else (_EXT, CAN_EFF_MASK) if (k << 29) & CAN_EFF_FLAG
+    else (0, CAN_SFF_MASK)
+    for k in range(8)
+)
+
 # The layouts below are those of 64-bit Linux (LP64): pointers and size_t are 8 bytes.
 _HDR_SIZE = 64  # struct mmsghdr: struct msghdr (56) + unsigned int msg_len + padding
 _IOV_SIZE = 16  # struct iovec
@@ -198,10 +206,7 @@ class MmsgReceiver:
             if n < vlen:  # the queue ran empty (or an error follows: the next call reports it)
                 break
         if stats is not None:
-            stats.frames += len(out)
-            stats.drains += 1
-            if overflow >= 0:
-                stats.overflow_drops = overflow
+            stats.drained(len(out), overflow)
         return out, err
 
     @staticmethod
@@ -209,6 +214,7 @@ class MmsgReceiver:
         n: int, mv: memoryview, slot_off: int, out: list[RawFrame], now_ns: int, overflow: int
     ) -> tuple[int, int]:
         append = out.append
+        kinds = _ID_KINDS
         hdrs = _HDR_READ.iter_unpack(mv[: n * _HDR_SIZE])
         slots = _SLOT_READ.iter_unpack(mv[slot_off : slot_off + n * _SLOT_SIZE])
         off = slot_off + _FRAME_OFF - _SLOT_SIZE
@@ -232,15 +238,8 @@ class MmsgReceiver:
                 if not now_ns:
                     now_ns = time.time_ns()
                 ts = now_ns
-            if raw_id & CAN_ERR_FLAG:
-                flags = _ERR
-                can_id = raw_id & CAN_ERR_MASK
-            elif raw_id & CAN_EFF_FLAG:
-                flags = _EXT
-                can_id = raw_id & CAN_EFF_MASK
-            else:
-                flags = 0
-                can_id = raw_id & CAN_SFF_MASK
+            flags, mask = kinds[raw_id >> 29]
+            can_id = raw_id & mask
             if size == CAN_MTU:
                 if raw_id & CAN_RTR_FLAG:  # a remote request carries no data
                     append((can_id, flags | _RTR, b"", ts))
@@ -329,19 +328,19 @@ class DrainStats:
     frames: int = 0
     drains: int = 0
 
+    def drained(self, frames: int, overflow: int) -> None:
+        """One drain that read ``frames`` frames and saw the SO_RXQ_OVFL count ``overflow`` (-1: none)."""
+        self.frames += frames
+        self.drains += 1
+        if overflow >= 0:
+            self.overflow_drops = overflow
+
 
 def parse_can_frame(buf: bytes, timestamp_ns: int) -> RawFrame:
     """Parse one ``struct can_frame`` (16 bytes) or ``struct canfd_frame`` (72 bytes)."""
     raw_id, length, fd_flags = _HEADER.unpack_from(buf)
-    flags = 0
-    if raw_id & CAN_ERR_FLAG:
-        flags = _ERR
-        can_id = raw_id & CAN_ERR_MASK
-    elif raw_id & CAN_EFF_FLAG:
-        flags = _EXT
-        can_id = raw_id & CAN_EFF_MASK
-    else:
-        can_id = raw_id & CAN_SFF_MASK
+    flags, mask = _ID_KINDS[raw_id >> 29]
+    can_id = raw_id & mask
     if len(buf) == CANFD_MTU:
         flags |= _FD
         if fd_flags & CANFD_BRS:
@@ -355,6 +354,31 @@ def parse_can_frame(buf: bytes, timestamp_ns: int) -> RawFrame:
     else:
         data = buf[8 : 8 + min(length, 8)]
     return (can_id, flags, data, timestamp_ns)
+
+
+@dataclass(slots=True)
+class SocketReader:
+    """The event loop's readable handler of a CAN_RAW socket: one drain (recvmmsg when there is a
+    receiver, else recvmsg), the batch to ``on_frames``, then a read error to ``on_error`` (the driver
+    says what it means). Frames go from here straight to the core, not back through the driver."""
+
+    sock: socket.socket
+    receiver: MmsgReceiver | None
+    max_frames: int
+    stats: DrainStats
+    on_frames: Callable[[list[RawFrame]], None]
+    on_error: Callable[[OSError], None]
+
+    def __call__(self) -> None:
+        rx = self.receiver
+        if rx is not None:
+            frames, err = rx.drain(self.sock, self.max_frames, self.stats)
+        else:
+            frames, err = drain_recvmsg(self.sock, self.max_frames, self.stats)
+        if frames:
+            self.on_frames(frames)
+        if err is not None:
+            self.on_error(err)
 
 
 def drain_recvmsg(sock: socket.socket, max_frames: int,
@@ -397,10 +421,7 @@ def drain_recvmsg(sock: socket.socket, max_frames: int,
         # the fallback path: one system call per frame already, so the parse is the reference one
         append(parse_can_frame(buf, ts))
     if stats is not None:
-        stats.frames += len(out)
-        stats.drains += 1
-        if overflow >= 0:
-            stats.overflow_drops = overflow
+        stats.drained(len(out), overflow)
     return out, err
 
 

@@ -52,7 +52,7 @@ from canbridge.core.can.linuxcan import (
     SOL_CAN_RAW,
 )
 from canbridge.core.can.pycan import frame_to_message
-from canbridge.core.can.receive import DEFAULT_DRAIN, DrainStats, MmsgReceiver, drain_recvmsg
+from canbridge.core.can.receive import DEFAULT_DRAIN, DrainStats, MmsgReceiver, SocketReader
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +273,14 @@ class SocketcanDriver(BusDriver):
             self._loop = asyncio.get_running_loop()
         self._on_frames = on_frames
         self._on_error = on_error
-        self._loop.add_reader(self._sock.fileno(), self._readable)
+        self._loop.add_reader(self._sock.fileno(), self._reader())
         self._reading = True
+
+    def _reader(self) -> SocketReader:
+        """The readable handler: batches go from the receive module straight to ``on_frames``."""
+        assert self._sock is not None and self._on_frames is not None
+        return SocketReader(self._sock, self._receiver, self.max_drain, self.stats, self._on_frames,
+                            self._read_error)
 
     def _stop_reading(self) -> None:
         if self._reading and self._sock is not None and self._loop is not None:
@@ -284,18 +290,8 @@ class SocketcanDriver(BusDriver):
                 pass
         self._reading = False
 
-    def _readable(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        rx = self._receiver
-        if rx is not None:
-            frames, err = rx.drain(sock, self.max_drain, self.stats)
-        else:
-            frames, err = drain_recvmsg(sock, self.max_drain, self.stats)
-        if frames and self._on_frames is not None:
-            self._on_frames(frames)
-        if err is None:
+    def _read_error(self, err: OSError) -> None:
+        if self._sock is None:  # closed meanwhile: nothing to report
             return
         if err.errno in FATAL_ERRNOS:
             self._stop_reading()  # no more callbacks: the core closes and reopens us

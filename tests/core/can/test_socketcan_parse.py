@@ -356,7 +356,7 @@ def test_read_path_error_delivers_frames_then_reports_once_and_stops(err: int) -
     errors: list[BaseException] = []
     drv._on_frames = batches.append
     drv._on_error = errors.append
-    drv._readable()
+    drv._reader()()
     assert [[f[0] for f in b] for b in batches] == [[0x100]]  # what came before the error is kept
     assert len(errors) == 1 and isinstance(errors[0], BusUnavailable)
     assert isinstance(errors[0].__cause__, OSError) and errors[0].__cause__.errno == err
@@ -373,7 +373,7 @@ def test_read_path_transient_error_is_not_fatal() -> None:
     errors: list[BaseException] = []
     drv._on_frames = lambda b: None
     drv._on_error = errors.append
-    drv._readable()
+    drv._reader()()
     assert errors == [] and drv._reading
 
 
@@ -582,7 +582,7 @@ def test_driver_reads_through_recvmmsg(pair: tuple[socket.socket, socket.socket]
     drv._on_error = lambda e: pytest.fail(f"unexpected error {e!r}")
     for i in range(20):
         a.send(can_frame(i, b""))
-    drv._readable()
+    drv._reader()()
     assert [[f[0] for f in batch] for batch in batches] == [list(range(20))]
     assert drv._receiver.calls == 2 and drv.stats.frames == 20  # 16 + 4: two system calls for 20 frames
     drv._sock = None

@@ -17,25 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from canbridge.core.mapping.codec import (
-    _message_encoder,
     compile_decoder,
     compile_encoder,
     compile_message_encoder,
     initial_payload,
 )
-
-
-def encode_message(message: Any, values: Any) -> bytes:
-    """Test helper: a whole frame from physical values with the generated encoder (cached per message),
-    as ``message.encode(values, strict=False)`` does with cantools."""
-    return _message_encoder(message)(values)
-
-
-def decoded(message: Any, data: bytes, **kw: Any) -> dict[str, Any]:
-    """cantools' decode of one message: a dict of values (its declared type is wider)."""
-    out = message.decode(data, **kw)
-    assert isinstance(out, dict)
-    return out
+from tests.core.mapping.cantools_helpers import decoded, encode_message, same
 
 DEMO = Path(__file__).resolve().parents[3] / "mappings" / "demo" / "demo.dbc"
 
@@ -56,15 +43,6 @@ def decode_all(message: Message, data: bytes, bools: tuple[str, ...] = ()) -> di
     names = {i: n for n, i in indices.items()}
     assert len(changed) == len(set(changed))
     return {names[i]: values[i] for i in changed}
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal values of the same type (NaN equals NaN)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float) and math.isnan(a):
-        return math.isnan(b)
-    return bool(a == b)
 
 
 def assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:

@@ -19,21 +19,9 @@ import cantools
 import pytest
 from cantools.database.can import Message, Signal
 
-from canbridge.core.mapping.codec import _message_encoder, compile_decoder, compile_encoder, fits
+from canbridge.core.mapping.codec import compile_decoder, compile_encoder, fits
 from canbridge.core.mapping.formats import load_dbc
-
-
-def encode_message(message: Any, values: Any) -> bytes:
-    """Test helper: a whole frame from physical values with the generated encoder (cached per message),
-    as ``message.encode(values, strict=False)`` does with cantools."""
-    return _message_encoder(message)(values)
-
-
-def decoded(message: Any, data: bytes, **kw: Any) -> dict[str, Any]:
-    """cantools' decode of one message: a dict of values (its declared type is wider)."""
-    out = message.decode(data, **kw)
-    assert isinstance(out, dict)
-    return out
+from tests.core.mapping.cantools_helpers import decoded, encode_message, same
 
 DBC_DIR = Path(__file__).resolve().parents[2] / "data" / "dbc"
 LENIENT = {"FORD_CADS_64", "chrysler_cusw", "vw_mqb", "mazda_2017"}
@@ -48,14 +36,6 @@ def test_all_test_dbcs_are_there() -> None:
 
 def load(stem: str) -> list[Message]:
     return load_dbc(DBC_DIR / f"{stem}.dbc", strict=stem not in LENIENT)
-
-
-def same(a: Any, b: Any) -> bool:
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float) and math.isnan(a):
-        return math.isnan(b)
-    return bool(a == b)
 
 
 class Reference:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import cantools
 from canbridge_modbus.registers import RegisterMap
@@ -16,8 +15,6 @@ from canbridge_modbus.service import ModbusService
 from canbridge import Frame
 from canbridge.testing import BridgeHarness
 from tests.conftest import DEMO_DBC
-
-T = TypeVar("T")
 
 _db = cantools.database.load_file(str(DEMO_DBC))
 assert isinstance(_db, cantools.database.can.Database)
@@ -51,16 +48,16 @@ def mapped(svc: ModbusService) -> RegisterMap:
     return svc.rmap
 
 
-async def eventually(fn: Callable[[], Awaitable[T]], check: Callable[[T], bool], within: float = 5.0) -> T:
-    """Call ``fn`` until ``check`` accepts its result; AssertionError after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await fn()
-        if check(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {within} s; last result: {result!r}")
-        await asyncio.sleep(0.02)
+def frames_of(h: BridgeHarness, message: str) -> int:
+    """How many frames of this demo message the bridge has received."""
+    return next(m.frames for m in h.bridge.message_status("demo") if m.name == f"demo.{message}")
+
+
+async def inject_received(h: BridgeHarness, message: str, **values: float) -> None:
+    """A peer sends this demo frame; returns once the bridge has received it."""
+    before = frames_of(h, message)
+    h.inject(demo_frame(message, **values))
+    await h.until(lambda: frames_of(h, message) > before, what=f"{message} received")
 
 
 async def sent_matching(

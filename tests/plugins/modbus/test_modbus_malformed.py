@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.plugins.modbus.conftest import demo_frame, eventually, mapped, modbus_bridge
+from canbridge.testing import BridgeHarness, eventually
+from tests.plugins.modbus.conftest import inject_received, mapped, modbus_bridge
 
 # one bridge serves all the parametrized cases (starting one costs about a second)
 shared = pytest.mark.asyncio(loop_scope="module")
@@ -55,14 +56,13 @@ async def exchange(port: int, data: bytes, quiet: float = 3.0) -> bytes:
         writer.close()
 
 
-async def still_serving(h: object, port: int, value: int) -> None:
+async def still_serving(h: BridgeHarness, port: int, value: int) -> None:
     """The CAN side runs (a frame is decoded) and a well-formed request is answered."""
     expected = mbap(9, 5) + b"\x04\x02" + struct.pack(">H", value)
 
     async def poll() -> bytes:
         # MotorStatus turns stale 300 ms after a frame: send one before every poll
-        h.inject(demo_frame("MotorStatus", MotorSpeed=value))  # type: ignore[attr-defined]
-        await asyncio.sleep(0.1)
+        await inject_received(h, "MotorStatus", MotorSpeed=value)
         return await exchange(port, request(b"\x04\x00\x00\x00\x01", tid=9), quiet=1.0)
 
     await eventually(poll, lambda r: r.startswith(expected))

@@ -17,8 +17,8 @@ from canbridge_modbus.listing import render_csv
 from canbridge_modbus.service import ModbusService
 
 from canbridge.core.app import demo_config, unique_channel
-from canbridge.testing import BridgeHarness
-from tests.plugins.modbus.conftest import demo_frame, eventually, sent_matching
+from canbridge.testing import BridgeHarness, eventually
+from tests.plugins.modbus.conftest import demo_frame, sent_matching
 
 pytestmark = pytest.mark.tier("modbus-interop")
 
@@ -76,7 +76,7 @@ async def feed(h: BridgeHarness, stop: asyncio.Event) -> None:
     while not stop.is_set():
         for f in frames:
             h.inject(f)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the peers' cycle time: this is a periodic sender, not a wait
 
 
 async def mbpoll(port: int, *args: str, unit: int = 1) -> tuple[int, str]:

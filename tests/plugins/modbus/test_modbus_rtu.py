@@ -17,7 +17,8 @@ import pytest
 from canbridge_modbus.rtu import expected_length
 from pymodbus.framer import FramerRTU
 
-from tests.plugins.modbus.conftest import demo_frame, eventually, mapped, modbus_bridge, sent_matching
+from canbridge.testing import eventually, until
+from tests.plugins.modbus.conftest import inject_received, mapped, modbus_bridge, sent_matching
 
 
 def with_crc(frame: bytes) -> bytes:
@@ -69,11 +70,9 @@ async def pty_pair(tmp_path: Path) -> AsyncIterator[tuple[Path, Path]]:
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 5
-        while not (server.exists() and client.exists()):
-            assert proc.returncode is None, "socat exited"
-            assert time.monotonic() < deadline, "socat made no pty pair within 5 s"
-            await asyncio.sleep(0.02)
+        await until(lambda: (server.exists() and client.exists()) or proc.returncode is not None,
+                    what="socat's pty pair")
+        assert proc.returncode is None, "socat exited"
         yield server, client
     finally:
         if proc.returncode is None:
@@ -106,7 +105,7 @@ class Master:
             if chunk:
                 out += chunk
                 deadline = time.monotonic() + 0.1  # the rest of the frame follows at once
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # a silent line ends an RTU reply: the quiet time is the point
         return out
 
     async def request(self, unit: int, pdu: bytes) -> bytes:
@@ -128,8 +127,7 @@ async def test_rtu_on_a_python_pty(tmp_path: Path) -> None:
             master = Master(fd=master_fd)
 
             async def speed() -> bytes:
-                h.inject(demo_frame("MotorStatus", MotorSpeed=77))
-                await asyncio.sleep(0.05)
+                await inject_received(h, "MotorStatus", MotorSpeed=77)
                 return await master.request(1, struct.pack(">BHH", 4, 0, 1))
 
             await eventually(speed, lambda r: r == b"\x04\x02\x00\x4d")
@@ -145,8 +143,7 @@ async def test_rtu_on_a_python_pty(tmp_path: Path) -> None:
 
             async def burst(data: bytes) -> bytes:
                 # MotorStatus turns stale 300 ms after a frame: send one before every burst
-                h.inject(demo_frame("MotorStatus", MotorSpeed=78))
-                await asyncio.sleep(0.05)
+                await inject_received(h, "MotorStatus", MotorSpeed=78)
                 return await master.transact(data)
 
             await eventually(lambda: burst(other + ours), lambda r: r == answer)
@@ -168,8 +165,7 @@ async def test_rtu_reads_writes_and_line_discipline(tmp_path: Path) -> None:
             try:
 
                 async def speed() -> bytes:
-                    h.inject(demo_frame("MotorStatus", MotorSpeed=-1234))
-                    await asyncio.sleep(0.05)
+                    await inject_received(h, "MotorStatus", MotorSpeed=-1234)
                     return await master.request(1, struct.pack(">BHH", 4, 0, 1))
 
                 await eventually(speed, lambda r: r == b"\x04\x02" + struct.pack(">h", -1234))

@@ -14,7 +14,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from canbridge import BusState, ListenError, Quality
-from tests.plugins.modbus.conftest import demo_frame, eventually, mapped, modbus_bridge, sent_matching
+from canbridge.testing import eventually
+from tests.plugins.modbus.conftest import demo_frame, mapped, modbus_bridge, sent_matching
 
 SPEED_IR = 0  # demo.MotorStatus.MotorSpeed, int16 (see the printed map in test_first_map)
 
@@ -203,12 +204,14 @@ async def test_allow_list_refuses_other_clients(tmp_path: Path) -> None:
 
 async def test_connection_bound(tmp_path: Path) -> None:
     # two active clients (a request within evict_idle_s) keep their places: a third is refused
-    async with modbus_bridge(state_dir=tmp_path, max_connections=2, evict_idle_s=600) as (_h, svc, port):
+    async with modbus_bridge(state_dir=tmp_path, max_connections=2, evict_idle_s=600) as (h, svc, port):
         held = [await client(port), await client(port)]
+        tcp = svc.tcp
+        assert tcp is not None
         try:
             for c in held:
                 assert not (await c.read_holding_registers(0, count=1, device_id=1)).isError()
-            await eventually(lambda: asyncio.sleep(0, len(svc.tcp.connections)), lambda n: n == 2)  # type: ignore[union-attr]
+            await h.until(lambda: len(tcp.connections) == 2, what="two connections")
             assert await asyncio.to_thread(raw_read, port) == b""
             r = await held[0].read_holding_registers(0, count=1, device_id=1)
             assert not r.isError()

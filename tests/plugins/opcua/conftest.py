@@ -7,7 +7,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from asyncua import ua
@@ -157,11 +157,6 @@ async def connect(url: str, user: tuple[str, str] | None = None, security: str |
 
 async def ns_index(client: Client) -> int:
     return int(await client.get_namespace_index(NS))
-
-
-def nid(identifier: int | str, namespace: int = 0) -> ua.NodeId:
-    """A NodeId (asyncua types its arguments as its own Int32/String/UInt16 classes)."""
-    return ua.NodeId(cast(Any, identifier), cast(Any, namespace))
 
 
 def status_name(exc: BaseException) -> str:

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.opcua.conftest import OPERATOR, READER, running
+from canbridge.testing import eventually
+from tests.plugins.opcua.conftest import NS, OPERATOR, READER, running
+from tests.plugins.opcua.uatypes import dv_value, nid
 from tests.tiers import NODE_MODULES, ROOT
 
 pytestmark = pytest.mark.tier("opcua-interop")
@@ -51,6 +53,11 @@ class NodeClient:
             line = await self.next(timeout)
             if key in line:
                 return line
+
+    async def until_change(self, value: Any, timeout: float = 30.0) -> None:
+        """Read on until the client reports a data change to ``value`` (a subscribe step's "changed" line)."""
+        while (await self.until("event", timeout)).get("value") != value:
+            pass
 
     async def rest(self, timeout: float = 60.0) -> list[dict[str, Any]]:
         assert self.proc.stdout is not None
@@ -91,10 +98,13 @@ def by_op(lines: list[dict[str, Any]], op: str) -> list[dict[str, Any]]:
 
 
 async def test_browse_and_read_units_ranges_enums(opcua_config: Cfg, pki_seed: Path, tmp_path: Path) -> None:
-    async with running(opcua_config(), seed=pki_seed) as (h, _svc, url):
+    async with running(opcua_config(), seed=pki_seed) as (h, svc, url):
         h.inject("100#E803000000000000")
         await h.until(lambda: h.bridge.read("demo.MotorStatus.MotorSpeed").value == 1000)
-        await asyncio.sleep(0.1)  # one update interval for the server
+        # the server's address space has it (it is written once per update interval)
+        speed = svc.server.get_node(nid("demo.MotorStatus.MotorSpeed", await svc.server.get_namespace_index(NS)))
+        await eventually(lambda: speed.read_data_value(raise_on_bad_status=False), lambda dv: dv_value(dv) == 1000,
+                         what="the value in the address space")
         lines = await run_node(
             {
                 "endpoint": url,
@@ -139,7 +149,7 @@ async def test_subscription_receives_changes(opcua_config: Cfg, pki_seed: Path, 
             for rpm in (111, 222, 333):
                 h.inject(f"100#{rpm.to_bytes(2, 'little').hex()}000000000000")
                 await h.until(lambda rpm=rpm: h.bridge.read("demo.MotorStatus.MotorSpeed").value == rpm)  # type: ignore[misc]
-                await asyncio.sleep(0.2)
+                await c.until_change(rpm)  # the client saw it before the next one is sent
             lines = await c.rest()
     (result,) = by_op(lines, "subscribe")
     changes = result["changes"]

@@ -19,12 +19,12 @@ from tests.plugins.opcua.conftest import (
     OPERATOR,
     ClientCert,
     make_client_cert,
-    nid,
     ns_index,
     running,
     small_table,
     status_name,
 )
+from tests.plugins.opcua.uatypes import nid
 
 Cfg = Callable[..., dict[str, Any]]
 SETPOINT = "demo.MotorCommand.SpeedSetpoint"

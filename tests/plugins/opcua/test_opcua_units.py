@@ -4,16 +4,15 @@ status codes for every quality and refusal reason (against a fake bridge that re
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
 from canbridge_opcua import plugin
 from canbridge_opcua.config import OpcUaConfig, hash_password, verify_password
 from canbridge_opcua.nodes import variant_type
@@ -23,8 +22,17 @@ from pydantic import ValidationError
 
 import canbridge
 from canbridge import Quality, RefusalReason
-from canbridge.testing import FakeBridge, signal_info
+from canbridge.testing import FakeBridge, eventually, signal_info, until
 from tests.plugins.opcua.conftest import small_table, status_name
+from tests.plugins.opcua.uatypes import (
+    AttributeIds,
+    ObjectIds,
+    StatusCodes,
+    UaStatusCodeError,
+    dv_status,
+    dv_value,
+    nid,
+)
 
 HASH = hash_password("pw", iterations=10_000)
 
@@ -151,7 +159,8 @@ def test_unece_codes(unit: str, code: str) -> None:
 def test_unit_ids_and_unknowns() -> None:
     u = unece_unit("degC")
     assert u is not None and u.unit_id == 4408652  # the value in the OPC UA UNECE table (CEL)
-    assert unece_unit("%") is not None and unece_unit("%").unit_id == 20529
+    percent = unece_unit("%")
+    assert percent is not None and percent.unit_id == 20529
     assert unece_unit("") is None and unece_unit(None) is None and unece_unit("furlongs") is None
     assert unece_unit("S") is None  # siemens is not seconds: short units are case-sensitive
 
@@ -202,34 +211,36 @@ async def served(tmp_path: Path, pki_seed: Path) -> AsyncIterator[tuple[FakeBrid
         await svc.stop()
 
 
-async def read_until(node: Any, pred: Any, timeout: float = 5.0) -> ua.DataValue:
-    deadline = time.monotonic() + timeout
-    while True:
+async def read_until(node: Any, pred: Callable[[ua.DataValue], object]) -> ua.DataValue:
+    """The node's DataValue once ``pred`` accepts it."""
+
+    async def read() -> ua.DataValue:
         dv: ua.DataValue = await node.read_data_value(raise_on_bad_status=False)
-        if pred(dv) or time.monotonic() > deadline:
-            return dv
-        await asyncio.sleep(0.01)
+        return dv
+
+    return await eventually(read, pred, interval=0.01)
 
 
 async def test_quality_status_codes(served: Any) -> None:
     bridge, _svc, client, idx = served
-    node = client.get_node(ua.NodeId("b0.Status.Speed", idx))
+    node = client.get_node(nid("b0.Status.Speed", idx))
     expected = {
-        Quality.GOOD: ua.StatusCodes.Good,
-        Quality.STALE: ua.StatusCodes.UncertainLastUsableValue,
-        Quality.BAD: ua.StatusCodes.BadNoCommunication,
-        Quality.WAITING: ua.StatusCodes.BadWaitingForInitialData,
+        Quality.GOOD: StatusCodes.Good,
+        Quality.STALE: StatusCodes.UncertainLastUsableValue,
+        Quality.BAD: StatusCodes.BadNoCommunication,
+        Quality.WAITING: StatusCodes.BadWaitingForInitialData,
     }
     for i, (quality, code) in enumerate(expected.items()):
         ts = 1_700_000_000_123_456_000 + i
         bridge.set("b0.Status.Speed", 100 + i, quality, timestamp_ns=ts)
-        dv = await read_until(node, lambda dv, code=code: dv.StatusCode.value == code)
-        assert dv.StatusCode.value == code, quality
+        dv = await read_until(node, lambda dv, code=code: dv_status(dv).value == code)  # type: ignore[misc]
+        assert dv_status(dv).value == code, quality
+        assert dv.SourceTimestamp is not None
         assert dv.SourceTimestamp.timestamp() == pytest.approx(ts / 1e9, abs=1e-6)
         if quality in (Quality.GOOD, Quality.STALE):
-            assert dv.Value.Value == 100 + i
+            assert dv_value(dv) == 100 + i
         else:
-            assert dv.Value.Value is None  # Part 4 7.7.1: a Bad status carries no value
+            assert dv_value(dv) is None  # Part 4 7.7.1: a Bad status carries no value
 
 
 @pytest.mark.parametrize(
@@ -247,8 +258,8 @@ async def test_quality_status_codes(served: Any) -> None:
 async def test_refusal_status_codes(served: Any, reason: RefusalReason, code: str) -> None:
     bridge, _svc, client, idx = served
     bridge.refuse_next("b0.Command.Setpoint", reason)
-    node = client.get_node(ua.NodeId("b0.Command.Setpoint", idx))
-    with pytest.raises(ua.UaStatusCodeError) as err:
+    node = client.get_node(nid("b0.Command.Setpoint", idx))
+    with pytest.raises(UaStatusCodeError) as err:
         await node.write_value(ua.DataValue(ua.Variant(10, ua.VariantType.UInt16)))
     assert status_name(err.value) == code
     assert bridge.writes[-1].refused is not None and bridge.writes[-1].refused.reason is reason
@@ -257,34 +268,34 @@ async def test_refusal_status_codes(served: Any, reason: RefusalReason, code: st
 
 async def test_write_caller_and_other_attributes(served: Any) -> None:
     bridge, _svc, client, idx = served
-    node = client.get_node(ua.NodeId("b0.Command.Setpoint", idx))
+    node = client.get_node(nid("b0.Command.Setpoint", idx))
     await node.write_value(ua.DataValue(ua.Variant(42, ua.VariantType.UInt16)))
     write = bridge.writes[-1]
     assert (write.name, write.value, write.accepted) == ("b0.Command.Setpoint", 42, True)
     caller = write.caller
     assert caller.user == "anonymous" and caller.address and caller.address.startswith("127.0.0.1:")
-    with pytest.raises(ua.UaStatusCodeError) as err:
-        await node.write_attribute(ua.AttributeIds.DisplayName, ua.DataValue(ua.Variant(ua.LocalizedText("x"))))
+    with pytest.raises(UaStatusCodeError) as err:
+        await node.write_attribute(AttributeIds.DisplayName, ua.DataValue(ua.Variant(ua.LocalizedText("x"))))
     assert status_name(err.value) in ("BadNotWritable", "BadUserAccessDenied")
-    enable = client.get_node(ua.NodeId("b0.Command.Enable", idx))
+    enable = client.get_node(nid("b0.Command.Enable", idx))
     await enable.write_value(ua.DataValue(ua.Variant(True, ua.VariantType.Boolean)))
     assert bridge.read("b0.Command.Enable").value is True
 
 
 async def test_enum_kinds_and_value_as_text(served: Any) -> None:
     bridge, _svc, client, idx = served
-    gear = client.get_node(ua.NodeId("b0.Status.Gear", idx))  # sparse choices 1, 4
-    assert await gear.read_type_definition() == ua.NodeId(ua.ObjectIds.MultiStateValueDiscreteType)
+    gear = client.get_node(nid("b0.Status.Gear", idx))  # sparse choices 1, 4
+    assert await gear.read_type_definition() == nid(ObjectIds.MultiStateValueDiscreteType)
     values = await (await gear.get_child("0:EnumValues")).read_value()
     assert [(v.Value, v.DisplayName.Text) for v in values] == [(1, "Low"), (4, "High")]
     bridge.set("b0.Status.Gear", 4)
     text = await read_until(
-        await gear.get_child("0:ValueAsText"), lambda dv: dv.Value.Value is not None and dv.Value.Value.Text == "High"
+        await gear.get_child("0:ValueAsText"), lambda dv: dv_value(dv) is not None and dv_value(dv).Text == "High"
     )
-    assert text.Value.Value.Text == "High"
-    mode = client.get_node(ua.NodeId("b0.Command.Mode", idx))
-    assert await mode.read_type_definition() == ua.NodeId(ua.ObjectIds.MultiStateDiscreteType)
-    odd = client.get_node(ua.NodeId("b0.Status.Odd", idx))
+    assert dv_value(text).Text == "High"
+    mode = client.get_node(nid("b0.Command.Mode", idx))
+    assert await mode.read_type_definition() == nid(ObjectIds.MultiStateDiscreteType)
+    odd = client.get_node(nid("b0.Status.Odd", idx))
     eu = await (await odd.get_child("0:EngineeringUnits")).read_value()
     assert eu.UnitId == -1 and eu.DisplayName.Text == "furlongs"  # no UNECE code: the DBC text stays
 
@@ -295,16 +306,16 @@ async def test_bus_down_shows_in_diagnostics(served: Any) -> None:
     bridge, svc, client, idx = served
     bridge.set_bus_state("b0", BusState.BUS_OFF)
     await svc.update_diagnostics()
-    assert await client.get_node(ua.NodeId("b0._Diagnostics.State", idx)).read_value() == "bus_off"
-    assert await client.get_node(ua.NodeId("b0._Diagnostics.StateCode", idx)).read_value() == 3
-    rec = await client.get_node(ua.NodeId("b0._Diagnostics.RxErrorCounter", idx)).read_data_value(
+    assert await client.get_node(nid("b0._Diagnostics.State", idx)).read_value() == "bus_off"
+    assert await client.get_node(nid("b0._Diagnostics.StateCode", idx)).read_value() == 3
+    rec = await client.get_node(nid("b0._Diagnostics.RxErrorCounter", idx)).read_data_value(
         raise_on_bad_status=False
     )
-    assert rec.StatusCode.value == ua.StatusCodes.BadNotSupported  # the interface reports no counter
-    age = await client.get_node(ua.NodeId("b0._Diagnostics.Messages.Status.Age", idx)).read_data_value(
+    assert rec.StatusCode.value == StatusCodes.BadNotSupported  # the interface reports no counter
+    age = await client.get_node(nid("b0._Diagnostics.Messages.Status.Age", idx)).read_data_value(
         raise_on_bad_status=False
     )
-    assert age.StatusCode.value == ua.StatusCodes.BadWaitingForInitialData
+    assert age.StatusCode.value == StatusCodes.BadWaitingForInitialData
 
 
 async def test_monitored_items_skip_the_deepcopy(served: Any) -> None:
@@ -316,7 +327,7 @@ async def test_monitored_items_skip_the_deepcopy(served: Any) -> None:
             got.append(val)
 
     sub = await client.create_subscription(10, Handler())
-    await sub.subscribe_data_change(client.get_node(ua.NodeId("b0.Status.Speed", idx)), queuesize=0)
+    await sub.subscribe_data_change(client.get_node(nid("b0.Status.Speed", idx)), queuesize=0)
     subs = svc.server.iserver.subscription_service.subscriptions
     (isub,) = subs.values()
     (mdata,) = isub.monitored_item_srv._monitored_items.values()
@@ -324,12 +335,7 @@ async def test_monitored_items_skip_the_deepcopy(served: Any) -> None:
     assert mdata.queue_size == 1
     for v in (1, 2, 3):
         bridge.set("b0.Status.Speed", v)
-        await asyncio.sleep(0.05)
-    for _ in range(500):
-        if 3 in got:
-            break
-        await asyncio.sleep(0.01)
-    assert 3 in got
+        await until(lambda v=v: v in got, what=f"{v} notified")  # type: ignore[misc]
     await sub.delete()
 
 
@@ -374,7 +380,7 @@ async def test_ipv6_loopback(tmp_path: Path) -> None:
 # --- every write judgement in the write path, and audited (issue #9, finding 1) ---------------------
 
 
-def write_value(node: ua.NodeId, variant: ua.Variant, attribute: int = ua.AttributeIds.Value,
+def write_value(node: ua.NodeId, variant: ua.Variant, attribute: int = AttributeIds.Value,
                 index_range: str | None = None) -> ua.WriteValue:
     wv = ua.WriteValue()
     wv.NodeId = node
@@ -402,7 +408,7 @@ DECODED = [
 
 async def test_values_go_to_the_write_path_as_decoded(served: Any) -> None:
     bridge, _svc, client, idx = served  # one server for all variants: starting one takes seconds
-    node = ua.NodeId("b0.Command.Setpoint", idx)
+    node = nid("b0.Command.Setpoint", idx)
     for variant, passed in DECODED:
         assert await write_request(client, write_value(node, variant)) == ["BadTypeMismatch"], passed
         record = bridge.writes[-1]
@@ -411,18 +417,18 @@ async def test_values_go_to_the_write_path_as_decoded(served: Any) -> None:
 
 
 UNSUPPORTED = [
-    (ua.AttributeIds.DisplayName, None, "BadNotWritable"),
-    (ua.AttributeIds.Description, None, "BadNotWritable"),
-    (ua.AttributeIds.Value, "0", "BadIndexRangeInvalid"),
-    (ua.AttributeIds.Value, "1:2", "BadIndexRangeInvalid"),
+    (AttributeIds.DisplayName, None, "BadNotWritable"),
+    (AttributeIds.Description, None, "BadNotWritable"),
+    (AttributeIds.Value, "0", "BadIndexRangeInvalid"),
+    (AttributeIds.Value, "1:2", "BadIndexRangeInvalid"),
 ]
 
 
 async def test_unsupported_write_forms_are_audited(served: Any) -> None:
     bridge, _svc, client, idx = served
-    node = ua.NodeId("b0.Command.Setpoint", idx)
+    node = nid("b0.Command.Setpoint", idx)
     for attribute, index_range, code in UNSUPPORTED:
-        variant = ua.Variant(ua.LocalizedText("x")) if attribute != ua.AttributeIds.Value else ua.Variant(
+        variant = ua.Variant(ua.LocalizedText("x")) if attribute != AttributeIds.Value else ua.Variant(
             10, ua.VariantType.UInt16)
         assert await write_request(client, write_value(node, variant, attribute, index_range)) == [code]
         record = bridge.writes[-1]
@@ -433,7 +439,7 @@ async def test_unsupported_write_forms_are_audited(served: Any) -> None:
 
 async def test_multi_node_write_is_all_or_nothing(served: Any) -> None:
     bridge, _svc, client, idx = served
-    sp, mode, enable = (ua.NodeId(f"b0.Command.{n}", idx) for n in ("Setpoint", "Mode", "Enable"))
+    sp, mode, enable = (nid(f"b0.Command.{n}", idx) for n in ("Setpoint", "Mode", "Enable"))
     codes = await write_request(
         client,
         write_value(sp, ua.Variant(100, ua.VariantType.UInt16)),
@@ -464,8 +470,8 @@ async def test_multi_node_write_is_all_or_nothing(served: Any) -> None:
 
 async def call_send_frame(client: Client, idx: int, bus: ua.Variant, frame: ua.Variant) -> ua.CallMethodResult:
     req = ua.CallMethodRequest()
-    req.ObjectId = ua.NodeId("CANBridge", idx)
-    req.MethodId = ua.NodeId("CANBridge.SendFrame", idx)
+    req.ObjectId = nid("CANBridge", idx)
+    req.MethodId = nid("CANBridge.SendFrame", idx)
     req.InputArguments = [bus, frame]
     (res,) = await client.uaclient.call([req])
     return res
@@ -497,7 +503,7 @@ async def test_audit_alarm_point_in_diagnostics(served: Any, monkeypatch: pytest
     bridge, svc, client, idx = served
 
     def var(name: str) -> Any:
-        return client.get_node(ua.NodeId(f"_Diagnostics.{name}", idx))
+        return client.get_node(nid(f"_Diagnostics.{name}", idx))
 
     assert await var("AuditAvailable").read_value() is True
     assert await var("AuditError").read_value() == ""
@@ -510,7 +516,7 @@ async def test_audit_alarm_point_in_diagnostics(served: Any, monkeypatch: pytest
     assert await var("AuditError").read_value() == "No space left on device"
     assert await var("AuditFailures").read_value() == 3
     browsed = {(await n.read_browse_name()).Name for n in await client.get_node(
-        ua.NodeId("_Diagnostics", idx)).get_children()}
+        nid("_Diagnostics", idx)).get_children()}
     assert browsed == {"AuditAvailable", "AuditError", "AuditFailures"}
 
 

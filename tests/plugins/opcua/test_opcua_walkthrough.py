@@ -38,10 +38,8 @@ async def test_first_secure_connection_walkthrough(
         if (pki_seed / sub).is_dir():
             shutil.copytree(pki_seed / sub, pki / sub)
     async with running(opcua_config(pki_dir=str(pki)), simulate=True, seed=pki_seed) as (h, _svc, url):
-        for _ in range(200):  # the simulator's first frame
-            if h.bridge.read("demo.MotorStatus.MotorSpeed").value is not None:
-                break
-            await asyncio.sleep(0.02)
+        await h.until(lambda: h.bridge.read("demo.MotorStatus.MotorSpeed").value is not None,
+                      what="the simulator's first frame")
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         proc = await asyncio.create_subprocess_exec(
             "bash", "-euo", "pipefail", "-c", script.replace(DOC_URL, url), cwd=tmp_path, env=env,

@@ -85,9 +85,11 @@ async def test_sse_selection_that_matches_nothing_says_so(api: Api) -> None:
 
 
 async def test_sse_frames(api: Api) -> None:
+    idle = api.h.bridge.stats().subscribers
     async with api.session.get(api.u("/api/v1/stream"), params={"frames": "1", "signals": "0"}) as r:
-        await asyncio.sleep(0.1)  # the subscription is made when the response starts
         await r.content.readuntil(b"retry: 2000\n\n")
+        # the frame subscription is made after the response starts
+        await api.h.until(lambda: api.h.bridge.stats().subscribers == idle + 1, what="the stream subscribed")
         api.h.inject("18FEF100#0011223344556677")  # VehicleInfo, 29-bit id
         data = await until_event(r, "frames", lambda d: d["frames"])
         f = data["frames"][0]
@@ -191,7 +193,7 @@ async def test_slow_client_is_dropped_without_growing_memory_or_slowing_others(k
                     for _ in range(200):  # frames with changing data so every one is streamed
                         n += 1
                         api.h.inject(f"100#{(n % 8000):04X}{payload[2:].hex()}")
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # a bounded flood in bursts: the server (in this loop) streams between
                     assert n < 400_000, "the slow client was never dropped"
                 # the fast client kept getting the newest value (skipping ahead)
                 last = n % 8000

@@ -173,7 +173,7 @@ async def test_dashboard_in_chromium(monkeypatch: pytest.MonkeyPatch) -> None:
                         await page.fill("#write-value", setpoint)
                         await page.click("#write-btn")
                         await page.wait_for_selector("#write-result.ok", timeout=10_000)
-                        await asyncio.sleep(wait)
+                        await asyncio.sleep(wait)  # time for the plot to draw the ramp: the picture is the point
                     await page.screenshot(path=shot, full_page=True)
             finally:
                 await ctx.close()

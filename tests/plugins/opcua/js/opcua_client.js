@@ -145,6 +145,7 @@ async function main() {
                 item.on("changed", (dv) => {
                     changes.push({ value: plain(dv.value ? dv.value.value : null), status: dv.statusCode.name });
                     if (!announced) { announced = true; out({ event: "subscribed" }); }
+                    else { out({ event: "changed", value: plain(dv.value ? dv.value.value : null) }); }
                     if (changes.length >= step.count) { clearTimeout(timer); resolve(); }
                 });
             });
