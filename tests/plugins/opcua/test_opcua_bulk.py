@@ -17,6 +17,7 @@ from canbridge_opcua.nodes import Plan, build_plan, generate, nodeid
 
 from canbridge import SignalInfo
 from canbridge.testing import FakeBridge, signal_info
+from tests.plugins.opcua.uatypes import dv_value
 
 NS = "urn:canbridge"
 
@@ -104,7 +105,9 @@ async def test_a_client_cannot_write_a_shared_value() -> None:
     BulkAdder(aspace, plan.mutable).add(plan.items)
     idx = plan.signals["bus.Msg0000.Temp"].nodeid.NamespaceIndex
     target = nodeid("bus.Msg0000.Temp.EURange", idx)
-    before = aspace[nodeid("bus.Msg0001.Temp.EURange", idx)].attributes[AttributeIds.Value].value.Value
+    other = aspace[nodeid("bus.Msg0001.Temp.EURange", idx)].attributes[AttributeIds.Value]
+    assert other.value is not None
+    before = dv_value(other.value)
     rng = ua.Range()
     rng.Low, rng.High = 0.0, 1.0
     writes = []
@@ -119,5 +122,5 @@ async def test_a_client_cannot_write_a_shared_value() -> None:
     for role in (UserRole.User, UserRole.Anonymous):
         codes = await server.iserver.attribute_service.write(params, User(role=role))
         assert not any(c.is_good() for c in codes)
-    after = aspace[nodeid("bus.Msg0001.Temp.EURange", idx)].attributes[AttributeIds.Value].value.Value
-    assert after == before
+    assert other.value is not None
+    assert dv_value(other.value) == before
