@@ -3,6 +3,8 @@ what asyncua's own add_nodes builds, while the immutable attribute values are sh
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +126,25 @@ async def test_a_client_cannot_write_a_shared_value() -> None:
         assert not any(c.is_good() for c in codes)
     assert other.value is not None
     assert dv_value(other.value) == before
+
+
+async def test_1000_signals_stay_well_under_the_old_memory() -> None:
+    """Measured: 8.0 MB traced for the 1,000-signal address space in bulk, 22.3 MB through add_nodes
+    (one object per attribute per node). The bound leaves 2x room and still fails for the old way."""
+    server = Server()
+    await server.init()
+    idx = await server.register_namespace(NS)
+    bridge = FakeBridge(mixed_signals(125), state_dir=Path("/nonexistent"))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        plan = Plan()
+        BulkAdder(server.iserver.aspace, plan.mutable).add(
+            generate(plan, idx, dict(bridge.buses), dict(bridge.messages), dict(bridge.signals), 50.0)
+        )
+        gc.collect()
+        retained, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(plan.signals) == 1000
+    assert retained < 16 * 2**20 and peak < 18 * 2**20
