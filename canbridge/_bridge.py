@@ -14,11 +14,14 @@ from canbridge._errors import PluginError, RefusalReason, WriteRefused
 from canbridge._model import (
     BridgeStats,
     BusInfo,
+    BusLoad,
     BusStatus,
     Caller,
     Frame,
+    LoopLag,
     MessageInfo,
     MessageStatus,
+    OperatingStats,
     SignalInfo,
     SignalValue,
     Value,
@@ -172,3 +175,23 @@ class Bridge(ABC):
     @abstractmethod
     def stats(self) -> BridgeStats:
         """Write counters, store update time and subscriber lag, for metrics."""
+
+    def operating_stats(self) -> OperatingStats:
+        """Loop lag, CPU per plugin, subscription queues, coalesced updates and per-bus receive counters:
+        what an operator of a large gateway watches (REST ``/api/v1/stats``, ``canbridge stats``).
+
+        Not abstract, so that test doubles written against earlier versions keep working: this default
+        reports the buses' counters and zeros for what only a running core can measure.
+        """
+        buses = {}
+        for name in self.buses:
+            st = self.bus_status(name)
+            buses[name] = BusLoad(name, st.rx_frames, 0, st.dropped_frames, st.decode_errors,
+                                  st.error_frames)
+        return OperatingStats(
+            uptime_s=0.0, cpu_seconds=0.0, core_cpu_seconds=0.0,
+            loop_lag=LoopLag(interval_s=0.0, samples=0, p50_s=0.0, p99_s=0.0, max_s=0.0, window_samples=0,
+                             stalls=0, stall_threshold_s=0.02),
+            plugins={}, subscriptions=(), frame_subscriptions=(), coalesced_total=0, coalesced_by_plugin={},
+            frames_dropped_total=0, buses=buses,
+        )

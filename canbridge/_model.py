@@ -318,6 +318,92 @@ class BridgeStats:
     audit_failures: int = 0  # audit writes that failed since start
 
 
+@dataclass(frozen=True, slots=True)
+class LoopLag:
+    """How late the event loop ran callbacks: a sampler sleeps ``interval_s`` and records its lateness.
+
+    Every stall delays the receive path and every protocol's answers by as much; alarm on ``stalls``
+    (samples later than ``stall_threshold_s``, 20 ms) and on ``max_s``.
+    """
+
+    interval_s: float  # sampling period
+    samples: int  # since start
+    p50_s: float  # over the most recent ``window_samples`` samples (one minute)
+    p99_s: float
+    max_s: float  # since start
+    window_samples: int
+    stalls: int  # samples over stall_threshold_s since start
+    stall_threshold_s: float
+    buckets: tuple[tuple[float, int], ...] = ()  # (upper bound s, samples at or below it) since start
+    sum_s: float = 0.0  # sum of every sample (Prometheus histogram _sum)
+    sampler_cpu_s: float = 0.0  # CPU the sampler itself used since start
+
+
+@dataclass(frozen=True, slots=True)
+class PluginLoad:
+    """CPU time charged to one plugin: every callback and task step that runs in its context."""
+
+    name: str
+    cpu_seconds: float  # since the bridge started
+    cpu_share: float  # of the process's CPU time since the bridge started, 0 to 1
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionLoad:
+    """One open signal subscription: what waits for its consumer and what it coalesced away."""
+
+    plugin: str | None  # the plugin that subscribed (None: the bridge itself or a test)
+    signals: int | None  # signals subscribed (None: all)
+    interval_s: float
+    pending: int  # changed signals waiting for the next batch (at most one per signal)
+    lag_s: float  # age of the oldest of them
+    coalesced: int  # changes to a signal that was already waiting: the consumer never saw that value
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSubscriptionLoad:
+    """One open raw-frame subscription: buffered frames and frames dropped for a slow consumer."""
+
+    plugin: str | None
+    bus: str | None
+    buffered: int
+    capacity: int
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class BusLoad:
+    """Receive counters of one bus since start."""
+
+    name: str
+    frames: int  # frames that reached the bridge
+    decoded: int  # of them, frames whose payload changed and went through the decoder
+    lost: int  # frames the kernel dropped for a full receive queue
+    decode_errors: int
+    error_frames: int
+    receive_backlog: int | None = None  # frames waiting in the driver's queue, where the driver knows it
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingStats:
+    """What an operator of a large gateway watches: loop lag, CPU per plugin, queues, coalescing.
+
+    ``Bridge.operating_stats()``; served as REST ``GET /api/v1/stats`` and by ``canbridge stats``.
+    """
+
+    uptime_s: float
+    cpu_seconds: float  # the process's CPU time since the bridge started (every thread)
+    core_cpu_seconds: float  # the event loop's thread minus what was charged to plugins
+    loop_lag: LoopLag
+    plugins: Mapping[str, PluginLoad]
+    subscriptions: tuple[SubscriptionLoad, ...]
+    frame_subscriptions: tuple[FrameSubscriptionLoad, ...]
+    coalesced_total: int  # every subscription's coalesced changes since start, closed ones included
+    coalesced_by_plugin: Mapping[str, int]
+    frames_dropped_total: int  # raw-frame subscriptions' dropped frames since start, closed ones included
+    buses: Mapping[str, BusLoad]
+
+
 def raw_range(bits: int, signed: bool) -> tuple[int, int]:
     """The raw integers ``bits`` bits carry, two's complement when ``signed``."""
     return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)

@@ -1,4 +1,4 @@
-"""The ``canbridge`` command: run, check, plugins, simulate, demo, and plugin-provided commands."""
+"""The ``canbridge`` command: run, check, plugins, simulate, demo, stats, and plugin-provided commands."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from canbridge import __version__
+from canbridge import __version__, statsview
 from canbridge._errors import BusUnavailable, CanbridgeError, ConfigError, PluginError, Problem
 from canbridge.config import BusConfig, Config, MappingConfig, SimulatorConfig, parse_config, sorted_problems
 
@@ -678,6 +678,11 @@ def build_parser(commands: dict[str, Any] | None = None) -> argparse.ArgumentPar
     pl = sub.add_parser("plugins", help="list installed plugins with their versions")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
+
+    st = sub.add_parser("stats", help="a running bridge's loop lag, CPU per plugin, queues and coalesced updates "
+                        "(from its REST /api/v1/stats)")
+    statsview.configure(st)
+    st.set_defaults(func=statsview.run)
 
     for name, cmd in sorted((commands or {}).items()):
         cp = sub.add_parser(name, help=cmd.help, aliases=list(cmd.aliases))

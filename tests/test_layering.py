@@ -42,7 +42,7 @@ def run(args: list[str], cwd: Path, pythonpath: list[Path]) -> subprocess.Comple
 
 def test_the_contracts_cover_every_plugin_package() -> None:
     cfg = contracts()
-    assert PLUGIN_PACKAGES == ["canbridge_modbus", "canbridge_opcua", "canbridge_rest"]
+    assert PLUGIN_PACKAGES == ["canbridge_modbus", "canbridge_mqtt", "canbridge_opcua", "canbridge_rest"]
     assert set(PLUGIN_PACKAGES) <= set(cfg["root_packages"])
     [plugins_contract, core_contract, cycles_contract] = cfg["contracts"]
     assert plugins_contract["type"] == "forbidden"

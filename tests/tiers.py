@@ -71,6 +71,13 @@ def _root_mount() -> str | None:
     return None
 
 
+def _mosquitto() -> str | None:
+    """The broker, also where /usr/sbin is not on a user's PATH."""
+    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
+        return None
+    return "command(s) not found: mosquitto (Debian package mosquitto)"
+
+
 def _all(*checks: Callable[[], str | None]) -> Callable[[], str | None]:
     def check() -> str | None:
         msgs = [m for c in checks if (m := c())]
@@ -104,6 +111,9 @@ TIERS: dict[str, Tier] = {
     t.name: t
     for t in (
         Tier("opcua-interop", "OPC UA against node-opcua (independent client)", _node_pkg("node-opcua-client")),
+        Tier("mqtt-interop", "MQTT/Sparkplug B against Mosquitto and Eclipse Tahu's JS codec (independent host)",
+             _all(_mosquitto, _cmd("mosquitto_sub", "mosquitto_pub", "mosquitto_passwd"),
+                  _node_pkg("sparkplug-payload"), _node_pkg("mqtt"))),
         Tier("modbus-interop", "Modbus TCP against mbpoll (independent client)", _cmd("mbpoll")),
         Tier("modbus-rtu", "Modbus RTU over a socat pseudo-terminal pair", _cmd("socat")),
         Tier("browser", "web dashboard in headless Chromium", _all(_cmd("chromium"), _py("playwright"))),

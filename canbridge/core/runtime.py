@@ -30,24 +30,32 @@ from canbridge._errors import (
 from canbridge._model import (
     BridgeStats,
     BusInfo,
+    BusLoad,
     BusState,
     BusStatus,
     Caller,
     Frame,
+    FrameSubscriptionLoad,
     MessageInfo,
     MessageStatus,
+    OperatingStats,
+    PluginLoad,
     Quality,
     SignalInfo,
     SignalValue,
+    SubscriptionLoad,
     Value,
     WriteReceipt,
 )
 from canbridge._plugin import NorthboundPlugin, Service
 from canbridge.config import Config, LineMap, problems_from_validation
+from canbridge.core import cpuaccount
 from canbridge.core.audit import AuditLog
 from canbridge.core.busrunner import BusRunner
+from canbridge.core.cpuaccount import CpuMeter
 from canbridge.core.gcpause import gc_paused
 from canbridge.core.host import Registry
+from canbridge.core.looplag import LoopLagSampler
 from canbridge.core.mapping.table import MappingTable, build_table
 from canbridge.core.store import SignalStore
 from canbridge.core.writepath import WritePath
@@ -135,6 +143,14 @@ class Runtime(Bridge):
         self._fatal: asyncio.Event | None = None
         self._stopping = False
         self.failure: BaseException | None = None  # why a task the bridge cannot run without ended
+        # operating statistics: CPU per plugin, loop lag, measured from start()
+        self._meters: dict[str, CpuMeter] = {}
+        self._lag = LoopLagSampler()
+        self._lag_meter = CpuMeter("loop-lag")
+        self._accounting = False
+        self._t0 = time.monotonic()
+        self._cpu0 = time.process_time()
+        self._thread0 = time.thread_time()
 
     # --- Bridge facade ---
     @property
@@ -185,12 +201,12 @@ class Runtime(Bridge):
         return out
 
     def subscribe(self, names: Iterable[str] | None = None, interval: float = 0.05) -> Subscription:
-        return self.store.subscribe(self._indices(names), interval)
+        return self.store.subscribe(self._indices(names), interval, cpuaccount.current_name())
 
     def subscribe_frames(self, bus: str | None = None, maxlen: int = 1000) -> FrameSubscription:
         if bus is not None and bus not in self.runners:
             raise UnknownBus(f"no bus named {bus!r}; buses: {', '.join(self.runners)}")
-        return self.store.subscribe_frames(bus, maxlen)
+        return self.store.subscribe_frames(bus, maxlen, cpuaccount.current_name())
 
     def bus_status(self, name: str) -> BusStatus:
         runner = self.runners.get(name)
@@ -244,6 +260,44 @@ class Runtime(Bridge):
             audit_available=a.available if a else True,
             audit_error=a.error if a else None,
             audit_failures=a.failures if a else 0,
+        )
+
+    def operating_stats(self) -> OperatingStats:
+        # call from the loop's thread: the core's share is that thread's CPU minus the plugins'
+        cpu = time.process_time() - self._cpu0
+        loop_cpu = time.thread_time() - self._thread0
+        plugins = {n: PluginLoad(n, m.cpu_s, m.cpu_s / cpu if cpu > 0 else 0.0) for n, m in self._meters.items()}
+        charged = sum(m.cpu_s for m in self._meters.values()) + self._lag_meter.cpu_s
+        subs = tuple(
+            SubscriptionLoad(s.owner, s.size, s.interval_s, s.pending, s.lag_s, s.coalesced)
+            for s in self.store.subscriptions
+        )
+        fsubs = tuple(
+            FrameSubscriptionLoad(f.owner, f.bus, f.buffered, f.capacity, f.dropped)
+            for f in self.store.frame_subscriptions
+        )
+        by_plugin: dict[str, int] = {}
+        for owner, n in self.store.coalesced_closed.items():
+            by_plugin[owner or "-"] = by_plugin.get(owner or "-", 0) + n
+        for sub in subs:
+            by_plugin[sub.plugin or "-"] = by_plugin.get(sub.plugin or "-", 0) + sub.coalesced
+        buses = {}
+        for name, r in self.runners.items():
+            st = r.status()
+            buses[name] = BusLoad(name, st.rx_frames, self.store.decoded.get(name, 0), st.dropped_frames,
+                                  st.decode_errors, st.error_frames)
+        return OperatingStats(
+            uptime_s=time.monotonic() - self._t0,
+            cpu_seconds=cpu,
+            core_cpu_seconds=max(0.0, loop_cpu - charged),
+            loop_lag=self._lag.snapshot(self._lag_meter.cpu_s),
+            plugins=plugins,
+            subscriptions=subs,
+            frame_subscriptions=fsubs,
+            coalesced_total=sum(by_plugin.values()),
+            coalesced_by_plugin=by_plugin,
+            frames_dropped_total=self.store.frames_dropped_closed + sum(f.dropped for f in fsubs),
+            buses=buses,
         )
 
     # --- state changes ---
@@ -325,6 +379,12 @@ class Runtime(Bridge):
         """
         self._stopping = False
         self._fatal = asyncio.Event()
+        if not self._accounting:
+            cpuaccount.install()
+            self._accounting = True
+        self._t0 = time.monotonic()
+        self._cpu0 = time.process_time()
+        self._thread0 = time.thread_time()
         try:
             await self._start()
         except BaseException as e:
@@ -359,8 +419,12 @@ class Runtime(Bridge):
                 if not self.runners[e.info.bus].usable:
                     self.store.set_message_quality(e.index, Quality.BAD)
         self._spawn(self._supervise(), "supervisor")
+        # the sampler's own cost is charged to its meter: loop_lag.sampler_cpu_s
+        self._lag.start(cpuaccount.context_for(self._lag_meter))
         ordered = sorted(self._plugins.items(), key=lambda kv: (kv[1][0].order, kv[0]))
         for name, (spec, cfg) in ordered:
+            # everything the plugin starts (tasks, servers, their callbacks) inherits its meter
+            token = cpuaccount.CURRENT.set(self._meters.setdefault(name, CpuMeter(name)))
             try:
                 service = spec.factory(self, cfg)
                 await asyncio.wait_for(service.start(), START_TIMEOUT_S)
@@ -369,6 +433,8 @@ class Runtime(Bridge):
                 if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                     raise
                 raise PluginError(f"plugin {name!r} failed to start: {type(e).__name__}: {e}") from e
+            finally:
+                cpuaccount.CURRENT.reset(token)
             self.services[name] = service
             self._started.append((name, service))
         self._ready = True
@@ -378,11 +444,15 @@ class Runtime(Bridge):
         self._ready = False
         self._stopping = True
         for name, service in reversed(self._started):
+            token = cpuaccount.CURRENT.set(self._meters.get(name))
             try:
                 await asyncio.wait_for(service.stop(), STOP_TIMEOUT_S)
             except Exception as e:  # one plugin failing to stop must not keep the others running
                 log.error("plugin %s did not stop cleanly: %s", name, e)
+            finally:
+                cpuaccount.CURRENT.reset(token)
         self._started.clear()
+        self._lag.stop()
         self.store.close()
         for r in self.runners.values():
             r.stop()
@@ -400,6 +470,9 @@ class Runtime(Bridge):
                     log.error("task %s ended with %s: %s", t.get_name(), type(result).__name__, result)
         if self.audit is not None:
             self.audit.close()
+        if self._accounting:
+            cpuaccount.uninstall()
+            self._accounting = False
 
     async def run(self, shutdown_trigger: Callable[[], Awaitable[Any]]) -> None:
         """Serve until ``shutdown_trigger()`` completes, then stop.

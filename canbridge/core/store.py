@@ -44,6 +44,10 @@ class SignalStore:
         self._frame_subs: list[_FrameSubscription] = []
         self.batches = 0
         self.update_seconds = 0.0
+        self.decoded: dict[str, int] = {}  # per bus: frames whose payload changed and were decoded
+        # what closed subscriptions counted, by owner, so totals never go down
+        self.coalesced_closed: dict[str | None, int] = {}
+        self.frames_dropped_closed = 0
 
     # --- reading ---
     def value(self, index: int) -> SignalValue:
@@ -67,7 +71,7 @@ class SignalStore:
         changed: list[int] = []
         revived: list[int] = []
         mono = time.monotonic()
-        nbytes = n_ext = unmapped = decode_errors = n_err = rtr = 0
+        nbytes = n_ext = unmapped = decode_errors = n_err = rtr = decoded = 0
         for frame in batch:
             can_id, flags, data, ts = frame
             if flags & _ERR:
@@ -95,6 +99,7 @@ class SignalStore:
                     decode_errors += 1
                     continue
                 last[key] = data
+                decoded += 1
             msg_ts[mi] = ts
             msg_mono[mi] = mono
             counts[mi] += 1
@@ -114,6 +119,8 @@ class SignalStore:
         if changed:
             self.publish(changed)
         self.batches += 1
+        if decoded:
+            self.decoded[bus] = self.decoded.get(bus, 0) + decoded
         self.update_seconds += time.perf_counter() - t0
         return n_err, unmapped, decode_errors, rtr, n_ext, nbytes
 
@@ -138,7 +145,9 @@ class SignalStore:
 
     def publish(self, changed: Iterable[int]) -> None:
         """Tell subscribers these signal indices changed (value or quality)."""
-        changed = changed if isinstance(changed, (list, set, tuple, frozenset)) else list(changed)
+        # one set per batch for every subscriber: a signal that changed twice in the batch counts once
+        # (its intermediate value is lost to everyone alike), and set updates from a set are cheaper
+        changed = changed if isinstance(changed, (set, frozenset)) else set(changed)
         if not changed:
             return
         now = time.monotonic()
@@ -151,17 +160,28 @@ class SignalStore:
             self.publish(self.table.message_list[msg_index].signal_indices)
 
     # --- subscriptions ---
-    def subscribe(self, indices: Iterable[int] | None, interval: float) -> Subscription:
+    def subscribe(self, indices: Iterable[int] | None, interval: float, owner: str | None = None) -> Subscription:
         sub = _Subscription(self, None if indices is None else frozenset(indices), interval)
+        sub.owner = owner
         self._subs.append(sub)
         return sub
 
     def _unsubscribe(self, sub: _Subscription) -> None:
         if sub in self._subs:
             self._subs.remove(sub)
+            self.coalesced_closed[sub.owner] = self.coalesced_closed.get(sub.owner, 0) + sub.coalesced
 
-    def subscribe_frames(self, bus: str | None, maxlen: int) -> FrameSubscription:
+    @property
+    def subscriptions(self) -> list[_Subscription]:
+        return list(self._subs)
+
+    @property
+    def frame_subscriptions(self) -> list[_FrameSubscription]:
+        return list(self._frame_subs)
+
+    def subscribe_frames(self, bus: str | None, maxlen: int, owner: str | None = None) -> FrameSubscription:
         sub = _FrameSubscription(self, bus, maxlen)
+        sub.owner = owner
         self._frame_subs.append(sub)
         return sub
 
@@ -191,14 +211,35 @@ class _Subscription(Subscription):
         self._closed = False
         self._first = True
         self._last = 0.0
+        self.owner: str | None = None  # the plugin that subscribed, for operating statistics
+        self.coalesced = 0  # changes to a signal already pending: its previous value was never delivered
+
+    @property
+    def interval_s(self) -> float:
+        return self._interval
+
+    @property
+    def size(self) -> int | None:
+        return None if self._filter is None else len(self._filter)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def add(self, changed: Any, now: float) -> None:
-        before = len(self._pending)
+        pending = self._pending
+        before = len(pending)
         if self._filter is None:
-            self._pending.update(changed)
+            pending.update(changed)
+            n = len(changed)
         else:
-            self._pending.update(self._filter.intersection(changed))
-        if len(self._pending) != before:
+            relevant = self._filter.intersection(changed)
+            pending.update(relevant)
+            n = len(relevant)
+        added = len(pending) - before
+        if added != n:
+            self.coalesced += n - added
+        if added:
             if before == 0:
                 self._since = now
             self._event.set()
@@ -251,6 +292,15 @@ class _FrameSubscription(FrameSubscription):
         self._event = asyncio.Event()
         self._closed = False
         self.dropped = 0
+        self.owner: str | None = None  # the plugin that subscribed, for operating statistics
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    @property
+    def capacity(self) -> int:
+        return self._buf.maxlen or 0
 
     def push(self, frames: list[Frame]) -> None:
         overflow = len(self._buf) + len(frames) - (self._buf.maxlen or 0)
@@ -264,6 +314,7 @@ class _FrameSubscription(FrameSubscription):
         self._event.set()
         if self in self._store._frame_subs:
             self._store._frame_subs.remove(self)
+            self._store.frames_dropped_closed += self.dropped
 
     def __aiter__(self) -> AsyncIterator[list[Frame]]:
         return self._iterate()

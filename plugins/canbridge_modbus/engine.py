@@ -106,6 +106,13 @@ MAX_AUDITED_PDU = 64  # bytes of a malformed write request kept in its audit rec
 _COIL_ON = b"\xff\x00"
 _COIL_OFF = b"\x00\x00"
 _DECODE_ERRORS = (ValueError, IndexError, struct.error, ModbusException)
+MAX_READ_REGISTERS = 125  # pymodbus's ReadHoldingRegistersRequest.MAX_COUNT (FC 3 and 4)
+_ADDRESS_COUNT = struct.Struct(">HH").unpack_from
+# register tables keep a byte image for reads, refreshed lazily in blocks of 2**BLOCK_BITS registers:
+# a store marks its block stale (one byte store), the next read of the block packs it once for all
+BLOCK_BITS = 5
+BLOCK = 1 << BLOCK_BITS
+_PACK_BLOCK = struct.Struct(f">{BLOCK}H").pack
 
 Response = bytes | Coroutine[Any, Any, bytes]
 
@@ -167,6 +174,8 @@ class _Slot:
     end: int
     quality_address: int
     bit: bool
+    stale: bytearray | None  # the register table's stale blocks (None for bit tables)
+    quality_stale: bytearray | None
     refused: bool = False  # whether bad[] is set for this signal now
 
 
@@ -176,6 +185,10 @@ class UnitSpace:
     def __init__(self, unit: int) -> None:
         self.unit = unit
         self.values: dict[str, list[int]] = {}
+        # register tables also as the bytes a read answers with (two per register, big-endian); a
+        # block whose ``stale`` byte is set is packed from ``values`` by the next read that covers it
+        self.images: dict[str, bytearray] = {}
+        self.stale: dict[str, bytearray] = {}
         self.known: dict[str, bytearray] = {}  # 1: a signal, quality, diagnostics or reserved address
         self.bad: dict[str, bytearray] = {}  # 1: the owning signal's value must not be served
         self.owner: dict[str, dict[int, Placement]] = {}  # every address a signal covers
@@ -187,9 +200,39 @@ class UnitSpace:
         if len(vals) < end:
             grow = end - len(vals)
             vals.extend([0] * grow)
+            if table not in BIT_TABLES:
+                self.images.setdefault(table, bytearray()).extend(bytes(2 * grow))
+                stale = self.stale.setdefault(table, bytearray())
+                stale.extend(b"\x01" * (((end + BLOCK - 1) >> BLOCK_BITS) - len(stale)))
             self.known.setdefault(table, bytearray()).extend(bytes(grow))
             self.bad.setdefault(table, bytearray()).extend(bytes(grow))
             self.owner.setdefault(table, {})
+
+    def touched(self, table: str, address: int, count: int) -> None:
+        """``values[address:address + count]`` changed (a bulk store): their blocks are stale."""
+        stale = self.stale.get(table)
+        if stale is not None and count > 0:
+            first, last = address >> BLOCK_BITS, (address + count - 1) >> BLOCK_BITS
+            stale[first : last + 1] = b"\x01" * (last - first + 1)
+
+    def image(self, table: str, address: int, end: int) -> bytearray:
+        """The bytes of registers ``address`` to ``end - 1`` (which exist), packing stale blocks first."""
+        stale = self.stale[table]
+        image = self.images[table]
+        first, last = address >> BLOCK_BITS, ((end - 1) >> BLOCK_BITS) + 1
+        b = stale.find(1, first, last)
+        if b != -1:
+            values = self.values[table]
+            while b != -1:
+                lo = b << BLOCK_BITS
+                hi = lo + BLOCK
+                if hi <= len(values):
+                    image[2 * lo : 2 * hi] = _PACK_BLOCK(*values[lo:hi])
+                else:  # the table's last, partial block
+                    image[2 * lo : 2 * len(values)] = struct.pack(f">{len(values) - lo}H", *values[lo:])
+                stale[b] = 0
+                b = stale.find(1, b + 1, last)
+        return image[2 * address : 2 * end]
 
     def mark(self, table: str, address: int, count: int, label: tuple[str, str] | None = None) -> None:
         self.ensure(table, address + count)
@@ -239,6 +282,7 @@ class ModbusEngine:
             self._unit(b.unit).mark(b.table, b.address, BRIDGE_DIAG_SIZE, ("diagnostics", "the bridge"))
         for p in rmap.placements.values():
             space = self.units[p.unit]
+            bit = p.table in BIT_TABLES
             self.slots[p.signal] = slot = _Slot(
                 p,
                 signals[p.signal],
@@ -249,7 +293,9 @@ class ModbusEngine:
                 p.address,
                 p.address + p.count,
                 p.quality_address,
-                p.table in BIT_TABLES,
+                bit,
+                None if bit else space.stale[p.table],
+                space.stale.get(rmap.quality_table),
             )
             # nothing received yet: refused (exception mode) until the first value arrives
             self._store(slot, None, Quality.WAITING)
@@ -271,7 +317,12 @@ class ModbusEngine:
                 slot.values[slot.address] = 1 if value else 0
             else:
                 slot.values[slot.address : slot.end] = slot.encode(value)
+                stale = slot.stale
+                stale[slot.address >> BLOCK_BITS] = 1  # type: ignore[index]
+                stale[(slot.end - 1) >> BLOCK_BITS] = 1  # type: ignore[index]  # a value across two blocks
         slot.quality[slot.quality_address] = _QUALITY_CODES[quality]
+        if slot.quality_stale is not None:
+            slot.quality_stale[slot.quality_address >> BLOCK_BITS] = 1
         refuse = self.refuse_bad and (value is None or quality is not Quality.GOOD)
         if refuse is not slot.refused:
             n = slot.end - slot.address
@@ -316,6 +367,7 @@ class ModbusEngine:
                 regs[a : a + 2] = codec.encode(v & 0xFFFF_FFFF)  # counters wrap like a PLC expects
             else:
                 regs[a] = min(max(v, 0), 0xFFFF)
+        self.units[d.unit].touched(d.table, d.address, DIAG_SIZE)
 
     def apply_bridge_stats(self, stats: BridgeStats, connections: int, evicted: int, refused: int) -> None:
         """Refresh the bridge diagnostics registers of every unit id (the audit log alarm point)."""
@@ -338,6 +390,7 @@ class ModbusEngine:
                     regs[a : a + 2] = codec.encode(v & 0xFFFF_FFFF)
                 else:
                     regs[a] = min(max(v, 0), 0xFFFF)
+            self.units[b.unit].touched(b.table, b.address, BRIDGE_DIAG_SIZE)
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -354,6 +407,13 @@ class ModbusEngine:
         has), is audited through ``bridge.refuse``."""
         self.requests += 1
         function = pdu[0]
+        if function == 3 or function == 4:  # register reads, every PLC's poll: no pymodbus objects
+            if len(pdu) != 5:  # what decode_request's size check refuses
+                return self._exc(function, ExcCodes.ILLEGAL_VALUE)
+            address, count = _ADDRESS_COUNT(pdu, 1)
+            if not 1 <= count <= MAX_READ_REGISTERS:  # what pymodbus's decode refuses
+                return self._exc(function, ExcCodes.ILLEGAL_VALUE)
+            return self._read_registers(self.units[unit], function, address, count)
         if function not in FUNCTIONS:
             if function in UNSERVED_WRITES:
                 self._refuse_request(unit, function, pdu, peer, RefusalReason.UNSUPPORTED,
@@ -429,14 +489,31 @@ class ModbusEngine:
                 self.bridge.refuse(target, value, caller, RefusalReason.NOT_ALLOWED, detail)
         return self._exc(function, ExcCodes.ILLEGAL_FUNCTION)
 
-    def _read(self, space: UnitSpace, function: int, table: str, address: int, count: int) -> bytes:
-        known = space.known.get(table)
+    def _read_registers(self, space: UnitSpace, function: int, address: int, count: int) -> bytes:
+        """FC 3/4 from the table's byte image: the same checks and bytes as :meth:`_read`."""
+        table = READ_TABLES[function]
         end = address + count
+        refused = self._unreadable(space, function, table, address, end)
+        if refused is not None:
+            return refused
+        return bytes((function, 2 * count)) + space.image(table, address, end)
+
+    def _read(self, space: UnitSpace, function: int, table: str, address: int, count: int) -> bytes:
+        end = address + count
+        refused = self._unreadable(space, function, table, address, end)
+        if refused is not None:
+            return refused
+        return read_response(function, space.values[table][address:end], table in BIT_TABLES)
+
+    def _unreadable(self, space: UnitSpace, function: int, table: str, address: int, end: int) -> bytes | None:
+        """The exception response when the range cannot be read: an address without a meaning, or a
+        value whose quality is refused; None when it can."""
+        known = space.known.get(table)
         if known is None or end > len(known) or known.find(0, address, end) != -1:
             return self._exc(function, ExcCodes.ILLEGAL_ADDRESS)
         if space.bad[table].find(1, address, end) != -1:
             return self._exc(function, ExcCodes.GATEWAY_NO_RESPONSE)
-        return read_response(function, space.values[table][address:end], table in BIT_TABLES)
+        return None
 
     @staticmethod
     def _write_values(function: int, pdu: bytes, request: ModbusPDU) -> list[int] | None:

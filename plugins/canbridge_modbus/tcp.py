@@ -11,7 +11,8 @@ A malformed header (wrong protocol id, a length that no frame can have) closes t
 after it nothing in the byte stream can be trusted to start a frame. A malformed PDU inside a
 well-framed request gets an exception response, and the connection goes on.
 
-Responses are framed by pymodbus's ``FramerSocket.encode``. Requests are split here, not by its
+Responses are framed here with one ``struct`` pack, the bytes of pymodbus's ``FramerSocket.encode``
+(tests/plugins/modbus/test_modbus_fastpath.py compares them). Requests are split here, not by its
 ``decode`` (pymodbus 3.16.1): on a protocol id other than 0 it reports "need more data" and the
 connection waits forever; an MBAP length of 0 or 1 makes it consume the header and lose the frame
 boundary; and with exactly 9 bytes buffered it stretches a length of 2 to 3.
@@ -28,11 +29,9 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from pymodbus.constants import ExcCodes
-from pymodbus.framer import FramerSocket
-from pymodbus.pdu import DecodePDU
 
 from canbridge import Caller, ListenError, RefusalReason
-from canbridge_modbus.engine import ModbusEngine, exception_pdu
+from canbridge_modbus.engine import WRITE_FUNCTIONS, ModbusEngine, exception_pdu
 
 log = logging.getLogger("canbridge.modbus")
 
@@ -43,7 +42,14 @@ MAX_INPUT = 512 * 1024
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_FRAMER = FramerSocket(DecodePDU(is_server=True))  # only its encode (MBAP header + PDU) is used
+_MBAP = struct.Struct(">HHHB")  # transaction id, protocol id, length, unit id
+_mbap_unpack = _MBAP.unpack_from
+_mbap_pack = _MBAP.pack
+
+
+def frame(pdu: bytes, unit: int, tid: int) -> bytes:
+    """The Modbus TCP ADU of a response PDU (MBAP header, then the PDU)."""
+    return _mbap_pack(tid, 0, len(pdu) + 1, unit) + pdu
 
 
 def peer_text(peer: object) -> str:
@@ -329,7 +335,15 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self not in self.server.connections:
             return
-        self.last_activity = time.monotonic()
+        self.last_activity = now = time.monotonic()
+        if not self.buf and self.task is None and self.output_paused_since is None and len(data) >= 7:
+            # the poller's case: exactly one whole read request arrived, nothing before it
+            tid, pid, length, unit = _mbap_unpack(data)
+            if pid == 0 and 2 <= length <= MAX_LENGTH and len(data) == 6 + length and data[7] not in WRITE_FUNCTIONS:
+                self.partial_since = None
+                self.last_request = now
+                self._answer(tid, unit, data[7:])
+                return
         self.buf += data
         self._process()
         if len(self.buf) > MAX_INPUT:
@@ -341,7 +355,7 @@ class _Connection(asyncio.Protocol):
             if len(buf) < 7:
                 self.partial_since = (self.partial_since or time.monotonic()) if buf else None
                 return
-            tid, pid, length, unit = struct.unpack_from(">HHHB", buf)
+            tid, pid, length, unit = _mbap_unpack(buf)
             if pid != 0:
                 self._malformed(f"protocol id {pid} is not Modbus (0)")
                 return
@@ -355,19 +369,23 @@ class _Connection(asyncio.Protocol):
             self.last_request = time.monotonic()
             pdu = bytes(buf[7 : 6 + length])
             del buf[: 6 + length]
-            target = unit if self.engine.has_unit(unit) else None
-            if target is None and unit in (0, 255) and self.server.alias is not None:
-                target = self.server.alias
-            if target is None:
-                self._send(tid, unit, exception_pdu(pdu[0], ExcCodes.GATEWAY_PATH_UNAVIABLE))
-                continue
-            response = self.engine.handle(target, pdu, self.peer)
-            if isinstance(response, bytes):
-                self._send(tid, unit, response)
-                continue
-            # a write: stop reading until it is decided, so responses keep the request order
-            self.task = asyncio.create_task(self._finish(tid, unit, response), name="modbus-write")
-            self._update_reading()
+            self._answer(tid, unit, pdu)
+
+    def _answer(self, tid: int, unit: int, pdu: bytes) -> None:
+        """Answer one request PDU: at once for reads, after the write path decided for writes."""
+        target = unit if self.engine.has_unit(unit) else None
+        if target is None and unit in (0, 255) and self.server.alias is not None:
+            target = self.server.alias
+        if target is None:
+            self._send(tid, unit, exception_pdu(pdu[0], ExcCodes.GATEWAY_PATH_UNAVIABLE))
+            return
+        response = self.engine.handle(target, pdu, self.peer)
+        if isinstance(response, bytes):
+            self._send(tid, unit, response)
+            return
+        # a write: stop reading until it is decided, so responses keep the request order
+        self.task = asyncio.create_task(self._finish(tid, unit, response), name="modbus-write")
+        self._update_reading()
 
     async def _finish(self, tid: int, unit: int, response: Coroutine[Any, Any, bytes]) -> None:
         try:
@@ -381,4 +399,4 @@ class _Connection(asyncio.Protocol):
 
     def _send(self, tid: int, unit: int, pdu: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_FRAMER.encode(pdu, unit, tid))
+            self.transport.write(frame(pdu, unit, tid))

@@ -255,6 +255,10 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     return json_response(body, 200 if ready else 503)
 
 
+async def get_stats(request: web.Request) -> web.StreamResponse:
+    return json_response(models.stats(rest_state(request).bridge.operating_stats()))
+
+
 async def metrics(request: web.Request) -> web.StreamResponse:
     state = rest_state(request)
     assert state.registry is not None
@@ -470,6 +474,7 @@ ROUTES: list[Route] = [
     Route("GET", f"{API}/buses", list_buses, Role.READ, "listBuses"),
     Route("GET", f"{API}/buses/{{bus}}", get_bus, Role.READ, "getBus"),
     Route("POST", f"{API}/buses/{{bus}}/frames", post_frame, Role.ADMIN, "sendFrame"),
+    Route("GET", f"{API}/stats", get_stats, Role.READ, "getStats"),
     Route("GET", f"{API}/stream", sse, Role.READ, "stream", token_in_query=True),
     Route("GET", f"{API}/ws", websocket, Role.READ, "websocket", token_in_query=True),
     Route("GET", f"{API}/openapi.json", openapi_json, None, "openapi"),

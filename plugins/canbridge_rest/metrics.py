@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 import canbridge
@@ -123,6 +123,8 @@ class BridgeCollector(Collector):
                 quality.add_metric([q.value], counts.get(q.value, 0))
         out += [accepted, refused, batches, upd, subs, lag, quality, audit_ok, audit_fail]
 
+        out += _operating(bridge, empty)
+
         hub = state.hub
         clients = GaugeMetricFamily("canbridge_rest_stream_clients", "SSE and WebSocket clients connected")
         dropped = CounterMetricFamily(
@@ -157,6 +159,66 @@ class BridgeCollector(Collector):
                 reqs.add_metric([method, route, str(status)], n)
         out += [clients, dropped, busy, events, reqs, auth_failed, auth_limited, limited_peers]
         return out
+
+
+def _operating(bridge: canbridge.Bridge, empty: bool) -> list[Metric]:
+    """Loop lag, CPU per plugin, subscription queues and coalescing (Bridge.operating_stats)."""
+    st = None if empty else bridge.operating_stats()
+    decoded = CounterMetricFamily(
+        "canbridge_bus_frames_decoded", "Frames with a new payload that went through the decoder", labels=["bus"]
+    )
+    lag_max = GaugeMetricFamily("canbridge_event_loop_lag_max_seconds", "Largest event-loop lag since start")
+    stalls = CounterMetricFamily(
+        "canbridge_event_loop_stalls", "Event-loop lag samples over 20 ms (a callback held the loop): alarm"
+    )
+    cpu = CounterMetricFamily(
+        "canbridge_plugin_cpu_seconds", "CPU of every callback and task step run for a plugin", labels=["plugin"]
+    )
+    core = CounterMetricFamily("canbridge_core_cpu_seconds", "CPU of the event loop's thread not charged to plugins")
+    pending = GaugeMetricFamily(
+        "canbridge_subscription_pending", "Changed signals waiting for the next batch, by plugin", labels=["plugin"]
+    )
+    coalesced = CounterMetricFamily(
+        "canbridge_coalesced_updates",
+        "Signal changes overwritten before the subscribing plugin saw them, by plugin",
+        labels=["plugin"],
+    )
+    fdropped = CounterMetricFamily(
+        "canbridge_frame_subscription_dropped", "Raw frames dropped for slow frame subscribers"
+    )
+    if st is None:
+        hist = HistogramMetricFamily(
+            "canbridge_event_loop_lag_seconds", "How late the event loop ran a timer due every 10 ms"
+        )
+        return [hist, lag_max, stalls, cpu, core, pending, coalesced, fdropped, decoded]
+    lag = st.loop_lag
+    hist = HistogramMetricFamily(
+        "canbridge_event_loop_lag_seconds",
+        "How late the event loop ran a timer due every 10 ms",
+        buckets=[(_le(b), float(n)) for b, n in lag.buckets] + [("+Inf", float(lag.samples))],
+        sum_value=lag.sum_s,
+    )
+    lag_max.add_metric([], lag.max_s)
+    stalls.add_metric([], lag.stalls)
+    for name, p in st.plugins.items():
+        cpu.add_metric([name], p.cpu_seconds)
+    core.add_metric([], st.core_cpu_seconds)
+    by_plugin: dict[str, int] = {}
+    for sub in st.subscriptions:
+        key = sub.plugin or "-"
+        by_plugin[key] = by_plugin.get(key, 0) + sub.pending
+    for name, n in sorted(by_plugin.items()):
+        pending.add_metric([name], n)
+    for name, n in sorted(st.coalesced_by_plugin.items()):
+        coalesced.add_metric([name], n)
+    fdropped.add_metric([], st.frames_dropped_total)
+    for name, b in st.buses.items():
+        decoded.add_metric([name], b.decoded)
+    return [hist, lag_max, stalls, cpu, core, pending, coalesced, fdropped, decoded]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))  # Prometheus "le" labels: 0.001, 1.0, 10.0
 
 
 def make_registry(state: RestState) -> CollectorRegistry:

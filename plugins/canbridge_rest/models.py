@@ -230,6 +230,82 @@ class Ready(_Out):
     problems: list[str]
 
 
+class LoopLag(_Out):
+    """How late the event loop ran: a timer due every interval_s records its lateness."""
+
+    interval_s: float
+    samples: int
+    p50_s: float = Field(description="median over the last window_samples samples (one minute)")
+    p99_s: float
+    max_s: float = Field(description="since start")
+    window_samples: int
+    stalls: int = Field(description="samples later than stall_threshold_s since start: alarm on any")
+    stall_threshold_s: float
+    sampler_cpu_s: float = Field(description="CPU the sampler itself used since start")
+    buckets: list[tuple[float, int]] = Field(
+        description="[upper bound s, samples at or below it] since start (cumulative, as Prometheus)"
+    )
+
+
+class PluginLoad(_Out):
+    cpu_seconds: float = Field(description="CPU of every callback and task step run for the plugin")
+    cpu_share: float = Field(description="of the process's CPU since start, 0 to 1")
+
+
+class SubscriptionQueue(_Out):
+    plugin: str | None = Field(description="the plugin that subscribed (null: the bridge or a test)")
+    signals: int | None = Field(description="signals subscribed; null: all")
+    interval_s: float
+    pending: int = Field(description="changed signals waiting for the next batch (at most one per signal)")
+    lag_s: float = Field(description="age of the oldest of them")
+    coalesced: int = Field(description="changes to a signal already waiting: a value its consumer never saw")
+
+
+class FrameQueue(_Out):
+    plugin: str | None
+    bus: str | None
+    buffered: int
+    capacity: int
+    dropped: int = Field(description="frames dropped for a slow consumer")
+
+
+class Queues(_Out):
+    subscriptions: list[SubscriptionQueue]
+    frame_subscriptions: list[FrameQueue]
+    write_path: int = Field(
+        description="writes waiting in the write path: always 0, each write is judged and sent in its "
+        "caller's request (there is no queue to back up)"
+    )
+
+
+class Coalesced(_Out):
+    total: int = Field(description="every subscription's coalesced changes since start, closed ones included")
+    by_plugin: dict[str, int] = Field(description="by subscribing plugin ('-': not a plugin)")
+    frames_dropped: int = Field(description="raw-frame subscriptions' dropped frames since start")
+
+
+class BusCounters(_Out):
+    frames: int = Field(description="frames that reached the bridge")
+    decoded: int = Field(description="of them, frames with a new payload, decoded")
+    lost: int = Field(description="frames the kernel dropped for a full receive queue")
+    decode_errors: int
+    error_frames: int
+    receive_backlog: int | None = Field(description="frames waiting in the driver's queue, where known")
+
+
+class Stats(_Out):
+    """What an operator of a large gateway watches (Bridge.operating_stats())."""
+
+    uptime_s: float
+    cpu_seconds: float = Field(description="the process's CPU since the bridge started, every thread")
+    core_cpu_seconds: float = Field(description="the event loop's thread minus what plugins were charged")
+    loop_lag: LoopLag
+    plugins: dict[str, PluginLoad]
+    queues: Queues
+    coalesced: Coalesced
+    buses: dict[str, BusCounters]
+
+
 # --- fast builders ------------------------------------------------------------------------------
 
 
@@ -351,3 +427,40 @@ def error(
     if index is not None:
         out["index"] = index
     return out
+
+
+def stats(st: canbridge.OperatingStats) -> dict[str, Any]:
+    """The JSON of ``GET /api/v1/stats``: a stable shape (bench/bench_e2e.py reads it)."""
+    lag = st.loop_lag
+    return {
+        "uptime_s": st.uptime_s,
+        "cpu_seconds": st.cpu_seconds,
+        "core_cpu_seconds": st.core_cpu_seconds,
+        "loop_lag": {
+            "interval_s": lag.interval_s, "samples": lag.samples, "p50_s": lag.p50_s, "p99_s": lag.p99_s,
+            "max_s": lag.max_s, "window_samples": lag.window_samples, "stalls": lag.stalls,
+            "stall_threshold_s": lag.stall_threshold_s, "sampler_cpu_s": lag.sampler_cpu_s,
+            "buckets": [list(b) for b in lag.buckets],
+        },
+        "plugins": {n: {"cpu_seconds": p.cpu_seconds, "cpu_share": p.cpu_share} for n, p in st.plugins.items()},
+        "queues": {
+            "subscriptions": [
+                {"plugin": s.plugin, "signals": s.signals, "interval_s": s.interval_s, "pending": s.pending,
+                 "lag_s": s.lag_s, "coalesced": s.coalesced}
+                for s in st.subscriptions
+            ],
+            "frame_subscriptions": [
+                {"plugin": f.plugin, "bus": f.bus, "buffered": f.buffered, "capacity": f.capacity,
+                 "dropped": f.dropped}
+                for f in st.frame_subscriptions
+            ],
+            "write_path": 0,
+        },
+        "coalesced": {"total": st.coalesced_total, "by_plugin": dict(st.coalesced_by_plugin),
+                      "frames_dropped": st.frames_dropped_total},
+        "buses": {
+            n: {"frames": b.frames, "decoded": b.decoded, "lost": b.lost, "decode_errors": b.decode_errors,
+                "error_frames": b.error_frames, "receive_backlog": b.receive_backlog}
+            for n, b in st.buses.items()
+        },
+    }

@@ -40,6 +40,7 @@ _MODELS: list[type[BaseModel]] = [
     models.Health,
     models.Audit,
     models.Ready,
+    models.Stats,
 ]
 
 
@@ -206,6 +207,14 @@ _OPS: dict[str, dict[str, Any]] = {
             "429": _err("sent too often", retry_after=True),
             "503": _err("the bus is down or the audit log cannot be written", retry_after=True),
         },
+    },
+    "getStats": {
+        "summary": "Operating statistics: loop lag, CPU per plugin, queues, coalesced updates, per-bus counters",
+        "description": "Alarm on loop_lag.stalls growing (a callback held the event loop over 20 ms), on "
+        "buses.*.lost growing, and on the rate of coalesced.total (values no consumer saw). The same "
+        "figures are Prometheus metrics on /metrics.",
+        "tags": ["operations"],
+        "responses": {"200": _json(_ref("Stats"), "the statistics")},
     },
     "stream": {
         "summary": "Server-Sent Events: signal changes (event 'signals') and raw frames (event 'frames')",

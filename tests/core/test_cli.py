@@ -85,7 +85,7 @@ def test_check_reports_every_problem_at_once(tmp_path: Path, capsys: pytest.Capt
     assert f"{len(expected)} problems found:" in err
     for line in expected:
         assert line in err, f"{line!r} missing from:\n{err}"
-    assert "installed: modbus, opcua, rest" in err
+    assert "installed: modbus, mqtt, opcua, rest" in err
 
 
 def test_run_refuses_to_start_on_the_same_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,8 +191,8 @@ def test_check_needs_something(capsys: pytest.CaptureFixture[str]) -> None:
 def test_plugins_lists_the_builtin_plugins_with_versions(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:5] if line.strip()}
-    for name in ("canbridge.builtin", "opcua", "modbus", "rest"):
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:6] if line.strip()}
+    for name in ("canbridge.builtin", "opcua", "modbus", "mqtt", "rest"):
         assert rows[name][1:3] == ["canbridge", __version__], out
     assert "register_northbound" in rows["rest"][3:][0]
     assert "mapping formats: arxml, dbc, kcd, sym, yaml" in out

@@ -44,7 +44,9 @@ from canbridge.core.can.linuxcan import (
     CAN_RAW_FD_FRAMES,
     CAN_RAW_FILTER,
     CAN_RAW_FILTER_MAX,
+    CAN_RTR_FLAG,
     CAN_SFF_MASK,
+    CANFD_BRS,
     SO_MEMINFO,
     SO_RCVBUFFORCE,
     SO_RXQ_OVFL,
@@ -63,6 +65,8 @@ _SK_MEMINFO_DROPS = 8
 
 _FILTER = struct.Struct("=II")
 _U32 = struct.Struct("=I")
+_CAN_FRAME = struct.Struct("=IBBxx8s")  # struct can_frame: can_id, len, __pad, __res0, len8_dlc=0, data[8]
+_CANFD_FRAME = struct.Struct("=IBBxx64s")  # struct canfd_frame: can_id, len, flags, __res0, __res1, data[64]
 
 # Errors on the read path that end reception: the interface went down, was deleted, or the socket closed.
 FATAL_ERRNOS = frozenset({errno.ENETDOWN, errno.ENODEV, errno.EBADF, errno.ENXIO, errno.ENOTCONN})
@@ -134,8 +138,13 @@ class _BcmHandle(PeriodicHandle):
 class SocketcanDriver(BusDriver):
     """A Linux SocketCAN interface (can0, vcan0, ...)."""
 
-    def __init__(self, config: BusConfig, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self, config: BusConfig, loop: asyncio.AbstractEventLoop | None = None, sock: socket.socket | None = None
+    ) -> None:
         self.config = config
+        # A socket opened elsewhere (canbridge.socketcan_on_socket): received from and sent on as is,
+        # no interface, netlink or broadcast manager behind it.
+        self._given = sock
         self.channel = config.channel
         self._loop = loop
         self._sock: socket.socket | None = None
@@ -213,6 +222,8 @@ class SocketcanDriver(BusDriver):
             )
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        if sock.family != AF_CAN:
+            return
         sock.setsockopt(SOL_CAN_RAW, CAN_RAW_ERR_FILTER, CAN_ERR_MASK)
         if self.config.fd:
             sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FD_FRAMES, 1)
@@ -243,6 +254,9 @@ class SocketcanDriver(BusDriver):
             return
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+        if self._given is not None:
+            self._open_given(self._given)
+            return
         if self.config.netlink is not None:
             netlink.configure_interface(self.channel, self.config.netlink)
         sock = self._open_raw()  # first: says clearly when the kernel has no CAN at all
@@ -257,6 +271,41 @@ class SocketcanDriver(BusDriver):
         if self._use_mmsg and self._receiver is None:
             self._receiver = MmsgReceiver(max(1, min(self.max_drain, DEFAULT_DRAIN)))
         log.debug("%s: open (receive buffer %s bytes, %s)", self.channel, self.rcvbuf, self.receive_path)
+
+    def _open_given(self, sock: socket.socket) -> None:
+        if sock.fileno() < 0:  # close() closed it: a reopen needs a new socket
+            raise BusUnavailable(f"{self.channel}: the given socket is closed", "open the bus on a new socket")
+        if sock.type != socket.SOCK_DGRAM and sock.family != AF_CAN:
+            raise BusError(f"{self.channel}: the given socket must carry datagrams (CAN_RAW or SOCK_DGRAM)")
+        try:
+            self._configure_raw(sock)
+        except OSError as e:
+            raise BusError(f"{self.channel}: cannot configure the given socket: {e}") from e
+        sock.setblocking(False)
+        self._sock = sock
+        if self._use_mmsg and self._receiver is None:
+            self._receiver = MmsgReceiver(max(1, min(self.max_drain, DEFAULT_DRAIN)))
+        log.debug("%s: open on a given socket (receive buffer %s bytes, %s)", self.channel, self.rcvbuf,
+                  self.receive_path)
+
+    @property
+    def _on_given_socket(self) -> bool:
+        return self._bus is None and self._sock is not None
+
+    def _send_raw(self, sock: socket.socket, frame: Frame) -> None:
+        """The frame as kernel bytes on the receiving socket itself (a given socket has no python-can bus)."""
+        can_id = frame.can_id | (CAN_EFF_FLAG if frame.extended else 0) | (CAN_RTR_FLAG if frame.rtr else 0)
+        try:
+            if frame.fd:
+                sock.send(_CANFD_FRAME.pack(can_id, len(frame.data), CANFD_BRS if frame.brs else 0, frame.data))
+            else:
+                sock.send(_CAN_FRAME.pack(can_id, frame.length, 0, frame.data))
+        except BlockingIOError as e:
+            raise BusError(f"{self.channel}: transmit queue full: the peer is not reading") from e
+        except OSError as e:
+            if e.errno in FATAL_ERRNOS or e.errno in (errno.ECONNREFUSED, errno.EPIPE):
+                raise BusUnavailable(f"{self.channel}: cannot send: {e.strerror or e}", None) from e
+            raise BusError(f"{self.channel}: cannot send 0x{frame.can_id:X}: {e}") from e
 
     @property
     def receive_path(self) -> str:
@@ -322,11 +371,16 @@ class SocketcanDriver(BusDriver):
             self._apply_filters(self._sock)
 
     def _apply_filters(self, sock: socket.socket) -> None:
+        if sock.family != AF_CAN:  # a given non-CAN socket (a socketpair stand-in) has no kernel filters
+            return
         sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FILTER, pack_filters(self._filters))
 
     # --- transmission ------------------------------------------------------------------------------
     def send(self, frame: Frame) -> None:
         bus = self._bus
+        if bus is None and self._sock is not None:
+            self._send_raw(self._sock, frame)
+            return
         if bus is None:
             raise BusUnavailable(f"SocketCAN interface {self.channel} is not open", None)
         msg = frame_to_message(frame, self.channel)
@@ -354,6 +408,9 @@ class SocketcanDriver(BusDriver):
 
     def send_periodic(self, frame: Frame, period_s: float) -> PeriodicHandle:
         bus = self._bus
+        if bus is None and self._sock is not None:
+            raise BusError(f"{self.channel}: cyclic frames need the kernel's broadcast manager, which a given "
+                           "socket does not have")
         if bus is None:
             raise BusUnavailable(f"SocketCAN interface {self.channel} is not open", None)
         if period_s <= 0:
@@ -403,6 +460,10 @@ class SocketcanDriver(BusDriver):
         return self._overflow_base + self._socket_drops(self._sock)
 
     def kernel_status(self) -> dict[str, Any]:
+        if self._on_given_socket:  # no interface behind it: only what the socket itself tells
+            drops = self.overflow_drops
+            return {"channel": self.channel, "receive_buffer": self.rcvbuf, "receive_path": self.receive_path,
+                    "overflow_drops": drops, "dropped_frames": drops}
         link = netlink.sysfs_link(self.channel)
         out: dict[str, Any] = {
             "channel": self.channel,

@@ -1,0 +1,183 @@
+"""The Sparkplug B edge node's session rules, without I/O: bdSeq (kept on disk), seq, the Will, births,
+data, deaths and the parsing of commands. ``sparkplug_output.py`` puts these on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from canbridge import Quality, SignalInfo, SignalValue
+from canbridge_mqtt import sparkplug as sp
+from canbridge_mqtt.rbe import Change
+from canbridge_mqtt.sparkplug import DataType, MetricDef
+from canbridge_mqtt.sparkplug_b_pb2 import Payload
+
+log = logging.getLogger("canbridge.mqtt")
+
+REBIRTH = "Node Control/Rebirth"
+BDSEQ = "bdSeq"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class BdSeqStore:
+    """The birth/death sequence number, 0..255, kept in a file so that it goes on across restarts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def next(self) -> int:
+        """The bdSeq for the next connect; the file then holds the one after it (written before use)."""
+        value = 0
+        try:
+            value = int(json.loads(self.path.read_text(encoding="utf-8"))["next"]) % 256
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("mqtt: %s unreadable (%s): bdSeq starts again at 0", self.path, e)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"next": (value + 1) % 256}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMetric:
+    """A metric of the edge node itself (bus state, counters, the last refused write)."""
+
+    name: str
+    datatype: DataType
+    alias: int
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One metric of a received NCMD/DCMD, resolved: the device metric (or None for a node metric)."""
+
+    metric: MetricDef | None
+    name: str  # as received (name or "alias N")
+    value: object
+
+
+class EdgeNode:
+    """Sequence numbers, aliases and payloads of one edge node."""
+
+    def __init__(self, group: str, node: str, signals: Sequence[SignalInfo],
+                 node_metrics: Sequence[tuple[str, DataType]], choices_as_text: bool = False) -> None:
+        self.group = group
+        self.node = node
+        # aliases are unique per node: node metrics first, then every device metric in table order
+        self.node_metrics = [NodeMetric(n, dt, i + 1) for i, (n, dt) in enumerate(node_metrics)]
+        self._node_by_name = {m.name: m for m in self.node_metrics}
+        defs = sp.metric_defs(signals, len(self.node_metrics) + 1, choices_as_text)
+        self.devices: dict[str, list[MetricDef]] = {}
+        for d in defs:
+            self.devices.setdefault(d.info.bus, []).append(d)
+        self.by_signal = {d.signal: d for d in defs}
+        self.by_alias = {d.alias: d for d in defs}
+        self._by_device_name = {(d.info.bus, d.name): d for d in defs}
+        self.bdseq = 0
+        self._seq = 0
+
+    # --- sequence numbers ------------------------------------------------------------------------------
+    def next_seq(self) -> int:
+        """The seq of the next message: 0..255, wrapping; NBIRTH resets it to 0."""
+        s = self._seq
+        self._seq = (s + 1) % 256
+        return s
+
+    # --- topics ----------------------------------------------------------------------------------------
+    def topic(self, kind: str, device: str | None = None) -> str:
+        return sp.topic(self.group, kind, self.node, device)
+
+    # --- payloads --------------------------------------------------------------------------------------
+    def death(self, bdseq: int) -> bytes:
+        """The NDEATH (the Will): only ``bdSeq``, no seq."""
+        p = Payload(timestamp=now_ms())
+        sp.node_metric(p, BDSEQ, DataType.INT64, bdseq, None, None)
+        return sp.encode(p)
+
+    def nbirth(self, values: Mapping[str, object]) -> bytes:
+        """NBIRTH: seq 0, the connection's bdSeq, ``Node Control/Rebirth`` false and every node metric."""
+        self._seq = 0
+        ts = now_ms()
+        p = Payload(timestamp=ts, seq=self.next_seq())
+        sp.node_metric(p, BDSEQ, DataType.INT64, self.bdseq, None, ts)
+        sp.node_metric(p, REBIRTH, DataType.BOOLEAN, False, None, ts)
+        for m in self.node_metrics:
+            sp.node_metric(p, m.name, m.datatype, values.get(m.name), m.alias, ts)
+        return sp.encode(p)
+
+    def ndata(self, values: Mapping[str, object]) -> bytes:
+        """NDATA of changed node metrics, by alias."""
+        ts = now_ms()
+        p = Payload(timestamp=ts, seq=self.next_seq())
+        for name, value in values.items():
+            m = self._node_by_name[name]
+            sp.node_metric(p, m.name, m.datatype, value, m.alias, ts, with_name=False)
+        return sp.encode(p)
+
+    def dbirth(self, device: str, values: Mapping[str, SignalValue]) -> bytes:
+        """DBIRTH: every metric of the device with name, alias, datatype, value and properties."""
+        p = Payload(timestamp=now_ms(), seq=self.next_seq())
+        for d in self.devices.get(device, []):
+            v = values.get(d.signal)
+            value, quality, ts = (None, Quality.WAITING, None) if v is None else (
+                v.value, v.quality, None if v.timestamp_ns is None else v.timestamp_ns // 1_000_000)
+            sp.birth_metric(p, d, self.shown(d, value), quality, ts)
+        return sp.encode(p)
+
+    def ddata(self, device: str, changes: Iterable[Change], historical: bool = False,
+              qualities: dict[str, Quality] | None = None) -> bytes:
+        """DDATA of ``changes`` by alias only; the quality property where it changed from the last one sent
+        (``qualities`` is updated) or is not good."""
+        p = Payload(timestamp=now_ms(), seq=self.next_seq())
+        for name, value, quality, ts in changes:
+            d = self.by_signal[name]
+            q: Quality | None = quality
+            if qualities is not None:
+                if quality is Quality.GOOD and qualities.get(name, Quality.GOOD) is Quality.GOOD:
+                    q = None
+                qualities[name] = quality
+            sp.data_metric(p, d, self.shown(d, value), q, ts, historical)
+        return sp.encode(p)
+
+    def ddeath(self) -> bytes:
+        """DDEATH: seq and timestamp, no metrics."""
+        return sp.encode(Payload(timestamp=now_ms(), seq=self.next_seq()))
+
+    @staticmethod
+    def shown(d: MetricDef, value: object) -> object:
+        """The metric value of a signal value: its choice text for a String metric of a choice signal."""
+        if d.datatype is DataType.STRING and d.info.choices and isinstance(value, int) and not isinstance(value, bool):
+            return d.info.choices.get(value, str(value))
+        return value
+
+    # --- commands --------------------------------------------------------------------------------------
+    def parse_command(self, payload: Payload, device: str | None) -> list[Command]:
+        """The metrics of an NCMD (device None) or DCMD, each resolved by alias or name."""
+        out: list[Command] = []
+        for m in payload.metrics:
+            if device is None:
+                name = m.name or f"alias {m.alias}"
+                dt = m.datatype or (DataType.BOOLEAN if m.name == REBIRTH else 0)
+                out.append(Command(None, name, sp.get_value(m, dt)))
+                continue
+            d = self.by_alias.get(m.alias) if m.HasField("alias") else self._by_device_name.get((device, m.name))
+            if d is not None and d.info.bus != device:
+                d = None  # an alias of another device
+            name = m.name or f"alias {m.alias}"
+            out.append(Command(d, name, None if d is None else sp.get_value(m, d.datatype)))
+        return out
