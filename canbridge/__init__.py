@@ -21,6 +21,7 @@ from canbridge._errors import (
     WriteRefused,
 )
 from canbridge._frames import format_cansend, parse_cansend, parse_frame, parse_frame_object
+from canbridge._j1939 import Dm1, Dtc
 from canbridge._model import (
     BridgeStats,
     BusInfo,
@@ -77,6 +78,8 @@ __all__ = [
     "CanbridgeError",
     "Command",
     "ConfigError",
+    "Dm1",
+    "Dtc",
     "Frame",
     "FrameFlags",
     "FrameFormatError",

@@ -34,8 +34,10 @@ class Subscription(ABC):
 
     Use as ``async with bridge.subscribe(...) as sub: async for batch in sub: ...``. The first batch
     holds every subscribed signal (the initial state); later batches hold the signals whose value or
-    quality changed since the previous batch, each once, with its newest value. A subscriber that
-    falls behind loses nothing but intermediate values: its pending set never outgrows the signal table.
+    quality changed since the previous batch, each once, with its newest value; a large change set comes
+    as several batches of at most 500 signals in a row, so no consumer holds the event loop for the whole
+    set. A subscriber that falls behind loses nothing but intermediate values: its pending set never
+    outgrows the signal table.
     """
 
     @abstractmethod

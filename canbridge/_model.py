@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import IntFlag, StrEnum
 from typing import Literal
 
+from canbridge._j1939 import Dm1
+
 Value = bool | int | float
 """A signal's physical value: ``bool`` for one-bit flags, ``int`` when scaling keeps integers, else ``float``."""
 
@@ -214,6 +216,7 @@ class SignalValue:
     value: Value | None
     quality: Quality
     timestamp_ns: int | None  # receive time of the newest frame carrying it (kernel time where known)
+    reason: str | None = None  # why the quality is what it is, where the value itself says (J1939 ranges)
 
     @property
     def timestamp(self) -> float | None:
@@ -258,6 +261,11 @@ class BusStatus:
     bus_load: float = 0.0  # percent of the bitrate used, over the last second
     last_error: str | None = None
     since_ns: int = 0  # when the state was entered
+    # J1939: frames of mapped PGNs from sources no mapping decodes, "<message>@0x<SA>" -> frames
+    unconfigured_sources: dict[str, int] = field(default_factory=dict)
+    # J1939 transport protocol (multi-packet messages): "completed", broken ones by reason, "duplicates", ...
+    transport: dict[str, int] = field(default_factory=dict)
+    dm1: dict[int, Dm1] = field(default_factory=dict)  # J1939: source address -> its latest DM1
 
 
 @dataclass(frozen=True, slots=True)

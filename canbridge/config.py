@@ -3,6 +3,7 @@ reports every problem with its file, line and key path."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -107,11 +108,28 @@ class MappingConfig(Strict):
         default_factory=dict, description="per message (glob) staleness timeout by hand"
     )
     write_rate: float | None = Field(10.0, gt=0, description="writes per second per signal; null: unbounded")
+    protocol: Literal["j1939", "plain"] | None = Field(
+        None, description="j1939: match extended frames by PGN and source address (docs/j1939.md); plain: by "
+        "exact frame id; default: j1939 for messages the DBC marks VFrameFormat J1939PG, else plain")
+    sources: dict[int, str] = Field(
+        default_factory=dict, description="J1939 source addresses (0-253) the mapping decodes, with their "
+        "names; one source: <bus>.<message>.<signal>, several: <bus>.<source>.<message>.<signal>; default: "
+        "the source address of the DBC frame id")
 
     @model_validator(mode="after")
     def _one_source(self) -> MappingConfig:
         if (self.dbc is None) == (self.signals is None):
             raise ValueError("give exactly one of 'dbc' or 'signals'")
+        for address, name in self.sources.items():
+            if not 0 <= address <= 253:
+                raise ValueError(f"sources: address {address} is not a J1939 source address (0-253)")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"sources: name {name!r} of address {address} is not an identifier")
+        names = list(self.sources.values())
+        if len(set(names)) != len(names):
+            raise ValueError("sources: each address needs its own name")
+        if self.sources and self.protocol == "plain":
+            raise ValueError("sources are J1939 source addresses: they need protocol j1939")
         return self
 
     @property

@@ -15,6 +15,7 @@ from canbridge._model import BusState, BusStatus, Frame, RawFrame
 from canbridge._plugin import BusDriver, BusKind, PeriodicHandle
 from canbridge.config import BusConfig
 from canbridge.core.can.errorframes import classify_error_frame
+from canbridge.core.j1939bus import J1939Receiver
 from canbridge.core.mapping.table import MappingTable
 from canbridge.core.store import SignalStore
 
@@ -55,6 +56,9 @@ class BusRunner:
         self._filter_ids = [(e.info.frame_id, e.info.extended) for e in entries.values()
                             if e.transmit is None or e.transmit.seed == "received"]
         self.last_payload: dict[int, bytes] = {}
+        pgn_index = table.j1939.get(cfg.name)
+        # PGN matching needs every priority and source address: no exact-id kernel filters on such a bus
+        self.j1939 = J1939Receiver(pgn_index, self._lookup, self.last_payload) if pgn_index else None
         self.driver: BusDriver | None = None
         self.state = BusState.STARTING
         self.since_ns = time.time_ns()
@@ -99,13 +103,30 @@ class BusRunner:
     def on_frames(self, batch: list[RawFrame]) -> None:
         """The receive path of this bus: the store decodes and publishes, the runner counts."""
         n_err, unmapped, decode_errors, rtr, n_ext, nbytes = self.store.receive(
-            self.cfg.name, batch, self._lookup, self.last_payload, self._msg_signals, self._error_frame)
+            self.cfg.name, batch, self._lookup, self.last_payload, self._msg_signals, self._error_frame,
+            self.j1939.resolve if self.j1939 is not None else None)
+        if self.j1939 is not None:
+            unmapped, decode_errors = self._j1939_batch(unmapped, decode_errors)
         n = len(batch) - n_err
         self.rx_frames += n
         self.unmapped_frames += unmapped
         self.decode_errors += decode_errors
         self.rtr_frames += rtr
         self._bits += n * _OVERHEAD_STD + n_ext * (_OVERHEAD_EXT - _OVERHEAD_STD) + nbytes * 8
+
+    def _j1939_batch(self, unmapped: int, decode_errors: int) -> tuple[int, int]:
+        """Transport-protocol frames are not unmapped; messages they completed are decoded now."""
+        assert self.j1939 is not None
+        unmapped -= self.j1939.tp_frames
+        self.j1939.tp_frames = 0
+        done = self.j1939.take_completed()
+        if done:
+            _, u, d, _, _, _ = self.store.receive(self.cfg.name, done, self._lookup, self.last_payload,
+                                                  self._msg_signals, self._error_frame, self.j1939.resolve)
+            self.j1939.tp_frames = 0
+            unmapped += u
+            decode_errors += d
+        return unmapped, decode_errors
 
     def _error_frame(self, can_id: int, data: bytes) -> None:
         self.error_frames += 1
@@ -211,7 +232,7 @@ class BusRunner:
                 continue
             self._last_logged = None
             try:
-                driver.set_filters(self._filter_ids if self.cfg.kernel_filters else None)
+                driver.set_filters(self._filter_ids if self.cfg.kernel_filters and self.j1939 is None else None)
                 self._failed.clear()
                 self.driver = driver
                 driver.start_reading(self.on_frames, self.on_error)
@@ -265,6 +286,8 @@ class BusRunner:
     def poll(self) -> None:
         """Once a second: kernel diagnostics and the bus load estimate."""
         now = time.monotonic()
+        if self.j1939 is not None:
+            self.j1939.expire(now)
         t_prev, bits_prev = self._bits_mark
         self._bits_mark = (now, self._bits)
         bitrate = self.kernel.get("bitrate") or self.cfg.bitrate
@@ -302,6 +325,9 @@ class BusRunner:
             bus_off_count=max(self.bus_off_count, int(k.get("bus_off_count", 0) or 0)),
             restarts=int(k.get("restarts", 0) or 0), reconnects=self.reconnects,
             bus_load=round(self.bus_load, 2), last_error=self.last_error, since_ns=self.since_ns,
+            unconfigured_sources=self.j1939.unconfigured_summary() if self.j1939 is not None else {},
+            transport=self.j1939.tp.counters() if self.j1939 is not None else {},
+            dm1=dict(self.j1939.dm1) if self.j1939 is not None else {},
         )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from canbridge._bridge import FrameSubscription, Subscription
 from canbridge._model import Frame, FrameFlags, Quality, RawFrame, SignalValue
 from canbridge.core.mapping.codec import Decoder
+from canbridge.core.mapping.j1939 import Unavailable
 from canbridge.core.mapping.table import EXT_KEY, MappingTable
 
 GOOD = Quality.GOOD
@@ -52,16 +53,21 @@ class SignalStore:
     # --- reading ---
     def value(self, index: int) -> SignalValue:
         mi = self.signal_message[index]
-        return SignalValue(
-            self.table.signal_list[index].name, self.values[index], self.msg_quality[mi], self.msg_ts[mi]
-        )
+        value = self.values[index]
+        if type(value) is Unavailable:  # a J1939 "not available" or "error" raw value: no number
+            return SignalValue(self.table.signal_list[index].name, None, Quality.BAD, self.msg_ts[mi],
+                               value.reason)
+        return SignalValue(self.table.signal_list[index].name, value, self.msg_quality[mi], self.msg_ts[mi])
 
     # --- writing (receive path, write path, supervisor) ---
     def receive(self, bus: str, batch: list[RawFrame], lookup: Mapping[int, tuple[int, Decoder]],
                 last: dict[int, bytes], msg_signals: Mapping[int, Sequence[int]],
-                on_error_frame: Callable[[int, bytes], None]) -> tuple[int, int, int, int, int, int]:
+                on_error_frame: Callable[[int, bytes], None],
+                resolve: Callable[[int, bytes, int], tuple[int, Decoder] | None] | None = None,
+                ) -> tuple[int, int, int, int, int, int]:
         """Apply one received batch of a bus; (error frames, unmapped, decode errors, remote requests,
-        extended frames, data bytes) for the bus's counters. One pass: this runs for every frame."""
+        extended frames, data bytes) for the bus's counters. One pass: this runs for every frame.
+        ``resolve(key, data, ts)`` is asked about keys the lookup misses (J1939 buses: PGN matching)."""
         t0 = time.perf_counter()
         values = self.values
         msg_ts = self.msg_ts
@@ -85,6 +91,8 @@ class SignalStore:
             else:
                 key = can_id
             entry = lookup.get(key)
+            if entry is None and resolve is not None:
+                entry = resolve(key, data, ts)
             if entry is None:
                 unmapped += 1
                 continue
@@ -200,6 +208,11 @@ class SignalStore:
             fsub.close()
 
 
+# Changes delivered per batch at most (the first batch, the initial state, is whole): at 10,000 signals a
+# whole change set held the event loop for tens of milliseconds in every consumer (bench/bench_e2e.py).
+CHANGE_CHUNK = 500
+
+
 class _Subscription(Subscription):
     def __init__(self, store: SignalStore, indices: frozenset[int] | None, interval: float) -> None:
         self._store = store
@@ -281,7 +294,15 @@ class _Subscription(Subscription):
             if not pending:
                 continue
             self._last = time.monotonic()
-            yield [store.value(i) for i in sorted(pending)]
+            order = sorted(pending)
+            for start in range(0, len(order), CHANGE_CHUNK):
+                if start:
+                    # A loop turn between chunks: the receive path, writes and other clients run while
+                    # one consumer works through a large change set.
+                    await asyncio.sleep(0)
+                    if self._closed:
+                        return
+                yield [store.value(i) for i in order[start:start + CHANGE_CHUNK]]
 
 
 class _FrameSubscription(FrameSubscription):

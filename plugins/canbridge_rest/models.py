@@ -30,6 +30,8 @@ class SignalUpdate(_Out):
     quality: Literal["good", "stale", "bad", "waiting"]
     timestamp: str | None = Field(description="source timestamp, ISO 8601 UTC")
     timestamp_ns: int | None = Field(description="source timestamp, nanoseconds since the epoch")
+    reason: str | None = Field(None, description="why the value is missing although its frame came "
+                               "(J1939 not available / error indicator)")
 
 
 class Signal(SignalUpdate):
@@ -183,6 +185,29 @@ class Bus(_Out):
     reconnects: int
     bus_load: float = Field(description="percent of the bitrate used over the last second")
     last_error: str | None
+    unconfigured_sources: dict[str, int] = Field(
+        default_factory=dict, description="J1939: frames of mapped PGNs from unconfigured sources, <message>@0x<SA>")
+    transport: dict[str, int] = Field(
+        default_factory=dict, description="J1939 transport protocol: completed and broken transfers by reason")
+    dm1: dict[str, Dm1Out] = Field(default_factory=dict, description="J1939: active trouble codes by source, 0x<SA>")
+
+
+class DtcOut(_Out):
+    spn: int
+    fmi: int
+    occurrences: int
+    conversion_method: int
+
+
+class Dm1Out(_Out):
+    """A J1939 source's active trouble codes (DM1)."""
+
+    source: int
+    lamps: dict[str, str] = Field(description="mil, red_stop, amber_warning, protect: off|on|reserved|not_available")
+    flash: dict[str, str] = Field(description="the lamps' flash: slow|fast|reserved|none")
+    dtcs: list[DtcOut]
+    timestamp: str | None
+    messages: int
 
 
 class MessageAge(_Out):
@@ -364,6 +389,7 @@ def update(info: canbridge.SignalInfo, sv: canbridge.SignalValue) -> dict[str, A
         "quality": sv.quality.value,
         "timestamp": iso(sv.timestamp_ns),
         "timestamp_ns": sv.timestamp_ns,
+        "reason": sv.reason,
     }
 
 
@@ -406,6 +432,22 @@ def bus(info: canbridge.BusInfo | None, st: canbridge.BusStatus) -> dict[str, An
         "reconnects": st.reconnects,
         "bus_load": finite(float(st.bus_load)) or 0.0,
         "last_error": st.last_error,
+        "unconfigured_sources": dict(st.unconfigured_sources),
+        "transport": dict(st.transport),
+        "dm1": {f"0x{sa:02X}": dm1(d) for sa, d in sorted(st.dm1.items())},
+    }
+
+
+def dm1(d: canbridge.Dm1) -> dict[str, Any]:
+    return {
+        "source": d.source,
+        "lamps": {"mil": d.mil, "red_stop": d.red_stop, "amber_warning": d.amber_warning, "protect": d.protect},
+        "flash": {"mil": d.mil_flash, "red_stop": d.red_stop_flash, "amber_warning": d.amber_warning_flash,
+                  "protect": d.protect_flash},
+        "dtcs": [{"spn": c.spn, "fmi": c.fmi, "occurrences": c.occurrences, "conversion_method": c.conversion_method}
+                 for c in d.dtcs],
+        "timestamp": iso(d.timestamp_ns),
+        "messages": d.messages,
     }
 
 

@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
+import canbridge.core.store as store_module
 from canbridge import Quality, SignalValue
 from canbridge.testing import until
 from tests.core.test_busrunner import SPEED, TEMP, fake_runtime, motor_status
@@ -158,3 +161,29 @@ async def test_read_and_read_many(tmp_path: Path) -> None:
             rt.subscribe(["demo.Nope"])
         assert rt.stats().store_batches >= 1
         assert rt.stats().store_update_seconds_total > 0
+
+
+async def test_a_large_change_set_comes_in_chunks_with_a_loop_turn_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "CHANGE_CHUNK", 2)
+    async with fake_runtime(tmp_path) as (rt, link), rt.subscribe(interval=0.0) as sub:
+        it = aiter(sub)
+        first = await next_batch(it)
+        assert len(first) == len(rt.signals) > 2  # the initial state stays one batch
+        link.deliver(motor_status(7))  # None -> values: every signal of the message changes
+        changed = {v.name for v in rt.read_many() if v.value is not None}
+        assert len(changed) > 2
+        got: list[list[str]] = []
+        ran: list[int] = []
+        while sum(map(len, got)) < len(changed):
+            asyncio.get_running_loop().call_soon(ran.append, len(got))
+            chunk = await anext(it)  # in this task: only an await inside the iterator lets the callback run
+            got.append([v.name for v in chunk])
+        assert all(len(chunk) <= 2 for chunk in got)
+        names = [n for chunk in got for n in chunk]
+        assert sorted(names) == sorted(changed)  # each changed signal once, nothing else
+        assert names == [n for n in rt.signals if n in changed]  # in table order across the chunks
+        # The first chunk came at once; before every later one the loop ran the callback scheduled for it.
+        assert ran[: len(got)] == list(range(len(got)))
+        assert ran[0] == 0 and len(got) >= 2

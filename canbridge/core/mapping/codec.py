@@ -45,6 +45,7 @@ from cantools.database.conversion import (
 )
 
 from canbridge._model import Value, raw_range
+from canbridge.core.mapping.j1939 import ERROR_INDICATOR, NOT_AVAILABLE, has_special_ranges, special_ranges
 
 Message = cantools.database.can.Message
 Signal = cantools.database.can.Signal
@@ -285,6 +286,7 @@ class _DecodeContext:
     branch_functions: int = 0
     branches: list[list[str]] | None = None
     tables: list[tuple[str, dict[int, str]]] | None = None
+    j1939: bool = False
 
 
 def _uses(tree: Sequence[Any], ctx: _DecodeContext) -> Iterator[Signal]:
@@ -341,8 +343,20 @@ def _emit_signal(ctx: _DecodeContext, signal: Signal, indent: int, need_value: b
     if (index is None and not need_value) or not fits(signal, ctx.message.length):
         return False
     raw = _raw_source(ctx, signal)
+    special = special_ranges(signal.length) if ctx.j1939 and not need_value and has_special_ranges(signal) else None
+    if special is not None:  # J1939-71: the top raw values are "error" and "not available", not numbers
+        emit(indent, f"w = {raw}")
+        raw = "w"
     scaled = _scaled_expr(src, signal.conversion, f"({raw})")
+    if special is not None:
+        emit(indent, f"if w >= {special[0]:#x}:")
+        emit(indent + 1, f"r = {src.bind(NOT_AVAILABLE, '_na')} if w >= {special[1]:#x} else "
+                         f"{src.bind(ERROR_INDICATOR, '_err')}")
+        emit(indent, "else:")
+        indent += 1
     emit(indent, f"r = {raw if scaled is None else scaled}")
+    if special is not None:
+        indent -= 1
     if index is None:
         return True
     out = "r"
@@ -414,17 +428,21 @@ def _emit_tree(ctx: _DecodeContext, tree: Sequence[Any], indent: int) -> None:
             emit(indent + 1, "f(WL, WB, values, changed)")
 
 
-def compile_decoder(message: Message, indices: Mapping[str, int], bools: Collection[str] = ()) -> Decoder:
+def compile_decoder(message: Message, indices: Mapping[str, int], bools: Collection[str] = (),
+                    j1939: bool = False) -> Decoder:
     """Generate the decoder of ``message``.
 
     ``indices`` maps signal names to positions in the caller's value list; signals not in it are
     not decoded (multiplexers are still read to select their branch). Signals named in ``bools``
-    are stored as :class:`bool`. Raises :class:`ValueError` for IEEE float signals of a length
-    other than 16, 32 or 64 bits.
+    are stored as :class:`bool`. With ``j1939``, unsigned parameters whose raw value is in J1939-71's
+    error or not-available range store :data:`~canbridge.core.mapping.j1939.ERROR_INDICATOR` or
+    :data:`~canbridge.core.mapping.j1939.NOT_AVAILABLE` instead of a number. Raises
+    :class:`ValueError` for IEEE float signals of a length other than 16, 32 or 64 bits.
     """
     src = _Source()
     ctx = _DecodeContext(
-        message, indices, frozenset(bools), src, {s.name: s for s in message.signals}, branches=[], tables=[]
+        message, indices, frozenset(bools), src, {s.name: s for s in message.signals}, branches=[], tables=[],
+        j1939=j1939,
     )
     length = message.length
     tree = message.signal_tree

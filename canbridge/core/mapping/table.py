@@ -16,6 +16,7 @@ from canbridge._plugin import MappingFormat
 from canbridge.config import Config, MappingConfig, TransmitConfig
 from canbridge.core.gcpause import gc_paused
 from canbridge.core.mapping.codec import Decoder, SignalEncoder, compile_decoder, compile_encoder, initial_payload
+from canbridge.core.mapping.j1939 import match_key, source_of, with_source
 
 log = logging.getLogger("canbridge.mapping")
 
@@ -51,6 +52,8 @@ class MappingTable:
     message_list: list[MessageEntry]
     signal_message: list[int]  # signal index -> message index
     by_bus: dict[str, dict[int, MessageEntry]]  # bus -> frame key -> entry
+    # bus -> j1939.match_key (PGN, source address) -> entry, for the messages matched by PGN
+    j1939: dict[str, dict[int, MessageEntry]] = field(default_factory=dict)
 
     def messages_of(self, bus: str) -> list[MessageEntry]:
         return [m for m in self.message_list if m.info.bus == bus]
@@ -138,6 +141,7 @@ def _build_table(
     messages: dict[str, MessageEntry] = {}
     by_bus: dict[str, dict[int, MessageEntry]] = {b.name: {} for b in config.buses}
     signal_message: list[int] = []
+    j1939: dict[str, dict[int, MessageEntry]] = {}
 
     def where(i: int, *key: str | int) -> tuple[int | None, str]:
         loc: tuple[str | int, ...] = ("mappings", i, *key)
@@ -176,17 +180,25 @@ def _build_table(
             if not any(fnmatch.fnmatchcase(n, pat) for n in names):
                 ln, p = where(mi, "stale_after_ms", pat)
                 problems.append(Problem(f"stale_after_ms pattern {pat!r} matches no message", file, ln, p))
-        for m in selected:
-            mname = f"{mc.bus}.{m.name}"
-            key = frame_key(m.frame_id, m.is_extended_frame)
+        instances, why = _instances(mc, selected)
+        if why:
+            problems.append(Problem(why, file, *where(mi, "protocol")))
+        for m, mname, frame_id, pgn_key in instances:
+            key = frame_key(frame_id, m.is_extended_frame)
+            label = mname[len(mc.bus) + 1:]  # as plugins show it: "<source>.<message>" with several sources
             if mname in messages:
                 problems.append(Problem(f"message {mname} is mapped twice", file, where(mi)[0], where(mi)[1]))
                 continue
             if key in by_bus[mc.bus]:
                 other = by_bus[mc.bus][key].info.name
                 problems.append(Problem(
-                    f"frame id 0x{m.frame_id:X} of {m.name} is already mapped by {other}", file,
+                    f"frame id 0x{frame_id:X} of {m.name} is already mapped by {other}", file,
                     where(mi)[0], where(mi)[1]))
+                continue
+            if pgn_key is not None and pgn_key in j1939.get(mc.bus, {}):
+                other = j1939[mc.bus][pgn_key].info.name
+                problems.append(Problem(f"PGN 0x{pgn_key >> 8:X} from source 0x{pgn_key & 0xFF:02X} of {m.name} "
+                                        f"is already mapped by {other}", file, *where(mi)))
                 continue
             writable_sigs = {s.name for s in m.signals if _match(mc.writable, f"{m.name}.{s.name}")}
             tx = m.name in mc.transmit or bool(writable_sigs)
@@ -213,8 +225,8 @@ def _build_table(
                 lo, hi = _limits(s)
                 sname = f"{mname}.{s.name}"
                 info = SignalInfo(
-                    name=sname, bus=mc.bus, message=m.name, signal=s.name, index=len(signal_list),
-                    frame_id=m.frame_id, extended=m.is_extended_frame, direction=direction, value_type=vt,
+                    name=sname, bus=mc.bus, message=label, signal=s.name, index=len(signal_list),
+                    frame_id=frame_id, extended=m.is_extended_frame, direction=direction, value_type=vt,
                     bit_length=s.length, signed=s.is_signed, is_float=s.is_float, scale=s.scale,
                     offset=s.offset, minimum=lo, maximum=hi, unit=s.unit or None,
                     initial=(bool(s.initial) if vt is bool and s.initial is not None else s.initial),
@@ -232,14 +244,14 @@ def _build_table(
                 sig_names.append(sname)
             try:
                 decoder = compile_decoder(m, {s.name: i for s, i in zip(m.signals, sig_indices, strict=True)},
-                                          bools)
+                                          bools, j1939=pgn_key is not None)
                 encoders = {s.name: compile_encoder(m, s) for s in m.signals} if tx else {}
                 init = initial_payload(m) if tx else b""
             except Exception as e:  # a codec that cannot be built is a mapping problem, not a crash
                 problems.append(Problem(f"message {m.name}: cannot build codec: {e}", str(mc.file)))
                 continue
             info_m = MessageInfo(
-                name=mname, bus=mc.bus, message=m.name, frame_id=m.frame_id, extended=m.is_extended_frame,
+                name=mname, bus=mc.bus, message=label, frame_id=frame_id, extended=m.is_extended_frame,
                 fd=bool(getattr(m, "is_fd", False)), length=m.length, direction=direction,
                 signals=tuple(sig_names), cycle_time_ms=cycle,
                 period_ms=tcfg.period_ms if tcfg else None, comment=_comment(m),
@@ -248,9 +260,44 @@ def _build_table(
             message_list.append(entry)
             messages[mname] = entry
             by_bus[mc.bus][key] = entry
+            if pgn_key is not None:
+                j1939.setdefault(mc.bus, {})[pgn_key] = entry
     if problems:
         raise ConfigError(problems)
-    return MappingTable(signals, signal_list, messages, message_list, signal_message, by_bus)
+    return MappingTable(signals, signal_list, messages, message_list, signal_message, by_bus, j1939)
+
+
+def _instances(mc: MappingConfig, selected: Sequence[Any]) -> tuple[list[tuple[Any, str, int, int | None]], str]:
+    """(message, mapped name, frame id, J1939 match key or None) of each mapped message, and a problem.
+
+    A J1939 message is mapped once per source address (``sources``, default: the DBC id's own); its
+    name carries the source's name only when the mapping has several (docs/j1939.md, "Names").
+    """
+    out: list[tuple[Any, str, int, int | None]] = []
+    plain = [m for m in selected if not _is_j1939(mc, m)]
+    out.extend((m, f"{mc.bus}.{m.name}", m.frame_id, None) for m in plain)
+    pgn_messages = [m for m in selected if _is_j1939(mc, m)]
+    if mc.protocol == "j1939" and any(not m.is_extended_frame for m in selected):
+        names = ", ".join(m.name for m in selected if not m.is_extended_frame)
+        return out, f"protocol j1939 needs 29-bit frame ids; standard: {names}"
+    if mc.sources and not pgn_messages:
+        return out, "sources are given but no message of the mapping is J1939 (protocol: j1939, or " \
+                    "VFrameFormat J1939PG in the DBC)"
+    if pgn_messages and (mc.writable or mc.transmit):
+        return out, "J1939 messages cannot be written or transmitted yet (that needs address claiming)"
+    for m in pgn_messages:
+        sources = mc.sources or {source_of(m.frame_id): ""}
+        for address, source in sorted(sources.items()):
+            fid = with_source(m.frame_id, address)
+            name = f"{mc.bus}.{m.name}" if len(sources) == 1 else f"{mc.bus}.{source}.{m.name}"
+            out.append((m, name, fid, match_key(fid)))
+    return out, ""
+
+
+def _is_j1939(mc: MappingConfig, message: Any) -> bool:
+    if mc.protocol is not None:
+        return mc.protocol == "j1939"
+    return getattr(message, "protocol", None) == "j1939" and bool(message.is_extended_frame)
 
 
 def _mux_of(message: Any, signal: Any) -> str | None:
