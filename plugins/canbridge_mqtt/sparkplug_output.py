@@ -112,6 +112,10 @@ class SparkplugOutput(Output):
                     async with self._lock:
                         await client.publish(self.node.topic("NDEATH"), self.node.death(self.node.bdseq), qos=1)
                     return
+                if not self.online:
+                    # a publish failed or timed out (a broker that stopped reading): the seq stream has a
+                    # gap, so a new connection, a new bdSeq and births; what was not sent is on disk
+                    raise aiomqtt.MqttError("a publish failed or was not acknowledged in time")
                 if self._rebirth.is_set():
                     self._rebirth.clear()
                     await self._birth(client)
