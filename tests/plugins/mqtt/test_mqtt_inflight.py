@@ -36,6 +36,7 @@ class StallingBroker:
         self.connections = 0
         self.stalled = asyncio.Event()
         self._stall_next = False
+        self.resume_after: float | None = None
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -43,8 +44,10 @@ class StallingBroker:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
 
-    def stall(self) -> None:
-        """The current connection stops reading (and acknowledging) at its next packet."""
+    def stall(self, resume_after: float | None = None) -> None:
+        """The current connection stops reading (and acknowledging) at its next packet: for good, or for
+        ``resume_after`` seconds (a broker paused, then going on)."""
+        self.resume_after = resume_after
         self._stall_next = True
 
     async def close(self) -> None:
@@ -61,7 +64,10 @@ class StallingBroker:
                 if self._stall_next:
                     self._stall_next = False
                     self.stalled.set()
-                    await asyncio.Event().wait()  # read nothing more: the client's writes back up
+                    if self.resume_after is None:
+                        await asyncio.Event().wait()  # read nothing more: the client's writes back up
+                    else:
+                        await asyncio.sleep(self.resume_after)  # the broker's pause, not a synchronisation
                 if kind == 1:  # CONNECT
                     writer.write(b"\x20\x02\x00\x00")
                 elif kind == 8:  # SUBSCRIBE: grant QoS 1 per topic
@@ -103,20 +109,26 @@ class StallingBroker:
         return (first if kind == 3 else kind), body
 
 
-async def test_a_broker_that_stops_reading_bounds_the_outgoing_queue_and_loses_nothing() -> None:
-    broker = StallingBroker()
-    await broker.start()
-    sigs = [signal_info(f"b.M{i // 8}.S{i % 8}", index=i, frame_id=0x100 + i // 8) for i in range(SIGNALS)]
-    state = Path(tempfile.mkdtemp())
-    fake = FakeBridge(sigs, state_dir=state)
+SIGS = [signal_info(f"b.M{i // 8}.S{i % 8}", index=i, frame_id=0x100 + i // 8) for i in range(SIGNALS)]
+
+
+def json_service(port: int, state: Path, keepalive_s: int = 5) -> tuple[FakeBridge, MqttService]:
+    fake = FakeBridge(SIGS, state_dir=state)
     cfg = MqttConfig.model_validate({
-        "broker": {"urls": [f"mqtt://127.0.0.1:{broker.port}"], "max_inflight": INFLIGHT, "connect_timeout_s": 1.0,
-                   "keepalive_s": 5, "reconnect_min_s": 0.2, "reconnect_max_s": 0.5},
+        "broker": {"urls": [f"mqtt://127.0.0.1:{port}"], "max_inflight": INFLIGHT, "connect_timeout_s": 1.0,
+                   "keepalive_s": keepalive_s, "reconnect_min_s": 0.2, "reconnect_max_s": 0.5},
         "json": {"prefix": "t", "qos": 1},
         "report": {"interval_ms": 50},
         "buffer": {"path": str(state / "q.sqlite")},
     })
-    svc = MqttService(fake, cfg)
+    return fake, MqttService(fake, cfg)
+
+
+async def test_a_broker_that_stops_reading_bounds_the_outgoing_queue_and_loses_nothing() -> None:
+    broker = StallingBroker()
+    await broker.start()
+    sigs = SIGS
+    fake, svc = json_service(broker.port, Path(tempfile.mkdtemp()))
     await svc.start()
     out = svc.json
     assert out is not None
@@ -173,3 +185,30 @@ async def test_a_broker_that_stops_reading_bounds_the_outgoing_queue_and_loses_n
     assert peak["backlog"] > 0  # the changes beyond it went to disk ...
     assert out.lost == 0 and svc.buffer is not None and svc.buffer.dropped == 0  # ... none lost
     assert sum(map(len, reported.values())) > 5 * SIGNALS  # the load went on during the stall
+
+
+async def test_a_publish_not_acknowledged_in_time_on_a_link_that_lives_on_reconnects_and_drains() -> None:
+    """A broker that pauses longer than connect_timeout_s and then goes on: the output must not stay offline
+    on the living connection, queueing to disk for ever; it reconnects and replays the queue."""
+    broker = StallingBroker()
+    await broker.start()
+    fake, svc = json_service(broker.port, Path(tempfile.mkdtemp()), keepalive_s=60)  # the link stays up
+    await svc.start()
+    out = svc.json
+    assert out is not None
+    try:
+        await until(lambda: out.online and len(broker.received) >= SIGNALS, 10, what="connected, current values sent")
+        broker.stall(resume_after=2.5)  # longer than the 1 s publish timeout, far shorter than keep-alive
+        for r in range(1, 11):
+            for s in SIGS:
+                fake.set(s.name, r, Quality.GOOD)
+            await asyncio.sleep(0.05)  # pacing the load, not a synchronisation
+        await until(lambda: broker.stalled.is_set() and out.backlog() > 0, 10, what="stalled, changes on disk")
+        await until(lambda: out.online and out.backlog() == 0 and out.replayed > 0, 20, what="reconnected, drained")
+        values = {(name, value) for name, value, _ in broker.received}
+        await until(lambda: all((s.name, 10) in {(n, v) for n, v, _ in broker.received} for s in SIGS), 10,
+                    what="the newest values delivered", detail=lambda: len(values))
+        assert broker.connections >= 2 and out.lost == 0
+    finally:
+        await svc.stop()
+        await broker.close()
