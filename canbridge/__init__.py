@@ -4,6 +4,7 @@ This package's top level is the public API for plugins; :mod:`canbridge.core` is
 """
 
 from canbridge._bridge import Bridge, FrameSubscription, Subscription
+from canbridge._cache import StartupCache, cache_key
 from canbridge._errors import (
     BusError,
     BusUnavailable,
@@ -103,6 +104,7 @@ __all__ = [
     "Service",
     "SignalInfo",
     "SignalValue",
+    "StartupCache",
     "Strict",
     "Subscription",
     "SubscriptionLoad",
@@ -112,6 +114,7 @@ __all__ = [
     "WriteReceipt",
     "WriteRefused",
     "__version__",
+    "cache_key",
     "format_cansend",
     "hookimpl",
     "load_config",

@@ -52,6 +52,9 @@ class NorthboundPlugin:
     description: str = ""
     order: int = 100  # start order: lower first; stopped in reverse
     demo_config: dict[str, Any] | None = None  # what ``canbridge demo`` enables it with (loopback only)
+    # Asked by ``canbridge demo`` before it enables the plugin: None enables it, a string is why it stays off
+    # (printed with the other endpoints). For a plugin that needs something the demo cannot bring (a broker).
+    demo_requires: Callable[[], str | None] | None = None
 
     def listen_endpoints(self, config: Any) -> list[tuple[str, str, int]]:
         """Where the plugin will listen with this (validated) configuration: ``(key, host, port)`` per

@@ -22,6 +22,7 @@ from canbridge.config import BusConfig, Config, MappingConfig, SimulatorConfig, 
 
 if TYPE_CHECKING:
     from canbridge._model import SignalInfo
+    from canbridge._plugin import NorthboundPlugin
     from canbridge.core.mapping.table import MappingTable
 
 log = logging.getLogger("canbridge")
@@ -514,16 +515,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 # --- demo ---
+def demo_plugins(northbound: Mapping[str, NorthboundPlugin]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The plugin sections ``canbridge demo`` enables, and the plugins it leaves out with the reason
+    their ``demo_requires`` gave."""
+    plugins: dict[str, Any] = {}
+    left_out: dict[str, str] = {}
+    for name, spec in sorted(northbound.items()):
+        missing = spec.demo_requires() if spec.demo_requires is not None else None
+        if missing is None:
+            plugins[name] = dict(spec.demo_config or {})
+        else:
+            left_out[name] = missing
+    return plugins, left_out
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from canbridge.core.app import build_runtime, demo_config, demo_state_dir, private_dir
     from canbridge.core.host import load_registry
 
     _setup_logging(args.log_level or "WARNING")
     _, registry = load_registry()
-    plugins: dict[str, Any] = {}
-    if not args.no_plugins:
-        for name, spec in sorted(registry.northbound.items()):
-            plugins[name] = dict(spec.demo_config or {})
+    plugins, left_out = ({}, {}) if args.no_plugins else demo_plugins(registry.northbound)
     try:
         state = private_dir(Path(args.state_dir).resolve()) if args.state_dir else demo_state_dir()
     except OSError as e:
@@ -549,6 +561,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  state (certificates, register map, audit log): {state}")
     if not plugins:
         print("  no northbound plugins (--no-plugins): the core runs alone")
+    for name, why in left_out.items():
+        print(f"  {name}: not started: {why}")
     print("Connect to (127.0.0.1 only; the demo needs no login):", flush=True)
     return _run_async(runtime, with_simulators=True, after_start=_demo_hints)
 

@@ -53,6 +53,7 @@ from canbridge.core import cpuaccount
 from canbridge.core.audit import AuditLog
 from canbridge.core.busrunner import BusRunner
 from canbridge.core.cpuaccount import CpuMeter
+from canbridge.core.gcpause import gc_paused
 from canbridge.core.host import Registry
 from canbridge.core.looplag import LoopLagSampler
 from canbridge.core.mapping.table import MappingTable, build_table
@@ -480,7 +481,8 @@ class Runtime(Bridge):
         tasks race, and whichever ends first stops the bridge. When a task the bridge needs died, ``run``
         raises :class:`PluginError` after a clean stop, so a service manager restarts it.
         """
-        await self.start()
+        with gc_paused():  # start-up's objects all live: collecting them while they pile up is wasted
+            await self.start()
         if self.config.gc_freeze:
             gc.collect()
             gc.freeze()  # start-up objects never need collecting: shorter GC pauses on the receive path

@@ -30,6 +30,11 @@ from canbridge_modbus.registers import (
     Table,
 )
 
+# libyaml's parser and emitter when PyYAML has them: three times faster on a 10,000-signal map,
+# and the same text and data (tests/plugins/modbus/test_modbus_startup.py compares them)
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 
 def default_map_path(config: ModbusConfig, config_path: Path | None, state_dir: Path) -> Path:
     """``map_file`` if set (relative to the configuration), else ``<config-stem>.modbus-map.yaml``
@@ -92,7 +97,7 @@ def load_map_file(path: Path) -> MapFile | None:
     except OSError as e:
         raise _problem(path, f"cannot read the register map: {e.strerror or e}") from e
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as e:
         raise _problem(path, f"YAML syntax: {e}") from e
     if not isinstance(data, dict):
@@ -230,7 +235,7 @@ def dump_map(rmap: RegisterMap) -> str:
         "# Addresses here never move: new signals are added after the highest address, removed\n"
         "# signals stay reserved. Edit by hand if you must; overlapping addresses are an error.\n"
     )
-    body = yaml.safe_dump(
+    body = yaml.dump(
         {
             "version": MAP_VERSION,
             "quality_table": rmap.quality_table,
@@ -239,6 +244,7 @@ def dump_map(rmap: RegisterMap) -> str:
             "diagnostics": diagnostics,
             "bridge_diagnostics": bridge,
         },
+        Dumper=_Dumper,
         sort_keys=False,
         default_flow_style=None,
         width=200,

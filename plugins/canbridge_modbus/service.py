@@ -8,11 +8,11 @@ import logging
 import time
 from pathlib import Path
 
-from canbridge import Bridge, PluginError
+from canbridge import Bridge, PluginError, StartupCache
 from canbridge_modbus.config import ModbusConfig
 from canbridge_modbus.engine import ModbusEngine
-from canbridge_modbus.mapfile import default_map_path, load_map_file, save_map
-from canbridge_modbus.planner import plan_register_map
+from canbridge_modbus.mapfile import default_map_path, save_map
+from canbridge_modbus.plancache import cached_plan, remember
 from canbridge_modbus.registers import RegisterMap
 from canbridge_modbus.rtu import ModbusRtuServer
 from canbridge_modbus.tcp import ModbusTcpServer
@@ -23,7 +23,8 @@ log = logging.getLogger("canbridge.modbus")
 def prepare_map(bridge: Bridge, config: ModbusConfig) -> tuple[RegisterMap, Path]:
     """Reconcile the mapping table with the map file and write the file when it changed."""
     path = default_map_path(config, bridge.config_path, bridge.state_dir)
-    rmap = plan_register_map(bridge.signals, bridge.buses, config, load_map_file(path), path)
+    cache = StartupCache(bridge.state_dir / "cache")
+    rmap, cached = cached_plan(bridge.signals, bridge.buses, config, path, cache)
     for w in rmap.warnings:
         log.warning("modbus: %s", w)
     if rmap.changed:
@@ -35,6 +36,8 @@ def prepare_map(bridge: Bridge, config: ModbusConfig) -> tuple[RegisterMap, Path
                 "(set plugins.modbus.map_file to a writable place)"
             ) from e
         log.info("modbus: register map written to %s", path)
+    if not cached:
+        remember(bridge.signals, bridge.buses, config, path, cache, rmap)
     return rmap, path
 
 

@@ -8,6 +8,7 @@ Nodes are built as one list of AddNodesItems and added in one call: through the 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -107,6 +108,10 @@ class Plan:
     signals: dict[str, SignalNode] = field(default_factory=dict)
     diag: dict[tuple[str, str], tuple[ua.NodeId, ua.VariantType]] = field(default_factory=dict)
     root: ua.NodeId | None = None
+
+    # the variables whose Value the service writes (every other value is fixed once built), filled
+    # as the items are generated: a node is in it before its item is handed out
+    mutable: set[ua.NodeId] = field(default_factory=set)
 
 
 def _qn(name: str, idx: int) -> ua.QualifiedName:
@@ -236,8 +241,22 @@ def build_plan(
     signals: dict[str, SignalInfo],
     sampling_ms: float,
 ) -> Plan:
+    """The whole plan with every item in a list (what tests compare; the service streams them)."""
     plan = Plan()
-    items = plan.items
+    plan.items = list(generate(plan, idx, buses, messages, signals, sampling_ms))
+    return plan
+
+
+def generate(
+    plan: Plan,
+    idx: int,
+    buses: dict[str, BusInfo],
+    messages: dict[str, MessageInfo],
+    signals: dict[str, SignalInfo],
+    sampling_ms: float,
+) -> Iterator[ua.AddNodesItem]:
+    """The AddNodesItems of the tree, parents first, filling ``plan`` (signals, diagnostics, mutable)
+    as it goes: added while generated, the items of 10,000 signals never all exist at once."""
 
     def nid(s: str) -> ua.NodeId:
         return nodeid(s, idx)
@@ -245,13 +264,14 @@ def build_plan(
     objects = nodeid(ObjectIds.ObjectsFolder)
     root = nid(ROOT_NAME)
     plan.root = root
-    items.append(_object(root, ROOT_NAME, idx, objects, True, ObjectIds.Organizes, "canbridge: CAN signals"))
+    yield _object(root, ROOT_NAME, idx, objects, True, ObjectIds.Organizes, "canbridge: CAN signals")
     waiting = QUALITY_STATUS[Quality.WAITING]
     bdiag = nid(DIAG_NAME)
-    items.append(_object(bdiag, DIAG_NAME, idx, root, True, ObjectIds.Organizes, "health of the bridge"))
+    yield _object(bdiag, DIAG_NAME, idx, root, True, ObjectIds.Organizes, "health of the bridge")
     for name, vt, text in DIAG_BRIDGE_VARS:
         vid = nid(f"{DIAG_NAME}.{name}")
-        items.append(
+        plan.mutable.add(vid)
+        yield (
             _variable(vid, name, idx, bdiag, _NULL, nodeid(vt.value), ObjectIds.BaseDataVariableType, description=text)
         )
         plan.diag[bridge_diag_key(name)] = (vid, vt)
@@ -261,12 +281,13 @@ def build_plan(
         bus_id = nid(bus)
         b = buses.get(bus)
         desc = f"CAN bus {bus} ({b.interface} {b.channel})" if b else f"CAN bus {bus}"
-        items.append(_object(bus_id, bus, idx, root, True, ObjectIds.Organizes, desc))
+        yield _object(bus_id, bus, idx, root, True, ObjectIds.Organizes, desc)
         diag_id = nid(f"{bus}.{DIAG_NAME}")
-        items.append(_object(diag_id, DIAG_NAME, idx, bus_id, True, ObjectIds.Organizes, f"health of bus {bus}"))
+        yield _object(diag_id, DIAG_NAME, idx, bus_id, True, ObjectIds.Organizes, f"health of bus {bus}")
         for name, vt, text in DIAG_BUS_VARS:
             vid = nid(f"{bus}.{DIAG_NAME}.{name}")
-            items.append(
+            plan.mutable.add(vid)
+            yield (
                 _variable(
                     vid,
                     name,
@@ -280,15 +301,16 @@ def build_plan(
             )
             plan.diag[(bus, name)] = (vid, vt)
         msgs_id = nid(f"{bus}.{DIAG_NAME}.Messages")
-        items.append(_object(msgs_id, "Messages", idx, diag_id, True, ObjectIds.Organizes, "per-message reception"))
+        yield _object(msgs_id, "Messages", idx, diag_id, True, ObjectIds.Organizes, "per-message reception")
         for mname, m in messages.items():
             if m.bus != bus:
                 continue
             mid = nid(f"{bus}.{DIAG_NAME}.Messages.{m.message}")
-            items.append(_object(mid, m.message, idx, msgs_id, False, ObjectIds.Organizes, m.comment))
+            yield _object(mid, m.message, idx, msgs_id, False, ObjectIds.Organizes, m.comment)
             for name, vt, text in DIAG_MSG_VARS:
                 vid = nid(f"{bus}.{DIAG_NAME}.Messages.{m.message}.{name}")
-                items.append(
+                plan.mutable.add(vid)
+                yield (
                     _variable(
                         vid,
                         name,
@@ -310,9 +332,8 @@ def build_plan(
             minfo = messages.get(mkey)
             fid = info.frame_id
             desc = (minfo.comment if minfo and minfo.comment else None) or f"CAN frame 0x{fid:X}"
-            items.append(_object(nid(mkey), info.message, idx, nid(info.bus), False, ObjectIds.Organizes, desc))
-        items.extend(_signal_items(plan, info, idx, nid(mkey), waiting, sampling_ms))
-    return plan
+            yield _object(nid(mkey), info.message, idx, nid(info.bus), False, ObjectIds.Organizes, desc)
+        yield from _signal_items(plan, info, idx, nid(mkey), waiting, sampling_ms)
 
 
 def _signal_items(
@@ -322,6 +343,7 @@ def _signal_items(
     sid = nodeid(info.name, idx)
     node = SignalNode(info, sid, vt)
     plan.signals[info.name] = node
+    plan.mutable.add(sid)
     out: list[ua.AddNodesItem] = []
     choices = dict(info.choices) if info.choices else None
     datatype = nodeid(vt.value)
@@ -368,6 +390,7 @@ def _signal_items(
             ev.Description = ua.LocalizedText(text)
             evs.append(ev)
         node.choice_text_nodeid = nodeid(f"{info.name}.ValueAsText", idx)
+        plan.mutable.add(node.choice_text_nodeid)
         props = [
             prop(
                 "EnumValues",

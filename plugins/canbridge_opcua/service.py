@@ -73,8 +73,9 @@ from canbridge_opcua.asyncua_compat import (
     remove_log_filter,
     require,
 )
+from canbridge_opcua.bulk import BulkAdder
 from canbridge_opcua.config import OpcUaConfig
-from canbridge_opcua.nodes import QUALITY_STATUS, SignalNode, bridge_diag_key, build_plan, nodeid, status
+from canbridge_opcua.nodes import QUALITY_STATUS, Plan, SignalNode, bridge_diag_key, generate, nodeid, status
 from canbridge_opcua.security import (
     PeerLog,
     Pki,
@@ -613,15 +614,12 @@ class OpcUaService:
     async def _build_address_space(self) -> None:
         assert self.server is not None
         b = self.bridge
-        plan = build_plan(
-            self.ns_index, dict(b.buses), dict(b.messages), dict(b.signals), self.cfg.update_interval * 1000
-        )
-        session = self.server.iserver.isession
-        results = await session.add_nodes(plan.items)
-        for item, res in zip(plan.items, results, strict=True):
-            if not res.StatusCode.is_good():
-                raise CanbridgeError(f"opcua: cannot add node {item.RequestedNewNodeId}: {res.StatusCode.name}")
+        plan = Plan()
         aspace = self.server.iserver.aspace
+        items = generate(
+            plan, self.ns_index, dict(b.buses), dict(b.messages), dict(b.signals), self.cfg.update_interval * 1000
+        )
+        BulkAdder(aspace, plan.mutable).add(items)
         for node in plan.signals.values():
             node.attval = aspace[node.nodeid].attributes[AttributeIds.Value]
             if node.choice_text_nodeid is not None:

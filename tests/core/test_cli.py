@@ -272,3 +272,28 @@ def test_simulate_plays_a_config_until_stopped(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_the_demo_leaves_out_a_plugin_whose_requirement_is_missing() -> None:
+    from pydantic import BaseModel
+
+    from canbridge import NorthboundPlugin
+    from canbridge.cli import demo_plugins
+
+    class Options(BaseModel):
+        port: int = 0
+
+    asked: list[str] = []
+
+    def needs_broker() -> str | None:
+        asked.append("broker")
+        return "no MQTT broker on 127.0.0.1:1883"
+
+    plain = NorthboundPlugin("plain", Options, lambda b, c: None, demo_config={"port": 1})  # type: ignore[arg-type, return-value]
+    needy = NorthboundPlugin("needy", Options, lambda b, c: None, demo_config={"port": 2},  # type: ignore[arg-type, return-value]
+                             demo_requires=needs_broker)
+    ready = NorthboundPlugin("ready", Options, lambda b, c: None, demo_requires=lambda: None)  # type: ignore[arg-type, return-value]
+    plugins, left_out = demo_plugins({"plain": plain, "needy": needy, "ready": ready})
+    assert plugins == {"plain": {"port": 1}, "ready": {}}
+    assert left_out == {"needy": "no MQTT broker on 127.0.0.1:1883"}
+    assert asked == ["broker"]

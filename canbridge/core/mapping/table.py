@@ -14,6 +14,7 @@ from canbridge._errors import ConfigError, MappingError, Problem
 from canbridge._model import MessageInfo, SignalInfo, physical_range
 from canbridge._plugin import MappingFormat
 from canbridge.config import Config, MappingConfig, TransmitConfig
+from canbridge.core.gcpause import gc_paused
 from canbridge.core.mapping.codec import Decoder, SignalEncoder, compile_decoder, compile_encoder, initial_payload
 from canbridge.core.mapping.j1939 import match_key, source_of, with_source
 
@@ -121,6 +122,17 @@ def build_table(
     lines: Mapping[tuple[str | int, ...], int] | None = None,
 ) -> MappingTable:
     """Build the mapping table; raise ConfigError listing every problem found."""
+    with gc_paused():
+        return _build_table(config, base_dir, formats, file, lines)
+
+
+def _build_table(
+    config: Config,
+    base_dir: Path,
+    formats: Mapping[str, MappingFormat],
+    file: str | None,
+    lines: Mapping[tuple[str | int, ...], int] | None,
+) -> MappingTable:
     lines = lines or {}
     problems: list[Problem] = []
     signals: dict[str, SignalInfo] = {}
