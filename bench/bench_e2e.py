@@ -142,7 +142,8 @@ def profile(args: argparse.Namespace, pid: int, name: str) -> subprocess.Popen[b
 def run_scenario(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sc = SCENARIOS[name]
     buses = [f"b{i}" for i in range(sc["buses"])]
-    settings = Settings(opcua_update_s=args.update_ms / 1000, modbus_update_s=args.update_ms / 1000,
+    update_s = None if args.update_ms is None else args.update_ms / 1000
+    settings = Settings(opcua_update_s=update_s, modbus_update_s=update_s,
                         sse_interval_s=args.sse_ms / 1000)
     bridge = BridgeProcess(workdir, buses, sc["messages"], settings, naive=bool(sc.get("naive")))
     bridge.prepare()
@@ -274,7 +275,8 @@ def main() -> int:
     p.add_argument("--publish-ms", type=float, default=50.0, help="OPC UA publishing interval")
     p.add_argument("--poll-ms", type=float, default=50.0, help="Modbus poll period")
     p.add_argument("--sse-ms", type=float, default=50.0, help="SSE stream interval")
-    p.add_argument("--update-ms", type=float, default=50.0, help="OPC UA and Modbus plugins' update_interval")
+    p.add_argument("--update-ms", type=float, default=None,
+                   help="OPC UA and Modbus plugins' update_interval (default: the plugins' own, 5 ms)")
     p.add_argument("--json", type=Path, help="write every figure here")
     p.add_argument("--keep", type=Path, help="keep configs and logs in this directory")
     args = p.parse_args()

@@ -3,15 +3,16 @@
 baseline in the same run, and the store-and-forward drain rate.
 
     .venv/bin/python bench/bench_mqtt.py [--signals 1000 10000] [--rate 50000] [--seconds 5]
-                                         [--backlog 60000] [--batch 1000]
+                                         [--backlog 60000] [--batch 1000] [--drain-only]
 
 A FakeBridge changes ``--rate`` signal values per second (round robin over ``--signals``); the plugin's
 Sparkplug output (report by exception every 100 ms, QoS 0) publishes DDATA to a Mosquitto on a loopback
 port, and a host in its own process decodes every DDATA and counts metrics. CPU is this process's CPU time
 minus a run of the same driver without any publisher. The naive baseline is one aiomqtt publish per change
 with a JSON payload, as a paho-style bridge does. The drain run queues ``--backlog`` changes (60 s at
-1,000 changes/s by default), connects, and times the queue to empty. Needs mosquitto (tier mqtt-interop);
-skipped with a message when it is missing.
+1,000 changes/s by default), connects, and times the queue to empty, twice: the path before queued metric
+bytes (decode each row, build its metric) as the baseline, then the plugin's (concatenate the queued
+bytes). Needs mosquitto (tier mqtt-interop); skipped with a message when it is missing.
 """
 
 from __future__ import annotations
@@ -148,34 +149,50 @@ async def run_naive(port: int, n: int, rate: int, seconds: float, host: Host) ->
     return made, host.count - start, cpu
 
 
-async def run_drain(port: int, backlog: int, batch: int) -> tuple[float, int]:
+async def run_drain(port: int, backlog: int, batch: int, legacy: bool) -> tuple[float, int, float]:
+    """Queue ``backlog`` changes, connect, time the queue to empty; returns (drain s, replayed, queueing s).
+    ``legacy``: the path before queued metric bytes (rows without bytes, read back, decoded and re-encoded
+    by ``Output.replay``), as the baseline in the same run."""
     from canbridge_mqtt.buffer import Buffer
     from canbridge_mqtt.config import MqttConfig
+    from canbridge_mqtt.output import Output
     from canbridge_mqtt.service import MqttService
+    from canbridge_mqtt.session import EdgeNode
+    from canbridge_mqtt.sparkplug_output import SparkplugOutput, node_metric_list
 
-    fake = table(1000)
-    names = list(fake.signals)
-    state = fake.state_dir
-    buf = Buffer(state / "mqtt" / "buffer.sqlite", 512, 72)
+    sigs = [signal_info(f"b.M{i // 8}.S{i % 8}", index=i, frame_id=0x100 + i // 8) for i in range(1000)]
+    fake = FakeBridge(sigs, state_dir=Path(tempfile.mkdtemp()))
+    names = [s.name for s in sigs]
+    node = EdgeNode("bench", "drain", sigs, node_metric_list(["b"]))  # the aliases the plugin will use
+    buf = Buffer(fake.state_dir / "mqtt" / "buffer.sqlite", 512, 72)
     now_ms = int(time.time() * 1000)
+    q0 = time.perf_counter()
     for k in range(0, backlog, 10_000):
-        buf.append("sparkplug", [(names[i % len(names)], i % 60000, Quality.GOOD, now_ms - backlog + i)
-                                 for i in range(k, min(backlog, k + 10_000))])
+        chunk = [(names[i % len(names)], i % 60000, Quality.GOOD, now_ms - backlog + i)
+                 for i in range(k, min(backlog, k + 10_000))]
+        buf.append("sparkplug", chunk, None if legacy else [node.queued_metric(c) for c in chunk])
+    queueing = time.perf_counter() - q0
     buf.close()
     cfg = MqttConfig.model_validate({"broker": {"urls": [f"mqtt://127.0.0.1:{port}"]},
                                      "sparkplug": {"group_id": "bench", "edge_node_id": "drain"},
                                      "buffer": {"drain_rate": 10_000_000, "batch": batch}})
     svc = MqttService(fake, cfg)
-    await svc.start()
-    assert svc.sparkplug is not None
-    out = svc.sparkplug
-    await until(lambda: out.online, 30, what="born")
-    t0 = time.monotonic()
-    await until(lambda: out.backlog() == 0, 300, what="drained")
-    dt = time.monotonic() - t0
-    replayed = svc.sparkplug.replayed
-    await svc.stop()
-    return dt, replayed
+    saved = SparkplugOutput.replay
+    if legacy:
+        SparkplugOutput.replay = Output.replay  # type: ignore[method-assign]
+    try:
+        await svc.start()
+        assert svc.sparkplug is not None
+        out = svc.sparkplug
+        await until(lambda: out.online, 30, what="born")
+        t0 = time.monotonic()
+        await until(lambda: out.backlog() == 0, 300, what="drained")
+        dt = time.monotonic() - t0
+        replayed = svc.sparkplug.replayed
+        await svc.stop()
+    finally:
+        SparkplugOutput.replay = saved  # type: ignore[method-assign]
+    return dt, replayed, queueing
 
 
 def have_mosquitto() -> bool:
@@ -189,6 +206,7 @@ async def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--backlog", type=int, default=60_000)
     ap.add_argument("--batch", type=int, default=1000, help="buffer.batch: queued changes per message")
+    ap.add_argument("--drain-only", action="store_true", help="only the store-and-forward drain runs")
     args = ap.parse_args()
     if not have_mosquitto():
         print("bench_mqtt SKIPPED: mosquitto missing; install: sudo bash tools/tiers/mqtt-interop.sh")
@@ -201,7 +219,9 @@ async def main() -> int:
     try:
         host = await start_host(broker.port)
         baseline_cpu = 0.0
-        fake = table(args.signals[-1])
+        if args.drain_only:
+            args.signals = []
+        fake = table(args.signals[-1] if args.signals else 1000)
         c0 = time.process_time()
         await drive(fake, args.rate, args.seconds)
         baseline_cpu = (time.process_time() - c0) / args.seconds
@@ -212,8 +232,13 @@ async def main() -> int:
                 made, got, cpu = await fn(broker.port, n, args.rate, args.seconds, host)
                 print(f"{n:>8} {label:<26} {made / args.seconds:>10.0f} {got / args.seconds:>10.0f} "
                       f"{max(0.0, cpu / args.seconds - baseline_cpu):>8.2f}")
-        dt, replayed = await run_drain(broker.port, args.backlog, args.batch)
-        print(f"drain: {replayed} queued changes in {dt:.2f} s = {replayed / dt:.0f} changes/s")
+        start = host.count
+        for label, legacy in (("before (decode, re-encode)", True), ("queued metric bytes", False)):
+            dt, replayed, queueing = await run_drain(broker.port, args.backlog, args.batch, legacy)
+            print(f"drain, {label:<27}: {replayed} changes in {dt:.2f} s = {replayed / dt:>7.0f} changes/s "
+                  f"(queueing them took {queueing / replayed * 1e6:.1f} us/change)")
+        await asyncio.sleep(0.5)
+        print(f"host decoded {host.count - start} historical metrics of {2 * args.backlog} queued")
         host.proc.kill()
     finally:
         broker.stop()

@@ -40,8 +40,8 @@ def free_port() -> int:
 class Settings:
     """What the scenario asks of the bridge's plugins."""
 
-    opcua_update_s: float = 0.05  # the plugins' batch intervals (their defaults)
-    modbus_update_s: float = 0.05
+    opcua_update_s: float | None = None  # the plugins' batch intervals (None: the plugins' defaults)
+    modbus_update_s: float | None = None
     sse_interval_s: float = 0.1
 
 
@@ -80,8 +80,8 @@ class BridgeProcess:
             + [{"bus": self.buses[0], "dbc": str(self.workdir / "cmd.dbc"), "writable": ["*"], "write_rate": None}],
             "plugins": {
                 "opcua": {"listen": f"opc.tcp://127.0.0.1:{self.ports['opcua']}", "security_policies": ["None"],
-                          "allow_anonymous": True, "anonymous_role": "operator", "update_interval": s.opcua_update_s},
-                "modbus": {"host": "127.0.0.1", "port": self.ports["modbus"], "update_interval": s.modbus_update_s},
+                          "allow_anonymous": True, "anonymous_role": "operator", **_update(s.opcua_update_s)},
+                "modbus": {"host": "127.0.0.1", "port": self.ports["modbus"], **_update(s.modbus_update_s)},
                 "rest": {"host": "127.0.0.1", "port": self.ports["rest"], "anonymous_read": True,
                          "anonymous_write": True, "stream_interval_s": s.sse_interval_s, "dashboard": False},
             },
@@ -156,3 +156,8 @@ class BridgeProcess:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.peer_fds.clear()
+
+
+def _update(seconds: float | None) -> dict[str, float]:
+    """A plugin's ``update_interval`` where the run sets one; left out, the plugin's default applies."""
+    return {} if seconds is None else {"update_interval": seconds}

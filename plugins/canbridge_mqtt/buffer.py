@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from canbridge import Quality
@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS queue (
     value TEXT NOT NULL,
     quality TEXT NOT NULL,
     ts_ms INTEGER,
-    queued_ms INTEGER NOT NULL
+    queued_ms INTEGER NOT NULL,
+    blob BLOB
 );
 CREATE INDEX IF NOT EXISTS queue_sink ON queue (sink, id);
 """
@@ -59,6 +60,8 @@ class Buffer:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            if "blob" not in {r[1] for r in db.execute("PRAGMA table_info(queue)")}:
+                db.execute("ALTER TABLE queue ADD COLUMN blob BLOB")  # a queue file of an earlier version
             db.execute(f"PRAGMA max_page_count={self.max_pages}")
             self.db = db
             self._counts = dict(db.execute("SELECT sink, COUNT(*) FROM queue GROUP BY sink").fetchall())
@@ -88,8 +91,9 @@ class Buffer:
         """Changes queued for ``sink``."""
         return self._counts.get(sink, 0)
 
-    def append(self, sink: str, changes: Sequence[Change]) -> None:
-        """Queue changes for ``sink``; on a full queue drop the oldest rows (of any sink) to make room."""
+    def append(self, sink: str, changes: Sequence[Change], blobs: Sequence[bytes] | None = None) -> None:
+        """Queue changes for ``sink``; on a full queue drop the oldest rows (of any sink) to make room.
+        ``blobs`` (one per change) is what the sink will send, encoded now so that the replay is cheap."""
         if not changes:
             return
         if self.db is None:
@@ -98,13 +102,19 @@ class Buffer:
                 self._note_dropped(len(changes), "the queue file cannot be opened")
                 return
         now = int(time.time() * 1000)
-        rows = [(sink, name, json.dumps(value), str(q), ts, now) for name, value, q, ts in changes]
+        rows: list[tuple[str, str, str, str, int | None, int, bytes | None]]
+        if blobs is None:
+            rows = [(sink, name, json.dumps(value), str(q), ts, now, None) for name, value, q, ts in changes]
+        else:
+            rows = [(sink, name, json.dumps(value), str(q), ts, now, blob)
+                    for (name, value, q, ts), blob in zip(changes, blobs, strict=True)]
         for attempt in range(4):
             try:
                 with self.db:
                     self.db.execute("BEGIN")
                     self.db.executemany(
-                        "INSERT INTO queue (sink, name, value, quality, ts_ms, queued_ms) VALUES (?,?,?,?,?,?)", rows
+                        "INSERT INTO queue (sink, name, value, quality, ts_ms, queued_ms, blob) VALUES (?,?,?,?,?,?,?)",
+                        rows
                     )
                 self._counts[sink] = self._counts.get(sink, 0) + len(rows)
                 return
@@ -164,6 +174,28 @@ class Buffer:
                 out.append((rid, (name, json.loads(value), Quality(quality), ts)))
             except ValueError:
                 out.append((rid, (name, None, Quality.BAD, ts)))
+        return out
+
+    def peek_encoded(self, sink: str, limit: int, encode: Callable[[Change], bytes]) -> list[tuple[int, str, bytes]]:
+        """The oldest ``limit`` rows of ``sink`` as ``(id, name, blob)``, in one SELECT and without decoding
+        them; a row queued without a blob (by an earlier version) is encoded now with ``encode``."""
+        if self.db is None or not self.count(sink):
+            return []
+        try:
+            rows = self.db.execute(
+                "SELECT id, name, blob, value, quality, ts_ms FROM queue WHERE sink = ? ORDER BY id LIMIT ?",
+                (sink, limit)).fetchall()
+        except sqlite3.Error as e:
+            self._failed("cannot read the store-and-forward queue", e)
+            return []
+        out: list[tuple[int, str, bytes]] = []
+        for rid, name, blob, value, quality, ts in rows:
+            if blob is None:
+                try:
+                    blob = encode((name, json.loads(value), Quality(quality), ts))
+                except ValueError:
+                    blob = encode((name, None, Quality.BAD, ts))
+            out.append((rid, name, blob))
         return out
 
     def delete(self, sink: str, last_id: int) -> None:

@@ -150,7 +150,7 @@ class BufferConfig(Strict):
     max_mb: float = Field(256.0, gt=0, description="size of the queue file; the oldest changes drop first")
     max_age_h: float = Field(72.0, gt=0, description="changes older than this are dropped")
     drain_rate: int = Field(
-        50_000, ge=1, description="backlog changes sent per second after reconnect (live data waits for it)"
+        250_000, ge=1, description="backlog changes sent per second after reconnect (live data waits for it)"
     )
     batch: int = Field(1000, ge=1, le=100_000, description="backlog changes per message")
     path: Path | None = Field(None, description="queue file (default <state_dir>/mqtt/buffer.sqlite)")

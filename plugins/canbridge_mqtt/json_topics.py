@@ -76,6 +76,7 @@ class JsonOutput(Output):
         self.writes_accepted = 0
         self.writes_refused = 0
         self.frames_dropped = 0
+        self._send_lock = asyncio.Lock()
 
     def will(self) -> aiomqtt.Will:
         return aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True)
@@ -100,6 +101,8 @@ class JsonOutput(Output):
             if await self.send(self.rbe.refresh(current), False) < len(current):
                 raise aiomqtt.MqttError("the connection broke while publishing the current values")
             while True:
+                if not self.online:  # a publish failed or timed out (a broker that stopped reading): anew
+                    raise aiomqtt.MqttError("a publish failed or was not acknowledged in time")
                 await self.drain()
                 done, _ = await asyncio.wait(tasks, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
@@ -120,6 +123,12 @@ class JsonOutput(Output):
         client = self.client
         if client is None or not self.online:
             return 0
+        async with self._send_lock:  # the snapshot, the drain and live data: max_inflight in all, in order
+            if not self.online or self.client is not client:
+                return 0  # the send before this one found the link broken
+            return await self._send(client, changes, historical)
+
+    async def _send(self, client: aiomqtt.Client, changes: Sequence[Change], historical: bool) -> int:
         step = self.config.broker.max_inflight
         retain = self.cfg.retain and not historical  # an old value must not replace the retained current one
         sent = 0

@@ -31,6 +31,19 @@ class Output(ABC):
         """Publish ``changes`` in order; return how many (from the start) went out: fewer when the link
         broke, and the rest must be kept."""
 
+    def encode_queued(self, changes: Sequence[Change]) -> list[bytes] | None:
+        """What to keep with queued changes so that the replay is cheap (None: nothing, ``send`` them)."""
+        return None
+
+    async def replay(self, buf: Buffer, limit: int) -> tuple[int, int, int]:
+        """Send the oldest ``limit`` queued changes as history: ``(rows read, rows sent, id of the last row
+        sent)``; fewer sent than read when the link broke."""
+        rows = buf.peek(self.sink, limit)
+        if not rows:
+            return 0, 0, 0
+        sent = await self.send([c for _, c in rows], True)
+        return len(rows), sent, rows[sent - 1][0] if sent else 0
+
     def interrupted(self) -> bool:
         """Whether the drain should pause for something more urgent (a rebirth)."""
         return False
@@ -49,7 +62,7 @@ class Output(ABC):
         rest = changes[sent:]
         if rest:
             if self.buffer is not None:
-                self.buffer.append(self.sink, rest)
+                self.buffer.append(self.sink, rest, self.encode_queued(rest))
             else:
                 self.lost += len(rest)
 
@@ -60,13 +73,12 @@ class Output(ABC):
             return
         cfg = self.buffer_cfg
         while self.online and buf.count(self.sink) and not self.interrupted():
-            rows = buf.peek(self.sink, cfg.batch)
-            if not rows:
+            n, sent, last_id = await self.replay(buf, cfg.batch)
+            if not n:
                 return
-            sent = await self.send([c for _, c in rows], True)
             if sent:
-                buf.delete(self.sink, rows[sent - 1][0])
+                buf.delete(self.sink, last_id)
                 self.replayed += sent
-            if sent < len(rows):
+            if sent < n:
                 return
-            await asyncio.sleep(len(rows) / cfg.drain_rate)
+            await asyncio.sleep(n / cfg.drain_rate)

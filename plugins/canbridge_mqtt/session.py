@@ -90,6 +90,7 @@ class EdgeNode:
         self._by_device_name = {(d.info.bus, d.name): d for d in defs}
         self.bdseq = 0
         self._seq = 0
+        self._queued_prefixes: dict[str, tuple[bytes, bytes]] = {}  # signal -> (alias, datatype) fields
 
     # --- sequence numbers ------------------------------------------------------------------------------
     def next_seq(self) -> int:
@@ -153,6 +154,38 @@ class EdgeNode:
                 qualities[name] = quality
             sp.data_metric(p, d, self.shown(d, value), q, ts, historical)
         return sp.encode(p)
+
+    def queued_metric(self, change: Change) -> bytes:
+        """A change as the queue keeps it for a later historical DDATA: its metric encoded, except the alias
+        (``b""`` for a signal this mapping does not publish)."""
+        name, value, quality, ts = change
+        d = self.by_signal.get(name)
+        if d is None:
+            return b""
+        return sp.queued_metric(d.datatype, self.shown(d, value), quality, ts)
+
+    def ddata_queued(self, device: str, rows: Iterable[tuple[str, bytes]]) -> tuple[bytes | None, int]:
+        """Historical DDATA from queued metrics (``queued_metric``), without decoding them: each gets the
+        alias of the running mapping in front. Returns the payload (None when no metric is left) and how many
+        rows were skipped: a signal no longer published, or one whose datatype changed since it was queued."""
+        bodies: list[bytes] = []
+        skipped = 0
+        prefixes = self._queued_prefixes
+        for name, blob in rows:
+            pre = prefixes.get(name)
+            if pre is None:
+                d = self.by_signal.get(name)
+                if d is None or d.info.bus != device:
+                    skipped += 1
+                    continue
+                pre = prefixes[name] = (sp.alias_field(d.alias), sp.datatype_field(d.datatype))
+            if not blob.startswith(pre[1]):
+                skipped += 1
+                continue
+            bodies.append(pre[0] + blob)
+        if not bodies:
+            return None, skipped
+        return sp.concat_payload(now_ms(), self.next_seq(), bodies), skipped
 
     def ddeath(self) -> bytes:
         """DDEATH: seq and timestamp, no metrics."""

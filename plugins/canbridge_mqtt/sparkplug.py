@@ -214,6 +214,64 @@ def data_metric(payload: Payload, d: MetricDef, value: object, quality: Quality 
         add_property(m.properties, "Quality", DataType.INT32, quality_code(quality))
 
 
+def varint(n: int) -> bytes:
+    """``n`` (non-negative) as a protobuf base-128 varint."""
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# Protobuf field keys (field number << 3 | wire type) of what the queued-metric path writes by hand.
+_METRICS_KEY = b"\x12"  # Payload.metrics = 2, length-delimited
+_ALIAS_KEY = b"\x10"  # Metric.alias = 2, varint
+_DATATYPE_KEY = b"\x20"  # Metric.datatype = 4, varint
+
+
+def datatype_field(datatype: DataType) -> bytes:
+    """The encoded ``datatype`` field a queued metric starts with (checked again when it is sent)."""
+    return _DATATYPE_KEY + varint(int(datatype))
+
+
+def alias_field(alias: int) -> bytes:
+    return _ALIAS_KEY + varint(alias)
+
+
+def queued_metric(datatype: DataType, value: object, quality: Quality, ts_ms: int | None) -> bytes:
+    """A historical DATA metric, encoded once when it is queued: every field but the alias (which belongs
+    to the mapping the bridge runs when it is sent), starting with ``datatype_field(datatype)``."""
+    m = Payload.Metric()
+    if ts_ms is not None:
+        m.timestamp = ts_ms
+    m.is_historical = True
+    set_value(m, datatype, value)
+    return datatype_field(datatype) + bytes(m.SerializeToString()) + _quality_field(quality)
+
+
+_QUALITY_FIELDS: dict[Quality, bytes] = {}
+
+
+def _quality_field(quality: Quality) -> bytes:
+    """The encoded ``properties`` field holding only ``Quality`` (a handful of constants, built once)."""
+    field = _QUALITY_FIELDS.get(quality)
+    if field is None:
+        m = Payload.Metric()
+        add_property(m.properties, "Quality", DataType.INT32, quality_code(quality))
+        field = _QUALITY_FIELDS[quality] = bytes(m.SerializeToString())
+    return field
+
+
+def concat_payload(timestamp: int, seq: int, metric_bodies: Iterable[bytes]) -> bytes:
+    """A payload from already encoded ``Metric`` bodies: protobuf parses a repeated message field written as
+    one length-delimited record per element, in any place of the message, exactly like ``metrics.add()``."""
+    head = bytes(Payload(timestamp=timestamp, seq=seq).SerializeToString())
+    return head + b"".join([_METRICS_KEY + varint(len(b)) + b for b in metric_bodies])
+
+
 def node_metric(payload: Payload, name: str, datatype: DataType, value: object, alias: int | None,
                 ts_ms: int | None, with_name: bool = True) -> None:
     """A node-level metric (``bdSeq``, ``Node Control/Rebirth``, counters)."""

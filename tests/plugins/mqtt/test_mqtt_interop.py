@@ -251,6 +251,76 @@ async def test_broker_outage_new_bdseq_births_again_and_store_and_forward_replay
         broker.stop()
 
 
+async def test_broker_outage_under_sustained_load_every_change_once_in_order(tmp_path: Path) -> None:
+    """Frames flow at a bounded rate the whole time; Mosquitto stops for a few seconds and comes back on the
+    same port. The Tahu host sees every change the plugin reported exactly once, in order, the outage's as
+    historical metrics between live ones, under a new bdSeq after new births."""
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    try:
+        async with BridgeHarness(plugins={"mqtt": mqtt_config(broker.url)}, state_dir=tmp_path / "s") as h, \
+                tahu_host(broker.url) as host:  # the host stays: its client reconnects by itself
+            await host.state(True)
+            await host.wait(lambda: host.messages("DBIRTH"), "DBIRTH")
+            service: Any = h.service("mqtt")
+            out = service.sparkplug
+            alias = by_name(host.messages("DBIRTH")[0])["MotorStatus/MotorSpeed"]["alias"]
+            reported: list[int] = []  # what the plugin reported (live or queued), recorded on the way in
+            offer = out.offer
+
+            async def recording_offer(changes: Any) -> None:
+                reported.extend(c[1] for c in changes if c[0] == "demo.MotorStatus.MotorSpeed")
+                await offer(changes)
+
+            out.offer = recording_offer
+            stop = asyncio.Event()
+
+            async def drive() -> None:  # bounded: 3,000 frames at most, one per 10 ms
+                for speed in range(5000, 8000):
+                    if stop.is_set():
+                        return
+                    h.inject(f"100#{speed.to_bytes(2, 'little').hex()}000000000000")
+                    await asyncio.sleep(0.01)  # pacing the load, not a synchronisation
+
+            def seen() -> list[tuple[int, bool]]:
+                return [(m["value"], bool(m.get("isHistorical"))) for d in host.messages("DDATA")
+                        for m in metrics(d) if m.get("alias") == alias and isinstance(m.get("value"), int)
+                        and m["value"] >= 5000]
+
+            driver = asyncio.create_task(drive())
+            try:
+                await host.wait(lambda: len(seen()) >= 10, "live DDATA under load")
+                broker.stop()
+                await until(lambda: not out.online, what="the edge node saw the outage")
+                await until(lambda: out.backlog() >= 40, 20, what="changes queued during the outage")
+                broker.start()  # the same port
+                await host.wait(lambda: host.lines.count({"connected": True}) == 2, "the host reconnected")
+                await host.state(True)  # the broker kept nothing (no persistence): the host says it again
+                await host.wait(lambda: len(host.messages("NBIRTH")) == 2, "NBIRTH after the outage", timeout=30)
+                await until(lambda: out.backlog() == 0 and out.replayed > 0, 30, what="the backlog replayed")
+                at_replay = len(reported)
+                await until(lambda: len(reported) >= at_replay + 10, 20, what="live data after the replay")
+            finally:
+                stop.set()
+                await driver
+            await until(lambda: out.backlog() == 0, 20, what="nothing left queued")
+            await host.wait(lambda: [v for v, _ in seen()] == reported, "every reported change at the host")
+            got = seen()
+            values = [v for v, _ in got]
+            assert values == sorted(set(values))  # once each, in order
+            flags = [hist for _, hist in got]
+            first, last = flags.index(True), len(flags) - 1 - flags[::-1].index(True)
+            assert not any(flags[:first]) and all(flags[first:last + 1]) and not any(flags[last + 1:])
+            assert last + 1 < len(flags)  # live again after the history
+            births = host.messages("NBIRTH")
+            assert bdseq(births[1]) > bdseq(births[0])  # a new bdSeq (each connect attempt takes one)
+            topics = [m["topic"] for m in host.messages()]
+            second = topics.index(f"spBv1.0/{GROUP}/NBIRTH/{NODE}", topics.index(f"spBv1.0/{GROUP}/NBIRTH/{NODE}") + 1)
+            assert topics[second + 1] == f"spBv1.0/{GROUP}/DBIRTH/{NODE}/demo"
+    finally:
+        broker.stop()
+
+
 # --- a bridge process: kill -9, restarts --------------------------------------------------------------
 
 
