@@ -30,7 +30,9 @@ from canbridge._model import (
 
 
 class Subscription(ABC):
-    """Coalesced batches of changed signals, delivered at most once per ``interval``.
+    """Coalesced batches of changed signals, delivered at most once per ``interval``, and further apart
+    while the consumer's work on a batch would take more than a fifth of the time (it then coalesces more
+    instead of saturating the event loop).
 
     Use as ``async with bridge.subscribe(...) as sub: async for batch in sub: ...``. The first batch
     holds every subscribed signal (the initial state); later batches hold the signals whose value or

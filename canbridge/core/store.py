@@ -219,6 +219,11 @@ class SignalStore:
 # Changes delivered per batch at most (the first batch, the initial state, is whole): at 10,000 signals a
 # whole change set held the event loop for tens of milliseconds in every consumer (bench/bench_e2e.py).
 CHANGE_CHUNK = 500
+# A subscriber's consumer may spend about this share of the time on its batches: when one batch took longer
+# than that share of the interval, the next waits longer (and coalesces more). A 5 ms interval gives low
+# latency where the work is small and does not saturate the loop at four full buses of fast signals.
+CONSUMER_SHARE = 0.2
+MAX_GAP_S = 1.0  # however slow the consumer, it gets a batch at least this often
 
 
 class _Subscription(Subscription):
@@ -226,6 +231,7 @@ class _Subscription(Subscription):
         self._store = store
         self._filter = indices
         self._interval = max(0.0, interval)
+        self._gap = self._interval  # the spacing in force: the interval, or longer after a heavy batch
         self._pending: set[int] = set()
         self._since = 0.0  # monotonic time the oldest pending change arrived
         self._event = asyncio.Event()
@@ -237,7 +243,9 @@ class _Subscription(Subscription):
 
     @property
     def interval_s(self) -> float:
-        return self._interval
+        """The spacing of batches in force: the requested interval, or longer while the consumer's work on
+        a batch needs it (:data:`CONSUMER_SHARE`)."""
+        return self._gap
 
     @property
     def size(self) -> int | None:
@@ -292,7 +300,7 @@ class _Subscription(Subscription):
             await self._event.wait()
             if self._closed:
                 return
-            delay = self._last + self._interval - time.monotonic()
+            delay = self._last + self._gap - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
                 if self._closed:
@@ -303,6 +311,7 @@ class _Subscription(Subscription):
                 continue
             self._last = time.monotonic()
             order = sorted(pending)
+            work = 0.0  # the consumer's time on this batch (from handing a chunk over to being asked again)
             for start in range(0, len(order), CHANGE_CHUNK):
                 if start:
                     # A loop turn between chunks: the receive path, writes and other clients run while
@@ -310,7 +319,11 @@ class _Subscription(Subscription):
                     await asyncio.sleep(0)
                     if self._closed:
                         return
-                yield [store.value(i) for i in order[start:start + CHANGE_CHUNK]]
+                chunk = [store.value(i) for i in order[start:start + CHANGE_CHUNK]]
+                handed = time.monotonic()
+                yield chunk
+                work += time.monotonic() - handed
+            self._gap = max(self._interval, min(MAX_GAP_S, work / CONSUMER_SHARE))
 
 
 class _FrameSubscription(FrameSubscription):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -187,3 +188,26 @@ async def test_a_large_change_set_comes_in_chunks_with_a_loop_turn_between(
         # The first chunk came at once; before every later one the loop ran the callback scheduled for it.
         assert ran[: len(got)] == list(range(len(got)))
         assert ran[0] == 0 and len(got) >= 2
+
+
+async def test_a_consumer_whose_batches_are_heavy_gets_them_further_apart(tmp_path: Path) -> None:
+    async with fake_runtime(tmp_path) as (rt, link), rt.subscribe([SPEED], interval=0.05) as sub:
+        assert isinstance(sub, store_module._Subscription)  # the spacing in force is the store's to show
+        it = aiter(sub)
+        await next_batch(it)
+        assert sub.interval_s == 0.05
+        link.deliver(motor_status(1))
+        await next_batch(it)
+        busy_until = time.monotonic() + 0.03  # the consumer's work on that batch: 30 ms of CPU, as a heavy flush
+        while time.monotonic() < busy_until:
+            pass
+        link.deliver(motor_status(2))
+        await next_batch(it)  # the heavy batch's work is measured when the consumer asks for the next
+        # 30 ms of work may be 20 % of the time: the next batch comes at least 150 ms after the last one
+        assert sub.interval_s >= 0.03 / store_module.CONSUMER_SHARE
+        assert sub.interval_s <= store_module.MAX_GAP_S
+        link.deliver(motor_status(3))
+        await next_batch(it)  # a light batch (no work): the spacing is back to the interval
+        link.deliver(motor_status(4))
+        await next_batch(it)
+        assert sub.interval_s < 0.03 / store_module.CONSUMER_SHARE
