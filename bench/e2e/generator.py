@@ -20,7 +20,6 @@ import json
 import os
 import select
 import socket
-import struct
 import sys
 import time
 from pathlib import Path
@@ -30,9 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.e2e import wire
 
-SO_TIMESTAMPNS = 35
 SO_SNDBUFFORCE = 32
-TIMESPEC = struct.Struct("=qq")
 BUF = 4 * 1024 * 1024
 
 
@@ -45,7 +42,7 @@ class Bus:
             self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, BUF)
         except OSError:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUF)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, wire.SO_TIMESTAMPNS, 1)
         self.ids = [wire.message_id(i) for i in range(messages)]
         self.seq = [0] * messages
         self.probes = probes
@@ -84,16 +81,8 @@ class Bus:
                 self.sent_ns[i].append(t)
 
     def receive(self) -> None:
-        while True:
-            try:
-                data, anc, _, _ = self.sock.recvmsg(16, socket.CMSG_SPACE(16))
-            except BlockingIOError:
-                return
-            ts = 0
-            for level, kind, value in anc:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                    sec, ns = TIMESPEC.unpack(value[: TIMESPEC.size])
-                    ts = sec * 1_000_000_000 + ns
+        while (got := wire.recv_stamped(self.sock)) is not None:
+            data, ts = got
             can_id, _, _, payload = wire.FRAME.unpack(data)
             self.rx.append((can_id & wire.CAN_EFF_MASK, wire.command_seq(payload), ts))
 

@@ -31,8 +31,8 @@ from aiohttp import web
 from asyncua import ua
 from asyncua.server.server import Server
 
-SO_TIMESTAMPNS = 35
-TIMESPEC = struct.Struct("=qq")
+from bench.e2e import wire
+
 FRAME = struct.Struct("=IB3x8s")
 
 
@@ -60,15 +60,10 @@ async def serve(spec: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
 
     def reader(bus: str, sock: socket.socket) -> None:
-        try:
-            data, anc, _, _ = sock.recvmsg(16, socket.CMSG_SPACE(16))
-        except BlockingIOError:
+        got = wire.recv_stamped(sock)
+        if got is None:
             return
-        ts = 0
-        for level, kind, value in anc:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                sec, ns = TIMESPEC.unpack(value[: TIMESPEC.size])
-                ts = sec * 1_000_000_000 + ns
+        data, ts = got
         can_id, length, payload = FRAME.unpack(data)
         counts[bus] += 1
         queue.put_nowait((bus, can_id & 0x1FFFFFFF, payload[:length], ts))
@@ -76,7 +71,7 @@ async def serve(spec: dict[str, Any]) -> None:
     for bus, fd in spec["buses"].items():
         sock = socket.socket(fileno=int(fd))
         sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, wire.SO_TIMESTAMPNS, 1)
         loop.add_reader(sock.fileno(), reader, bus, sock)
 
     async def consume() -> None:

@@ -9,6 +9,7 @@ its value came from; the generator knows when it sent that frame.
 
 from __future__ import annotations
 
+import socket
 import struct
 
 from bench.largemap import message_id
@@ -76,3 +77,22 @@ def probe_glob(bus_glob: str, probes: int) -> str:
 
 def probe_names(buses: list[str], probes: int) -> list[str]:
     return [f"{bus}.Msg{i:04d}.Speed" for bus in buses for i in range(probes)]
+
+
+SO_TIMESTAMPNS = 35  # asm-generic/socket.h (Python's socket module does not export it)
+TIMESPEC = struct.Struct("=qq")
+
+
+def recv_stamped(sock: socket.socket) -> tuple[bytes, int] | None:
+    """One datagram and its SO_TIMESTAMPNS kernel receive time (ns; 0 without one), None when none is
+    waiting (a non-blocking socket)."""
+    try:
+        data, anc, _, _ = sock.recvmsg(16, socket.CMSG_SPACE(16))
+    except BlockingIOError:
+        return None
+    ts = 0
+    for level, kind, value in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            sec, ns = TIMESPEC.unpack(value[: TIMESPEC.size])
+            ts = sec * 1_000_000_000 + ns
+    return data, ts
