@@ -247,8 +247,11 @@ def analyse(outs: dict[str, dict[str, Any]], bus_status: dict[str, Any], window:
     sent = sum(v["sent"] for v in gen["buses"].values())
     queue_full = sum(v["lost"] for v in gen["buses"].values())
     received = sum(int(b["rx_frames"]) for b in bus_status.values())
+    not_good = [t for t in outs.get("modbus", {}).get("samples", {}).get("not_good", []) if window[0] <= t < window[1]]
     return {
         "frame_to_client": frame_to_client,
+        "modbus_not_good_reads": len(not_good),
+        "longest_probe_send_gap_s": stats.longest_send_gap(sent_ns, window),
         "send_to_kernel_ts": stats.percentiles(offsets),
         "write_to_frame": write_to_frame,
         "rest_get": {**stats.percentiles(gets), "per_s": get_rate},

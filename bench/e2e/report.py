@@ -28,6 +28,10 @@ def print_scenario(r: dict[str, Any]) -> None:
         extra = "-" if v["p99"] is None else f"{(v['p99'] - v['interval_s']) * 1000:.1f}"
         print(f"{proto:<16} {v['interval_s'] * 1000:>11.0f} {v['n']:>7} {ms(v['p50']):>8} {ms(v['p99']):>8} "
               f"{ms(v['max']):>8} {extra:>14}")
+    if r.get("modbus_not_good_reads"):
+        out(f"Modbus reads refused because a probe was not good (exception 0B): {r['modbus_not_good_reads']}; "
+            f"the longest pause between two sends of a probe was {ms(r['longest_probe_send_gap_s'])} ms "
+            f"(a probe is stale 300 ms after its last frame)")
     print(f"{'write -> frame':<16} {'writes':>7} {'missing':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for label, v in r["write_to_frame"].items():
         print(f"{label:<16} {v['n']:>7} {v['missing']:>7} {ms(v['p50']):>8} {ms(v['p99']):>8} {ms(v['max']):>8}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import os
 from typing import Any
@@ -77,6 +78,18 @@ def frame_latencies(values: list[list[Any]], sent_ns: dict[str, list[list[int]]]
             continue
         out.append((recv_ns - sent[k]) / 1e9)
     return out, unmatched
+
+
+def longest_send_gap(sent_ns: dict[str, list[list[int]]], window: tuple[int, int]) -> float:
+    """Seconds of the longest pause between two sends of the same probe message inside ``window``: a
+    gap over a message's timeout makes its values stale in the bridge, through no fault of the bridge."""
+    lo, hi = window
+    longest = 0
+    for messages in sent_ns.values():
+        for times in messages:
+            inside = [t for t in times if lo <= t < hi]
+            longest = max([longest, *(b - a for a, b in itertools.pairwise(inside))])
+    return longest / 1e9
 
 
 def source_offsets(values: list[list[Any]], sent_ns: dict[str, list[list[int]]]) -> list[float]:
