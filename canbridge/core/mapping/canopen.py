@@ -11,9 +11,10 @@ the ParameterName with every run of characters other than letters and digits rep
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,9 @@ _NUMERIC: dict[int, tuple[int, bool, bool]] = {
     0x08: (32, True, True), 0x11: (64, True, True),  # REAL32, REAL64
 }
 _DUMMY = range(0x0001, 0x0008)  # dummy mapping entries (data type indices): gaps in the PDO
+SDO_REQUEST = 0x600  # client -> server COB-ID base: the "frame id" shown for an object served by SDO
+WRITABLE_ACCESS = ("rw", "wo", "rww", "rwr")
+READABLE_ACCESS = ("ro", "rw", "rww", "rwr", "const")
 
 
 def part_name(text: str) -> str:
@@ -65,12 +69,33 @@ class CanopenObject:
 
 
 @dataclass(frozen=True)
+class SdoObject:
+    """An object in no TPDO, read by SDO upload and (when writable) written by SDO download."""
+
+    node_id: int
+    node: str
+    index: int
+    subindex: int
+    access: str
+    size: int  # bytes on the wire
+    writable: bool
+
+    @property
+    def readable(self) -> bool:
+        return self.access in READABLE_ACCESS
+
+    def where(self) -> str:
+        return f"0x{self.index:04X}sub{self.subindex}"
+
+
+@dataclass(frozen=True)
 class NodeDescription:
     """What the mapping table and the heartbeat consumer need from one node's file."""
 
     messages: list[Message]
     objects: dict[str, CanopenObject]  # cantools signal name -> object
     heartbeat_ms: int | None  # producer heartbeat time (0x1017); None or 0: none
+    sdo: dict[str, SdoObject] = field(default_factory=dict)  # message name (<node>.SDO.<object>) -> object
 
 
 def _value(var: Any) -> Any:
@@ -99,8 +124,11 @@ def load_od(path: Path, node_id: int) -> Any:
         raise MappingError(f"cannot read EDS/DCF: {type(e).__name__}: {e}", file=str(path)) from e
 
 
-def describe_node(path: Path, node_id: int, node: str) -> NodeDescription:
-    """The TPDO messages of a node (names ``<node>.TPDO<n>``), their objects and its heartbeat time."""
+def describe_node(path: Path, node_id: int, node: str, sdo: list[str] | None = None,
+                  writable: list[str] | None = None) -> NodeDescription:
+    """The TPDO messages of a node (names ``<node>.TPDO<n>``), their objects and its heartbeat time; with
+    ``sdo`` (object-name globs) the objects in no TPDO as one message each (``<node>.SDO.<object>``),
+    ``writable`` (globs) the ones of those written by SDO download."""
     od = load_od(path, node_id)
     messages: list[Message] = []
     objects: dict[str, CanopenObject] = {}
@@ -166,9 +194,69 @@ def describe_node(path: Path, node_id: int, node: str) -> NodeDescription:
         ))
     messages.append(heartbeat_message(node_id, node))
     messages.append(emcy_message(node_id, node))
+    sdo_objects = _sdo_messages(od, path, node_id, node, sdo or [], writable or [], objects, owner, messages)
     hb = _sub(od, PRODUCER_HEARTBEAT, 0)
     heartbeat = int(_value(hb) or 0) if hb is not None else None
-    return NodeDescription(messages, objects, heartbeat or None)
+    return NodeDescription(messages, objects, heartbeat or None, sdo_objects)
+
+
+def _variables(od: Any) -> list[tuple[Any, str]]:
+    """Every variable of the dictionary with its name part (``Object`` or ``Object.Subobject``)."""
+    out: list[tuple[Any, str]] = []
+    for obj in od.values():
+        if hasattr(obj, "subindices"):
+            out.extend((var, f"{part_name(obj.name)}.{part_name(var.name)}") for var in obj.values())
+        else:
+            out.append((obj, part_name(obj.name)))
+    return out
+
+
+def _sdo_messages(od: Any, path: Path, node_id: int, node: str, sdo: list[str], writable: list[str],
+                  in_pdo: dict[str, CanopenObject], owner: dict[str, str], messages: list[Message]
+                  ) -> dict[str, SdoObject]:
+    """One message per numeric object in no TPDO whose name matches ``sdo``; a second object with a name
+    already taken gets ``_x<index>`` (and ``sub<n>``) appended, so that both stay reachable."""
+    pdo_objects = {(o.index, o.subindex): name for name, o in in_pdo.items()}
+    for pat in writable:
+        hit = [n for (i, s), n in pdo_objects.items() if fnmatch.fnmatchcase(n, pat)]
+        if hit:
+            raise MappingError(f"writable pattern {pat!r} matches {', '.join(sorted(hit))}, mapped in a TPDO: "
+                               "objects in a PDO are not written by SDO", file=str(path))
+    out: dict[str, SdoObject] = {}
+    matched: set[str] = set()
+    for var, name in _variables(od):
+        sub = var.subindex  # 0 for a plain variable
+        if (var.index, sub) in pdo_objects or not any(fnmatch.fnmatchcase(name, p) for p in sdo):
+            continue
+        kind = _NUMERIC.get(var.data_type)
+        if kind is None:  # strings and domains: not served yet (docs/canopen.md)
+            continue
+        if name in owner:
+            name = f"{name}_x{var.index:04X}" + (f"sub{sub}" if sub else "")
+        owner[name] = "SDO"
+        access = str(var.access_type)
+        wants = [p for p in writable if fnmatch.fnmatchcase(name, p)]
+        if wants:
+            matched.update(wants)
+            if access not in WRITABLE_ACCESS:
+                raise MappingError(f"writable pattern {wants[0]!r} matches {name} (0x{var.index:04X}sub{sub}), "
+                                   f"which the dictionary marks {access}", file=str(path))
+        bits, signed, is_float = kind
+        obj = SdoObject(node_id, node, var.index, sub, access, (bits + 7) // 8, bool(wants))
+        desc = f": {var.description}" if getattr(var, "description", "") else ""
+        mname = f"{node}.SDO.{name}"
+        out[mname] = obj
+        messages.append(Message(
+            frame_id=SDO_REQUEST + node_id, name=mname, length=obj.size, strict=True,
+            comment=f"CANopen object 0x{var.index:04X}sub{sub} of node {node_id}, by SDO",
+            signals=[Signal(name=name, start=0, length=bits, byte_order="little_endian", is_signed=signed,
+                            conversion=BaseConversion.factory(scale=1, offset=0, is_float=is_float),
+                            minimum=var.min, maximum=var.max, unit=var.unit or None,
+                            comment=f"CANopen 0x{var.index:04X}sub{sub} ({access}, SDO){desc}")]))
+    for pat in writable:
+        if pat not in matched:
+            raise MappingError(f"writable pattern {pat!r} matches no object served by SDO", file=str(path))
+    return out
 
 
 def heartbeat_message(node_id: int, node: str) -> Message:
@@ -185,21 +273,21 @@ def heartbeat_message(node_id: int, node: str) -> Message:
 def canopen_jobs(
     config: Config, jobs: list[tuple[int, MappingConfig, CanopenNodeConfig | None]]
 ) -> dict[int, tuple[str | int, ...]]:
-    """Append one mapping job per CANopen node to ``jobs``: a read-only mapping of the node's TPDOs
-    (no writable signals, no transmit); return each such job's configuration location."""
+    """Append one mapping job per CANopen node to ``jobs`` (its TPDOs, and its objects by SDO: the node's
+    ``writable`` list decides, not the job's); return each such job's configuration location."""
     locs: dict[int, tuple[str | int, ...]] = {}
     for bi, bus in enumerate(config.buses):
         for ni, node in enumerate(bus.nodes):
             locs[len(jobs)] = ("buses", bi, "nodes", ni)
-            mc = MappingConfig.model_construct(bus=bus.name, dbc=node.eds, signals=None, write_rate=None)
+            mc = MappingConfig.model_construct(bus=bus.name, dbc=node.eds, signals=None, write_rate=node.write_rate)
             jobs.append((len(jobs), mc, node))
     return locs
 
 
 def describe(node: CanopenNodeConfig, base_dir: Path) -> NodeDescription:
-    """A configured CANopen node's messages (its TPDOs and its heartbeat) and heartbeat time."""
+    """A configured CANopen node's messages (its TPDOs, heartbeat, EMCY, objects by SDO) and heartbeat time."""
     path = node.eds if node.eds.is_absolute() else base_dir / node.eds
-    return describe_node(path, node.id, node.name)
+    return describe_node(path, node.id, node.name, node.sdo, node.writable)
 
 
 def emcy_message(node_id: int, node: str) -> Message:
