@@ -4,7 +4,7 @@ abort code says so (plugins/canbridge_opcua/service.py, refusal_status)."""
 from __future__ import annotations
 
 import pytest
-from asyncua.ua import StatusCodes
+from asyncua.ua.status_codes import StatusCodes
 from canbridge_opcua.service import REFUSAL_STATUS, refusal_status
 
 from canbridge import RefusalReason, WriteRefused
