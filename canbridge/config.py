@@ -57,7 +57,10 @@ class CanopenNodeConfig(Strict):
     writable: list[str] = Field(
         default_factory=list, description="objects written by SDO download (globs over their names); each must "
         "be rw or wo in the dictionary and in no TPDO")
-    write_rate: float | None = Field(10.0, gt=0, description="SDO writes per second per object; null: unbounded")
+    write_rate: float | None = Field(10.0, gt=0, description="SDO writes (and NMT commands) per second per object; "
+                                     "null: unbounded")
+    nmt: bool = Field(False, description="NMT commands to the node (start, stop, pre_operational, reset_node, "
+                      "reset_communication) as the writable signal `<bus>.<node>.NMT_command`")
     sdo_timeout_ms: int = Field(
         500, ge=1, le=60000, description="longest wait for each SDO answer of the node; then the transfer is "
         "aborted (0x05040000): a read turns the value bad, a write is refused")

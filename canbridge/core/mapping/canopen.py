@@ -36,6 +36,9 @@ _EMCY_FIELDS = ("error_code", "error_register", "manufacturer")
 NMT_STATE = "NMT_state"
 BOOT_UP = 0
 NMT_STATES = {0: "boot_up", 4: "stopped", 5: "operational", 127: "pre_operational"}
+NMT_COMMAND = "NMT_command"
+# CiA 301 NMT command specifiers (frame 0x000: command, node id)
+NMT_COMMANDS = {1: "start", 2: "stop", 128: "pre_operational", 129: "reset_node", 130: "reset_communication"}
 
 # CiA 301 data types the PDO decoder can carry: code -> (bits, signed, float)
 _NUMERIC: dict[int, tuple[int, bool, bool]] = {
@@ -96,6 +99,7 @@ class NodeDescription:
     objects: dict[str, CanopenObject]  # cantools signal name -> object
     heartbeat_ms: int | None  # producer heartbeat time (0x1017); None or 0: none
     sdo: dict[str, SdoObject] = field(default_factory=dict)  # message name (<node>.SDO.<object>) -> object
+    nmt: str | None = None  # the message name of the node's NMT commands (<node>.NMT), when enabled
 
 
 def _value(var: Any) -> Any:
@@ -125,14 +129,15 @@ def load_od(path: Path, node_id: int) -> Any:
 
 
 def describe_node(path: Path, node_id: int, node: str, sdo: list[str] | None = None,
-                  writable: list[str] | None = None) -> NodeDescription:
+                  writable: list[str] | None = None, nmt: bool = False) -> NodeDescription:
     """The TPDO messages of a node (names ``<node>.TPDO<n>``), their objects and its heartbeat time; with
     ``sdo`` (object-name globs) the objects in no TPDO as one message each (``<node>.SDO.<object>``),
     ``writable`` (globs) the ones of those written by SDO download."""
     od = load_od(path, node_id)
     messages: list[Message] = []
     objects: dict[str, CanopenObject] = {}
-    owner: dict[str, str] = {NMT_STATE: "the heartbeat", **{f"EMCY.{n}": "the EMCY message" for n in _EMCY_FIELDS}}
+    owner: dict[str, str] = {NMT_STATE: "the heartbeat", NMT_COMMAND: "the NMT commands",
+                             **{f"EMCY.{n}": "the EMCY message" for n in _EMCY_FIELDS}}
     for n in range(TPDO_COUNT):
         comm = _sub(od, TPDO_COMM + n, 1)
         if comm is None or TPDO_MAP + n not in od:
@@ -195,9 +200,25 @@ def describe_node(path: Path, node_id: int, node: str, sdo: list[str] | None = N
     messages.append(heartbeat_message(node_id, node))
     messages.append(emcy_message(node_id, node))
     sdo_objects = _sdo_messages(od, path, node_id, node, sdo or [], writable or [], objects, owner, messages)
+    if nmt:
+        messages.append(nmt_message(node_id, node))
     hb = _sub(od, PRODUCER_HEARTBEAT, 0)
     heartbeat = int(_value(hb) or 0) if hb is not None else None
-    return NodeDescription(messages, objects, heartbeat or None, sdo_objects)
+    return NodeDescription(messages, objects, heartbeat or None, sdo_objects, f"{node}.NMT" if nmt else None)
+
+
+def nmt_message(node_id: int, node: str) -> Message:
+    """The node's NMT commands (frame 0x000: command specifier, node id): the writable signal
+    ``<bus>.<node>.NMT_command`` with the commands as choices; the node id is the frame's fixed second byte."""
+    command = Signal(name=NMT_COMMAND, start=0, length=8, byte_order="little_endian", is_signed=False,
+                     conversion=BaseConversion.factory(scale=1, offset=0, choices=OrderedDict(NMT_COMMANDS.items()),
+                                                       is_float=False),
+                     comment="CANopen NMT command to the node (frame 0x000); needs the write permission")
+    target = Signal(name="NMT_node", start=8, length=8, byte_order="little_endian", is_signed=False,
+                    raw_initial=node_id, minimum=node_id, maximum=node_id,
+                    comment="the node id the NMT command addresses (fixed)")
+    return Message(frame_id=0x000, name=f"{node}.NMT", length=2, signals=[command, target],
+                   comment=f"CANopen NMT commands to node {node_id}", strict=True)
 
 
 def _variables(od: Any) -> list[tuple[Any, str]]:
@@ -287,7 +308,7 @@ def canopen_jobs(
 def describe(node: CanopenNodeConfig, base_dir: Path) -> NodeDescription:
     """A configured CANopen node's messages (its TPDOs, heartbeat, EMCY, objects by SDO) and heartbeat time."""
     path = node.eds if node.eds.is_absolute() else base_dir / node.eds
-    return describe_node(path, node.id, node.name, node.sdo, node.writable)
+    return describe_node(path, node.id, node.name, node.sdo, node.writable, node.nmt)
 
 
 def emcy_message(node_id: int, node: str) -> Message:

@@ -160,6 +160,7 @@ def _build_table(
 
     for mi, mc, node in jobs:
         sdo_objects: Mapping[str, SdoObject] = {}
+        nmt: str | None = None
         try:
             if node is None:
                 db_messages = load_mapping_file(mc, base_dir, formats)
@@ -167,6 +168,7 @@ def _build_table(
                 described = describe(node, base_dir)
                 db_messages = described.messages
                 sdo_objects = described.sdo
+                nmt = described.nmt
                 canopen.setdefault(mc.bus, []).append((node, described))
         except MappingError as e:
             if node is not None:  # a CANopen node's file: name the file and point at the node entry
@@ -206,10 +208,11 @@ def _build_table(
             key = frame_key(frame_id, m.is_extended_frame)
             label = mname[len(mc.bus) + 1:]  # as plugins show it: "<source>.<message>" with several sources
             sdo = sdo_objects.get(m.name)
+            shared = sdo is not None or m.name == nmt  # no frame of its own (SDO) or one id for all nodes (NMT)
             if mname in messages:
                 problems.append(Problem(f"message {mname} is mapped twice", file, where(mi)[0], where(mi)[1]))
                 continue
-            if sdo is None and key in by_bus[mc.bus]:
+            if not shared and key in by_bus[mc.bus]:
                 other = by_bus[mc.bus][key].info.name
                 problems.append(Problem(
                     f"frame id 0x{frame_id:X} of {m.name} is already mapped by {other}", file,
@@ -223,6 +226,8 @@ def _build_table(
             writable_sigs = {s.name for s in m.signals if _match(mc.writable, f"{m.name}.{s.name}")}
             if sdo is not None:
                 writable_sigs = {s.name for s in m.signals} if sdo.writable else set()
+            elif m.name == nmt:
+                writable_sigs = {m.signals[0].name}
             tx = m.name in mc.transmit or bool(writable_sigs)
             direction: Literal["rx", "tx"] = "tx" if tx else "rx"
             cycle = m.cycle_time if m.cycle_time else None
@@ -283,7 +288,7 @@ def _build_table(
             entry = MessageEntry(info_m, idx, key, m, sig_indices, decoder, timeout, tcfg, encoders, init, sdo)
             message_list.append(entry)
             messages[mname] = entry
-            if sdo is None:  # an SDO object's answers come to the bus's SDO client, not to a decoder
+            if not shared:  # SDO answers go to the bus's SDO client; NMT commands are only sent
                 by_bus[mc.bus][key] = entry
             if pgn_key is not None:
                 j1939.setdefault(mc.bus, {})[pgn_key] = entry

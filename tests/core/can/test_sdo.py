@@ -281,3 +281,33 @@ async def test_polled_objects_are_read_at_their_interval_and_turn_stale_past_the
         await h.until(lambda: h.bridge.read("line.servo.Supported_drive_modes").value == 0x7F, what="next poll")
         assert h.bridge.read("line.servo.Device_type").quality is Quality.WAITING  # not polled
         assert h.bridge.signals["line.servo.Supported_drive_modes"].timeout_s == 60.0
+
+
+# --- NMT commands ------------------------------------------------------------------------------------------
+
+
+def test_nmt_commands_are_a_writable_signal_only_where_the_node_enables_them() -> None:
+    t = table(nmt=True)
+    cmd = t.signals["line.servo.NMT_command"]
+    assert cmd.writable and cmd.choices == {1: "start", 2: "stop", 128: "pre_operational", 129: "reset_node",
+                                            130: "reset_communication"}
+    entry = t.message_list[t.signal_message[cmd.index]]
+    assert (entry.info.frame_id, entry.initial) == (0x000, b"\x00\x05")  # the node id in the second byte
+    assert "line.servo.NMT_command" not in table().signals
+
+
+async def test_an_nmt_command_needs_the_write_permission_and_is_audited() -> None:
+    async with bridge_and_peer(nmt=True) as (h, peer):
+        peer.node.nmt.state = "PRE-OPERATIONAL"
+        with pytest.raises(WriteRefused) as e:  # a caller with the read role only
+            await h.bridge.write("line.servo.NMT_command", "start", Caller("opcua", "guest", permissions=frozenset()))
+        assert e.value.reason is RefusalReason.NOT_ALLOWED
+        assert peer.node.nmt.state == "PRE-OPERATIONAL"
+        receipt = await h.bridge.write("line.servo.NMT_command", "start", WRITER)
+        assert (receipt.frame.can_id, receipt.frame.data) == (0x000, b"\x01\x05")
+        await h.until(lambda: peer.node.nmt.state == "OPERATIONAL", what="the node started")
+        await h.bridge.write("line.servo.NMT_command", "stop", WRITER)
+        await h.until(lambda: peer.node.nmt.state == "STOPPED", what="the node stopped")
+        records = [r for r in audit(h) if r.get("target") == "line.servo.NMT_command"]
+        assert [(r["result"], r.get("frame")) for r in records] == [
+            ("not_allowed", None), ("accepted", "000#0105"), ("accepted", "000#0205")]
