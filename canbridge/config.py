@@ -59,6 +59,9 @@ class CanopenNodeConfig(Strict):
         "be rw or wo in the dictionary and in no TPDO")
     write_rate: float | None = Field(10.0, gt=0, description="SDO writes (and NMT commands) per second per object; "
                                      "null: unbounded")
+    rpdo_period_ms: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="receive PDOs sent cyclically: `RPDO<n>` -> period in ms (the kernel's "
+        "broadcast manager on SocketCAN); the others are sent on write")
     nmt: bool = Field(False, description="NMT commands to the node (start, stop, pre_operational, reset_node, "
                       "reset_communication) as the writable signal `<bus>.<node>.NMT_command`")
     sdo_timeout_ms: int = Field(

@@ -161,6 +161,7 @@ def _build_table(
     for mi, mc, node in jobs:
         sdo_objects: Mapping[str, SdoObject] = {}
         nmt: str | None = None
+        rpdo: Mapping[str, frozenset[str]] = {}
         try:
             if node is None:
                 db_messages = load_mapping_file(mc, base_dir, formats)
@@ -169,6 +170,7 @@ def _build_table(
                 db_messages = described.messages
                 sdo_objects = described.sdo
                 nmt = described.nmt
+                rpdo = described.rpdo
                 canopen.setdefault(mc.bus, []).append((node, described))
         except MappingError as e:
             if node is not None:  # a CANopen node's file: name the file and point at the node entry
@@ -228,6 +230,8 @@ def _build_table(
                 writable_sigs = {s.name for s in m.signals} if sdo.writable else set()
             elif m.name == nmt:
                 writable_sigs = {m.signals[0].name}
+            elif m.name in rpdo:  # a receive PDO: the objects the node's writable list names
+                writable_sigs = set(rpdo[m.name])
             tx = m.name in mc.transmit or bool(writable_sigs)
             direction: Literal["rx", "tx"] = "tx" if tx else "rx"
             cycle = m.cycle_time if m.cycle_time else None

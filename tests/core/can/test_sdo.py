@@ -111,8 +111,8 @@ def test_objects_in_no_tpdo_are_signals_served_by_sdo_with_their_access_and_limi
 
 @pytest.mark.parametrize(("writable", "message"), [
     (["Supported_drive_modes"], "matches Supported_drive_modes (0x6502sub0), which the dictionary marks ro"),
-    (["Statusword"], "matches Statusword, mapped in a TPDO: objects in a PDO are not written by SDO"),
-    (["Nope*"], "writable pattern 'Nope*' matches no object served by SDO"),
+    (["Statusword"], "matches Statusword, mapped in a TPDO: objects the node transmits are not written"),
+    (["Nope*"], "writable pattern 'Nope*' matches no object in an RPDO or served by SDO"),
 ])
 def test_writable_objects_must_be_writable_in_the_dictionary_and_in_no_pdo(writable: list[str], message: str) -> None:
     with pytest.raises(canbridge.ConfigError, match=r"buses\[0\]\.nodes\[0\]\.eds") as e:
@@ -311,3 +311,38 @@ async def test_an_nmt_command_needs_the_write_permission_and_is_audited() -> Non
         records = [r for r in audit(h) if r.get("target") == "line.servo.NMT_command"]
         assert [(r["result"], r.get("frame")) for r in records] == [
             ("not_allowed", None), ("accepted", "000#0105"), ("accepted", "000#0205")]
+
+
+# --- receive PDOs -------------------------------------------------------------------------------------------
+
+
+def test_an_rpdo_with_a_writable_object_is_a_transmitted_message_from_the_files_defaults() -> None:
+    t = table()
+    torque = t.signals["line.servo.Target_torque"]
+    assert (torque.writable, torque.direction, torque.message, torque.minimum, torque.maximum) == (
+        True, "tx", "servo.RPDO1", -1000, 1000)
+    assert not t.signals["line.servo.Velocity_offset"].writable  # in the RPDO, not in the writable list
+    entry = t.messages["line.servo.RPDO1"]
+    assert (entry.info.frame_id, entry.initial) == (0x205, bytes.fromhex("0000 07000000"))  # DefaultValue 7
+    # an RPDO without a writable object is not sent: its objects stay reachable by SDO
+    t2 = table(writable=["Controlword"])
+    assert "line.servo.RPDO1" not in t2.messages and t2.signals["line.servo.Target_torque"].comment == \
+        "CANopen 0x6071sub0 (rw, SDO)"
+    assert table(rpdo_period_ms={"RPDO1": 50}).messages["line.servo.RPDO1"].info.period_ms == 50
+    with pytest.raises(canbridge.ConfigError, match="transmit names message 'servo.RPDO2', which is not mapped"):
+        table(rpdo_period_ms={"RPDO2": 50})
+
+
+async def test_an_rpdo_write_is_read_modify_write_of_its_frame_and_seen_by_the_peer() -> None:
+    async with bridge_and_peer() as (h, peer):
+        peer.node.rpdo.read(from_od=True)  # type: ignore[no-untyped-call]
+        rpdo = peer.node.rpdo[1]
+        receipt = await h.bridge.write("line.servo.Target_torque", -250, WRITER)
+        assert (receipt.frame.can_id, receipt.frame.data) == (0x205, (-250).to_bytes(2, "little", signed=True)
+                                                              + (7).to_bytes(4, "little"))
+        await h.until(lambda: rpdo.is_received, what="the RPDO at the peer")
+        assert (rpdo["Target torque"].raw, rpdo["Velocity offset"].raw) == (-250, 7)
+        with pytest.raises(WriteRefused) as e:
+            await h.bridge.write("line.servo.Target_torque", 1001, WRITER)  # HighLimit 1000
+        assert e.value.reason is RefusalReason.OUT_OF_RANGE
+        assert [r["frame"] for r in audit(h) if r.get("result") == "accepted"] == ["205#06FF07000000"]
