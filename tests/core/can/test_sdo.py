@@ -329,7 +329,7 @@ def test_an_rpdo_with_a_writable_object_is_a_transmitted_message_from_the_files_
     assert "line.servo.RPDO1" not in t2.messages and t2.signals["line.servo.Target_torque"].comment == \
         "CANopen 0x6071sub0 (rw, SDO)"
     assert table(rpdo_period_ms={"RPDO1": 50}).messages["line.servo.RPDO1"].info.period_ms == 50
-    with pytest.raises(canbridge.ConfigError, match="transmit names message 'servo.RPDO2', which is not mapped"):
+    with pytest.raises(canbridge.ConfigError, match=r"transmit names message 'servo\.RPDO2', which is not mapped"):
         table(rpdo_period_ms={"RPDO2": 50})
 
 
