@@ -172,7 +172,7 @@ async def run_drain(port: int, backlog: int, batch: int, legacy: bool) -> tuple[
                  for i in range(k, min(backlog, k + 10_000))]
         buf.append("sparkplug", chunk, None if legacy else [node.queued_metric(c) for c in chunk])
     queueing = time.perf_counter() - q0
-    buf.close()
+    await buf.close()
     cfg = MqttConfig.model_validate({"broker": {"urls": [f"mqtt://127.0.0.1:{port}"]},
                                      "sparkplug": {"group_id": "bench", "edge_node_id": "drain"},
                                      "buffer": {"drain_rate": 10_000_000, "batch": batch}})

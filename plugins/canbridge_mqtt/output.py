@@ -38,7 +38,7 @@ class Output(ABC):
     async def replay(self, buf: Buffer, limit: int) -> tuple[int, int, int]:
         """Send the oldest ``limit`` queued changes as history: ``(rows read, rows sent, id of the last row
         sent)``; fewer sent than read when the link broke."""
-        rows = buf.peek(self.sink, limit)
+        rows = await buf.peek(self.sink, limit)
         if not rows:
             return 0, 0, 0
         sent = await self.send([c for _, c in rows], True)
@@ -77,7 +77,7 @@ class Output(ABC):
             if not n:
                 return
             if sent:
-                buf.delete(self.sink, last_id)
+                await buf.delete(self.sink, last_id)
                 self.replayed += sent
             if sent < n:
                 return

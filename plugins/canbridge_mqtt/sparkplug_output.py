@@ -233,7 +233,7 @@ class SparkplugOutput(Output):
             if bus in self.dead or bus not in self.node.devices:
                 # no DDATA for a dead device (its DDEATH said so); its history is dropped, counted
                 if historical and self.buffer is not None:
-                    self.buffer.dropped += len(group)
+                    self.buffer.note_dropped(len(group), f"history of {bus}, which is down")
                 sent += len(group)
                 continue
             group = [c for c in group if c[0] in self.node.by_signal]
@@ -253,7 +253,7 @@ class SparkplugOutput(Output):
     async def replay(self, buf: Buffer, limit: int) -> tuple[int, int, int]:
         """Historical DDATA straight from the queued metric bytes: one SELECT per batch, no decoding, the
         payload concatenated (``EdgeNode.ddata_queued``)."""
-        rows = buf.peek_encoded(self.sink, limit, self.node.queued_metric)
+        rows = await buf.peek_encoded(self.sink, limit, self.node.queued_metric)
         client = self.client
         if not rows or client is None or not self.online:
             return len(rows), 0, 0
@@ -261,7 +261,8 @@ class SparkplugOutput(Output):
         for bus, run in itertools.groupby(rows, key=lambda r: r[1].split(".", 1)[0]):
             group = list(run)
             if bus in self.dead or bus not in self.node.devices:
-                buf.dropped += len(group)  # no DDATA for a dead device (its DDEATH said so): dropped, counted
+                # no DDATA for a dead device (its DDEATH said so): dropped, counted
+                buf.note_dropped(len(group), f"history of {bus}, which is down")
                 sent += len(group)
                 continue
             try:
@@ -272,7 +273,8 @@ class SparkplugOutput(Output):
             except aiomqtt.MqttError:
                 self.online = False
                 break
-            buf.dropped += skipped  # no longer published, or its datatype changed: counted, not sent wrong
+            # no longer published, or its datatype changed: counted, not sent wrong
+            buf.note_dropped(skipped, "no longer published with that datatype")
             sent += len(group)
         return len(rows), sent, rows[sent - 1][0] if sent else 0
 

@@ -61,6 +61,25 @@ async def test_a_link_that_breaks_half_way_keeps_the_rest_queued(tmp_path: Path)
     assert [v for v, _ in out.got] == [1, 2, 3, 4]  # nothing lost, nothing twice
 
 
+async def test_a_full_disk_costs_history_never_the_live_path(tmp_path: Path) -> None:
+    """SQLITE_FULL on every write (the disk has no room): offline changes are counted, the output goes on,
+    and once online the live changes flow as if nothing happened."""
+    buf = Buffer(tmp_path / "q", 1, 1)
+    await buf.ready()
+    assert buf.db is not None
+    buf.db.execute(f"PRAGMA max_page_count={buf.db.execute('PRAGMA page_count').fetchone()[0]}")
+    out = Recorder(buf)
+    big = [("b.M.S", "x" * 5000, Quality.GOOD, i) for i in range(10)]  # rows that need new pages
+    await out.offer(big)  # offline: to the queue, which has no room
+    await buf.flush()
+    assert buf.dropped == 10 and out.backlog() == 0 and out.lost == 0
+    out.online = True
+    await out.drain()
+    await out.offer(ch(1, 2))
+    assert out.got == [(1, False), (2, False)]
+    await buf.close()
+
+
 async def test_without_a_buffer_offline_changes_are_counted_lost() -> None:
     out = Recorder(None)
     await out.offer(ch(1, 2))
