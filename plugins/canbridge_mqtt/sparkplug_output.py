@@ -222,7 +222,13 @@ class SparkplugOutput(Output):
             self._sent_node.update(changed)
 
     # --- data ---------------------------------------------------------------------------------------------
+    async def send_live(self, changes: Sequence[Change]) -> Sequence[Change]:
+        sent = await self.send(changes, False)
+        self.published += sent
+        return changes[sent:]
+
     async def send(self, changes: Sequence[Change], historical: bool) -> int:
+        """DDATA per bus in order; how many changes (from the start) went out."""
         client = self.client
         if client is None or not self.online:
             return 0
@@ -250,13 +256,13 @@ class SparkplugOutput(Output):
     def encode_queued(self, changes: Sequence[Change]) -> list[bytes]:
         return [self.node.queued_metric(c) for c in changes]
 
-    async def replay(self, buf: Buffer, limit: int) -> tuple[int, int, int]:
+    async def replay(self, buf: Buffer, limit: int) -> tuple[int, int]:
         """Historical DDATA straight from the queued metric bytes: one SELECT per batch, no decoding, the
         payload concatenated (``EdgeNode.ddata_queued``)."""
         rows = await buf.peek_encoded(self.sink, limit, self.node.queued_metric)
         client = self.client
         if not rows or client is None or not self.online:
-            return len(rows), 0, 0
+            return len(rows), 0
         sent = 0
         for bus, run in itertools.groupby(rows, key=lambda r: r[1].split(".", 1)[0]):
             group = list(run)
@@ -276,7 +282,9 @@ class SparkplugOutput(Output):
             # no longer published, or its datatype changed: counted, not sent wrong
             buf.note_dropped(skipped, "no longer published with that datatype")
             sent += len(group)
-        return len(rows), sent, rows[sent - 1][0] if sent else 0
+        if sent:
+            await buf.delete(self.sink, rows[sent - 1][0])
+        return len(rows), sent
 
     # --- commands and host state ------------------------------------------------------------------------
     async def _read(self, client: aiomqtt.Client) -> None:

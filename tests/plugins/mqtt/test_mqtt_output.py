@@ -24,7 +24,7 @@ class Recorder(Output):
         self.got: list[tuple[object, bool]] = []
         self.fail_after = fail_after
 
-    async def send(self, changes: Sequence[Change], historical: bool) -> int:
+    def send(self, changes: Sequence[Change], historical: bool) -> int:
         n = len(changes)
         if self.fail_after is not None:
             n = min(n, max(0, self.fail_after - len(self.got)))
@@ -32,6 +32,18 @@ class Recorder(Output):
                 self.online = False
         self.got += [(c[1], historical) for c in changes[:n]]
         return n
+
+    async def send_live(self, changes: Sequence[Change]) -> Sequence[Change]:
+        sent = self.send(changes, False)
+        self.published += sent
+        return changes[sent:]
+
+    async def replay(self, buf: Buffer, limit: int) -> tuple[int, int]:
+        rows = await buf.peek(self.sink, limit)
+        sent = self.send([c for _, c in rows], True)
+        if sent:
+            await buf.delete(self.sink, rows[sent - 1][0])
+        return len(rows), sent
 
 
 def ch(*values: int) -> list[Change]:
