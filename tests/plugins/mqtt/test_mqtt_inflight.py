@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from canbridge_mqtt.config import MqttConfig
+from canbridge_mqtt.output import Output
 from canbridge_mqtt.rbe import Change
 from canbridge_mqtt.service import MqttService
 
@@ -109,6 +110,20 @@ class StallingBroker:
         return (first if kind == 3 else kind), body
 
 
+def record(out: Output) -> dict[str, list[object]]:
+    """What ``out`` is offered from now on, per signal (recorded on the way in)."""
+    reported: dict[str, list[object]] = {}
+    offer = out.offer
+
+    async def recording_offer(changes: Sequence[Change]) -> None:
+        for name, value, _, _ in changes:
+            reported.setdefault(name, []).append(value)
+        await offer(changes)
+
+    out.offer = recording_offer  # type: ignore[method-assign]
+    return reported
+
+
 SIGS = [signal_info(f"b.M{i // 8}.S{i % 8}", index=i, frame_id=0x100 + i // 8) for i in range(SIGNALS)]
 
 
@@ -132,15 +147,7 @@ async def test_a_broker_that_stops_reading_bounds_the_outgoing_queue_and_loses_n
     await svc.start()
     out = svc.json
     assert out is not None
-    reported: dict[str, list[object]] = {}
-    offer = out.offer
-
-    async def recording_offer(changes: Sequence[Change]) -> None:
-        for name, value, _, _ in changes:
-            reported.setdefault(name, []).append(value)
-        await offer(changes)
-
-    out.offer = recording_offer  # type: ignore[method-assign]
+    reported = record(out)
     peak = {"pending": 0, "packets": 0, "backlog": 0}
 
     async def sample() -> None:  # the plugin's outgoing queue (aiomqtt's pending publishes, paho's packets)
@@ -200,15 +207,7 @@ async def test_a_slow_broker_that_times_a_publish_out_gets_every_change_exactly_
     await svc.start()
     out = svc.json
     assert out is not None
-    reported: dict[str, list[object]] = {}
-    offer = out.offer
-
-    async def recording_offer(changes: Sequence[Change]) -> None:
-        for name, value, _, _ in changes:
-            reported.setdefault(name, []).append(value)
-        await offer(changes)
-
-    out.offer = recording_offer  # type: ignore[method-assign]
+    reported = record(out)
     peak_inflight = 0
 
     async def sample() -> None:
