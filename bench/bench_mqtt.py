@@ -155,7 +155,6 @@ async def run_drain(port: int, backlog: int, batch: int, legacy: bool) -> tuple[
     by ``Output.replay``), as the baseline in the same run."""
     from canbridge_mqtt.buffer import Buffer
     from canbridge_mqtt.config import MqttConfig
-    from canbridge_mqtt.output import Output
     from canbridge_mqtt.service import MqttService
     from canbridge_mqtt.session import EdgeNode
     from canbridge_mqtt.sparkplug_output import SparkplugOutput, node_metric_list
@@ -171,6 +170,7 @@ async def run_drain(port: int, backlog: int, batch: int, legacy: bool) -> tuple[
         chunk = [(names[i % len(names)], i % 60000, Quality.GOOD, now_ms - backlog + i)
                  for i in range(k, min(backlog, k + 10_000))]
         buf.append("sparkplug", chunk, None if legacy else [node.queued_metric(c) for c in chunk])
+        await buf.flush()  # as during an outage: the writer keeps up with the changes arriving
     queueing = time.perf_counter() - q0
     await buf.close()
     cfg = MqttConfig.model_validate({"broker": {"urls": [f"mqtt://127.0.0.1:{port}"]},

@@ -187,7 +187,9 @@ class Buffer:
         if self._opened.done() and not self.count(sink):  # before the open: the count is not known yet
             return []
         rows = await self._run(lambda: self._select(
-            "SELECT id, name, blob, value, quality, ts_ms FROM queue WHERE sink = ? ORDER BY id LIMIT ?", sink, limit))
+            # the plain columns only where there are no bytes: a page of bytes moves nothing else
+            "SELECT id, name, blob, IIF(blob IS NULL, value, NULL), IIF(blob IS NULL, quality, NULL), ts_ms "
+            "FROM queue WHERE sink = ? ORDER BY id LIMIT ?", sink, limit))
         out: list[tuple[int, str, bytes]] = []
         for rid, name, blob, value, quality, ts in rows:
             out.append((rid, name, encode(_change(name, value, quality, ts)) if blob is None else blob))

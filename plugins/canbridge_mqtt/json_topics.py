@@ -17,7 +17,7 @@ import aiomqtt
 from canbridge import Bridge, Caller, Frame, Permission, RefusalReason, SignalInfo, WriteRefused
 from canbridge_mqtt.buffer import Buffer
 from canbridge_mqtt.config import MqttConfig
-from canbridge_mqtt.connection import Link
+from canbridge_mqtt.connection import Link, message_origin
 from canbridge_mqtt.output import Output
 from canbridge_mqtt.rbe import Change, ReportFilter
 
@@ -226,17 +226,22 @@ class JsonOutput(Output):
                 self.frames_dropped = sub.dropped
 
     async def _read(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            try:
-                await self._set(str(message.topic), message.payload if isinstance(message.payload, bytes)
-                                else str(message.payload).encode())
-            except aiomqtt.MqttError:
-                raise
-            except Exception:
-                log.exception("mqtt: handling %s failed", message.topic)
+        try:
+            async for message in client.messages:
+                try:
+                    await self._set(str(message.topic), message.payload if isinstance(message.payload, bytes)
+                                    else str(message.payload).encode(), message.properties)
+                except aiomqtt.MqttError:
+                    raise
+                except Exception:
+                    log.exception("mqtt: handling %s failed", message.topic)
+        finally:
+            self._link_lost.set()  # what is in flight is decided now, not after the publish timeout
 
-    async def _set(self, topic: str, payload: bytes) -> None:
-        caller = Caller("mqtt", user="json", address=self.link.url,
+    async def _set(self, topic: str, payload: bytes, properties: object = None) -> None:
+        # MQTT 3.1.1 does not say who published the set: the broker, our client, the topic (MQTT 5 adds more)
+        caller = Caller("mqtt", user=f"json; {message_origin(topic, properties, self.link.client_id)}",
+                        address=self.link.url,
                         permissions=frozenset({Permission.WRITE}) if self.cfg.writes else frozenset())
         name = set_target(self.prefix, topic)
         result: dict[str, object]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from canbridge_mqtt.buffer import Buffer
 from canbridge_mqtt.config import BufferConfig
 from canbridge_mqtt.rbe import Change, ReportFilter
+
+PAGE_MESSAGES = 16  # backlog messages read from the queue with one SELECT and sent together
 
 
 class Output(ABC):
@@ -76,9 +79,14 @@ class Output(ABC):
         if buf is None:
             return
         cfg = self.buffer_cfg
+        t0 = time.monotonic()
+        done = 0
         while self.online and buf.count(self.sink) and not self.interrupted() and not self.inflight:
-            n, sent = await self.replay(buf, cfg.batch)
+            n, sent = await self.replay(buf, cfg.batch * PAGE_MESSAGES)
             self.replayed += sent
+            done += sent
             if not n or sent < n:
                 return
-            await asyncio.sleep(n / cfg.drain_rate)
+            # paced against the clock: the time spent sending counts, only being ahead of drain_rate waits
+            ahead = done / cfg.drain_rate - (time.monotonic() - t0)
+            await asyncio.sleep(max(0.0, ahead))  # 0: let live work in between pages
