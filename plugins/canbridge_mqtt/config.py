@@ -153,6 +153,9 @@ class BufferConfig(Strict):
         250_000, ge=1, description="backlog changes sent per second after reconnect (live data waits for it)"
     )
     batch: int = Field(1000, ge=1, le=100_000, description="backlog changes per message")
+    max_pending: int = Field(
+        200_000, ge=1, description="changes waiting for a slow disk before new ones are refused (counted)"
+    )
     path: Path | None = Field(None, description="queue file (default <state_dir>/mqtt/buffer.sqlite)")
 
 

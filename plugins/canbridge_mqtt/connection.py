@@ -33,6 +33,21 @@ class DropOldestQueue(asyncio.Queue[aiomqtt.Message]):
         super().put_nowait(item)
 
 
+def message_origin(topic: str, properties: Any, client_id: str) -> str:
+    """What can be known of who sent a received message, for the audit log. MQTT 3.1.1 carries no
+    publisher identity: the broker forwards the message without saying whose it was, so the most there is
+    to name is our client (``client_id``) and the topic; MQTT 5 adds the sender's user properties and
+    correlation data, named when present. Bounded, one line."""
+    parts = [f"client {client_id}", f"topic {topic}"]
+    for key, value in getattr(properties, "UserProperty", None) or []:
+        parts.append(f"user-property {key}={value}")
+    corr = getattr(properties, "CorrelationData", None)
+    if isinstance(corr, bytes | bytearray) and corr:
+        parts.append(f"correlation {bytes(corr[:32]).hex()}")
+    text = "; ".join(parts).replace("\n", " ").replace("\r", " ")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def _queue_type(maxlen: int) -> type[DropOldestQueue]:
     return type("BoundedQueue", (DropOldestQueue,), {"maxlen": maxlen, "dropped": 0})
 
@@ -74,7 +89,7 @@ class Link:
                 cert_reqs=ssl.CERT_REQUIRED,
             )
             kwargs["tls_insecure"] = self.cfg.tls_insecure
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             parts.hostname or "127.0.0.1",
             parts.port or (8883 if tls else 1883),
             username=self.cfg.username,
@@ -90,6 +105,8 @@ class Link:
             queue_type=self._queue,
             **kwargs,
         )
+        client.pending_calls_threshold = self.cfg.max_inflight  # up to it is the design, not a warning
+        return client
 
     async def run(self, will: Callable[[], aiomqtt.Will | None],
                   session: Callable[[aiomqtt.Client], Awaitable[None]]) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from canbridge_mqtt.buffer import Buffer
 from canbridge_mqtt.config import BufferConfig
 from canbridge_mqtt.rbe import Change, ReportFilter
+
+PAGE_MESSAGES = 16  # backlog messages read from the queue with one SELECT and sent together
 
 
 class Output(ABC):
@@ -25,46 +28,50 @@ class Output(ABC):
         self.published = 0  # changes sent live
         self.replayed = 0  # changes sent from the queue
         self.lost = 0  # changes that could not be sent nor queued (no buffer configured)
+        self.inflight = 0  # changes published and not yet acknowledged, kept in flight (a slow broker)
 
     @abstractmethod
-    async def send(self, changes: Sequence[Change], historical: bool) -> int:
-        """Publish ``changes`` in order; return how many (from the start) went out: fewer when the link
-        broke, and the rest must be kept."""
+    async def send_live(self, changes: Sequence[Change]) -> Sequence[Change]:
+        """Publish live ``changes`` (counting ``published``); return those that did not go out, in order, to
+        be queued: the link broke. Changes still awaiting their acknowledgement are the output's business."""
+
+    @abstractmethod
+    async def replay(self, buf: Buffer, limit: int) -> tuple[int, int]:
+        """Send the oldest ``limit`` queued changes as history and delete from the queue what was delivered:
+        ``(rows read, rows delivered)``; fewer delivered than read stops the drain (the link broke, or the
+        rest still awaits its acknowledgement)."""
 
     def encode_queued(self, changes: Sequence[Change]) -> list[bytes] | None:
-        """What to keep with queued changes so that the replay is cheap (None: nothing, ``send`` them)."""
+        """What to keep with queued changes so that the replay is cheap (None: nothing)."""
         return None
-
-    async def replay(self, buf: Buffer, limit: int) -> tuple[int, int, int]:
-        """Send the oldest ``limit`` queued changes as history: ``(rows read, rows sent, id of the last row
-        sent)``; fewer sent than read when the link broke."""
-        rows = buf.peek(self.sink, limit)
-        if not rows:
-            return 0, 0, 0
-        sent = await self.send([c for _, c in rows], True)
-        return len(rows), sent, rows[sent - 1][0] if sent else 0
 
     def interrupted(self) -> bool:
         """Whether the drain should pause for something more urgent (a rebirth)."""
         return False
 
     def backlog(self) -> int:
-        return 0 if self.buffer is None else self.buffer.count(self.sink)
+        """Changes that go out before the next live one: queued on disk, or in flight and unacknowledged."""
+        return self.inflight + (0 if self.buffer is None else self.buffer.count(self.sink))
+
+    def keep(self, changes: Sequence[Change], front: bool = False) -> None:
+        """Queue changes that did not go out (``front``: before what is queued, they were older)."""
+        if not changes:
+            return
+        if self.buffer is None:
+            self.lost += len(changes)
+        elif front:
+            self.buffer.prepend(self.sink, changes, self.encode_queued(changes))
+        else:
+            self.buffer.append(self.sink, changes, self.encode_queued(changes))
 
     async def offer(self, changes: Sequence[Change]) -> None:
         """Report changes: live, or queued behind a backlog so that the order is kept."""
         if not changes:
             return
-        sent = 0
+        rest = changes
         if self.online and self.backlog() == 0:
-            sent = await self.send(changes, False)
-            self.published += sent
-        rest = changes[sent:]
-        if rest:
-            if self.buffer is not None:
-                self.buffer.append(self.sink, rest, self.encode_queued(rest))
-            else:
-                self.lost += len(rest)
+            rest = await self.send_live(changes)
+        self.keep(rest)
 
     async def drain(self) -> None:
         """Send the queue oldest first at ``drain_rate``; returns when it is empty or the link broke."""
@@ -72,13 +79,14 @@ class Output(ABC):
         if buf is None:
             return
         cfg = self.buffer_cfg
-        while self.online and buf.count(self.sink) and not self.interrupted():
-            n, sent, last_id = await self.replay(buf, cfg.batch)
-            if not n:
+        t0 = time.monotonic()
+        done = 0
+        while self.online and buf.count(self.sink) and not self.interrupted() and not self.inflight:
+            n, sent = await self.replay(buf, cfg.batch * PAGE_MESSAGES)
+            self.replayed += sent
+            done += sent
+            if not n or sent < n:
                 return
-            if sent:
-                buf.delete(self.sink, last_id)
-                self.replayed += sent
-            if sent < n:
-                return
-            await asyncio.sleep(n / cfg.drain_rate)
+            # paced against the clock: the time spent sending counts, only being ahead of drain_rate waits
+            ahead = done / cfg.drain_rate - (time.monotonic() - t0)
+            await asyncio.sleep(max(0.0, ahead))  # 0: let live work in between pages

@@ -59,7 +59,8 @@ class MqttService:
                               f"plugins.mqtt.json.max_topics ({cfg.json_topics.max_topics}); narrow include/exclude")
         if cfg.buffer.enabled:
             path = cfg.buffer.path or self.bridge.state_dir / "mqtt" / "buffer.sqlite"
-            self.buffer = Buffer(path, cfg.buffer.max_mb, cfg.buffer.max_age_h)
+            self.buffer = Buffer(path, cfg.buffer.max_mb, cfg.buffer.max_age_h, cfg.buffer.max_pending)
+            await self.buffer.ready()  # on the writer thread: counting the queue of a restart
             if self.buffer.total():
                 log.info("mqtt: %d change(s) queued from before the restart will be sent after birth",
                          self.buffer.total())
@@ -109,7 +110,7 @@ class MqttService:
                     with contextlib.suppress(Exception):
                         await out.offer(out.rbe.refresh(self.bridge.read_many(names)))
             if self.buffer is not None and ticks % 60 == 0:
-                self.buffer.expire()
+                await self.buffer.expire()
 
     async def stop(self) -> None:
         for t in reversed(self._tasks):
@@ -121,7 +122,7 @@ class MqttService:
                     log.error("mqtt: %s ended with %r", t.get_name(), t.exception())
         self._tasks.clear()
         if self.buffer is not None:
-            self.buffer.close()
+            await self.buffer.close()
 
     def endpoints(self) -> list[str]:
         out: list[str] = []

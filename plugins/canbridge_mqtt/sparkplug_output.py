@@ -9,7 +9,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import aiomqtt
 
@@ -18,7 +18,7 @@ from canbridge import Bridge, BusState, Caller, Permission, Quality, RefusalReas
 from canbridge_mqtt import sparkplug as sp
 from canbridge_mqtt.buffer import Buffer
 from canbridge_mqtt.config import MqttConfig, SparkplugConfig
-from canbridge_mqtt.connection import Link
+from canbridge_mqtt.connection import Link, message_origin
 from canbridge_mqtt.output import Output
 from canbridge_mqtt.rbe import Change, ReportFilter
 from canbridge_mqtt.session import REBIRTH, BdSeqStore, EdgeNode
@@ -68,11 +68,13 @@ class SparkplugOutput(Output):
         self._host_changed = asyncio.Event()
         self._rebirth = asyncio.Event()
         self._lock = asyncio.Lock()  # one message sequence at a time: births never interleave with DATA
+        self._link_lost = asyncio.Event()  # set by the reader when the connection ends
         self.writes_accepted = 0
         self.writes_refused = 0
         self.last_refused = ("", "")
         self.rebirths = 0
         self._legacy_warned = False
+        self._origin = ""  # who sent the command being handled, as far as MQTT tells
         self._sent_node: dict[str, object] = {}
         self._counters_at = 0.0
 
@@ -89,6 +91,7 @@ class SparkplugOutput(Output):
 
     async def session(self, client: aiomqtt.Client) -> None:
         self.client = client
+        self._link_lost = asyncio.Event()
         self.host_online = self.sp.primary_host_id is None
         self._host_changed.clear()
         reader = asyncio.create_task(self._read(client), name="mqtt-sparkplug-read")
@@ -222,7 +225,13 @@ class SparkplugOutput(Output):
             self._sent_node.update(changed)
 
     # --- data ---------------------------------------------------------------------------------------------
+    async def send_live(self, changes: Sequence[Change]) -> Sequence[Change]:
+        sent = await self.send(changes, False)
+        self.published += sent
+        return changes[sent:]
+
     async def send(self, changes: Sequence[Change], historical: bool) -> int:
+        """DDATA per bus in order; how many changes (from the start) went out."""
         client = self.client
         if client is None or not self.online:
             return 0
@@ -233,14 +242,14 @@ class SparkplugOutput(Output):
             if bus in self.dead or bus not in self.node.devices:
                 # no DDATA for a dead device (its DDEATH said so); its history is dropped, counted
                 if historical and self.buffer is not None:
-                    self.buffer.dropped += len(group)
+                    self.buffer.note_dropped(len(group), f"history of {bus}, which is down")
                 sent += len(group)
                 continue
             group = [c for c in group if c[0] in self.node.by_signal]
             try:
                 async with self._lock:
                     payload = self.node.ddata(bus, group, historical, None if historical else self.qualities)
-                    await client.publish(self.node.topic("DDATA", bus), payload, qos=qos)
+                    await self._confirmed(client.publish(self.node.topic("DDATA", bus), payload, qos=qos))
             except aiomqtt.MqttError:
                 self.online = False
                 return sent
@@ -250,49 +259,89 @@ class SparkplugOutput(Output):
     def encode_queued(self, changes: Sequence[Change]) -> list[bytes]:
         return [self.node.queued_metric(c) for c in changes]
 
-    async def replay(self, buf: Buffer, limit: int) -> tuple[int, int, int]:
-        """Historical DDATA straight from the queued metric bytes: one SELECT per batch, no decoding, the
-        payload concatenated (``EdgeNode.ddata_queued``)."""
-        rows = buf.peek_encoded(self.sink, limit, self.node.queued_metric)
+    async def replay(self, buf: Buffer, limit: int) -> tuple[int, int]:
+        """Historical DDATA straight from the queued metric bytes: one SELECT per page of ``limit`` rows, no
+        decoding, each message's payload concatenated (``EdgeNode.ddata_queued``), ``buffer.batch`` changes
+        a message, the page's messages published together (their PUBACKs awaited at once, not one round
+        trip each) and one DELETE for what went out."""
+        rows = await buf.peek_encoded(self.sink, limit, self.node.queued_metric)
         client = self.client
         if not rows or client is None or not self.online:
-            return len(rows), 0, 0
+            return len(rows), 0
+        step = self.buffer_cfg.batch
+        # (rows up to and including this message, its publish or None for rows that are not sent)
+        parts: list[tuple[int, asyncio.Future[None] | None]] = []
+        dropped = skipped_all = 0
+        async with self._lock:  # births never interleave with the page's DDATA; seq in publish order
+            end = 0
+            for bus, run in itertools.groupby(rows, key=lambda r: r[1].split(".", 1)[0]):
+                group = list(run)
+                if bus in self.dead or bus not in self.node.devices:
+                    end += len(group)  # no DDATA for a dead device (its DDEATH said so): dropped, counted
+                    dropped += len(group)
+                    parts.append((end, None))
+                    continue
+                topic = self.node.topic("DDATA", bus)
+                for i in range(0, len(group), step):
+                    chunk = group[i:i + step]
+                    end += len(chunk)
+                    payload, skipped = self.node.ddata_queued(bus, [(name, blob) for _, name, blob in chunk])
+                    skipped_all += skipped  # no longer published, or its datatype changed: not sent wrong
+                    parts.append((end, None if payload is None else
+                                  asyncio.ensure_future(self._confirmed(client.publish(topic, payload, qos=1)))))
+            await asyncio.gather(*(f for _, f in parts if f is not None), return_exceptions=True)
         sent = 0
-        for bus, run in itertools.groupby(rows, key=lambda r: r[1].split(".", 1)[0]):
-            group = list(run)
-            if bus in self.dead or bus not in self.node.devices:
-                buf.dropped += len(group)  # no DDATA for a dead device (its DDEATH said so): dropped, counted
-                sent += len(group)
-                continue
-            try:
-                async with self._lock:
-                    payload, skipped = self.node.ddata_queued(bus, [(name, blob) for _, name, blob in group])
-                    if payload is not None:
-                        await client.publish(self.node.topic("DDATA", bus), payload, qos=1)
-            except aiomqtt.MqttError:
+        for end, f in parts:  # what went out: the prefix up to the first publish that failed
+            if f is not None and f.exception() is not None:
                 self.online = False
                 break
-            buf.dropped += skipped  # no longer published, or its datatype changed: counted, not sent wrong
-            sent += len(group)
-        return len(rows), sent, rows[sent - 1][0] if sent else 0
+            sent = end
+        buf.note_dropped(dropped, "history of a bus that is down")
+        buf.note_dropped(skipped_all, "no longer published with that datatype")
+        if sent:
+            await buf.delete(self.sink, rows[sent - 1][0])
+        return len(rows), sent
+
+    async def _confirmed(self, publish: Awaitable[None]) -> None:
+        """``publish``, failing as soon as the connection is lost: aiomqtt would wait for a PUBACK that
+        cannot come until its timeout, holding up the feed and the lock."""
+        fut = asyncio.ensure_future(publish)
+        lost = asyncio.ensure_future(self._link_lost.wait())
+        try:
+            await asyncio.wait([fut, lost], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            fut.cancel()
+            raise
+        finally:
+            lost.cancel()
+        if not fut.done():
+            fut.cancel()
+            raise aiomqtt.MqttError("the connection was lost before the PUBACK")
+        fut.result()
 
     # --- commands and host state ------------------------------------------------------------------------
     async def _read(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            try:
-                await self._handle(message)
-            except aiomqtt.MqttError:
-                raise
-            except Exception:
-                log.exception("mqtt: handling %s failed", message.topic)
+        try:
+            async for message in client.messages:
+                try:
+                    await self._handle(message)
+                except aiomqtt.MqttError:
+                    raise
+                except Exception:
+                    log.exception("mqtt: handling %s failed", message.topic)
+        finally:
+            self._link_lost.set()
 
     def _caller(self) -> Caller:
+        """The caller of the command being handled: the broker's URL and all that is known of the sender
+        (``message_origin``: MQTT 3.1.1 does not say who published it)."""
         perms = frozenset({Permission.WRITE}) if self.sp.writes else frozenset()
-        return Caller("mqtt", user=f"sparkplug:{self.sp.primary_host_id or 'host'}", address=self.link.url,
-                      permissions=perms)
+        return Caller("mqtt", user=f"sparkplug {self.sp.primary_host_id or 'host'}; {self._origin}",
+                      address=self.link.url, permissions=perms)
 
     async def _handle(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
+        self._origin = message_origin(topic, message.properties, self.link.client_id)
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
         if topic.endswith(f"STATE/{self.sp.primary_host_id}"):
             self._host_state(payload, legacy_topic=not topic.startswith(sp.NAMESPACE))

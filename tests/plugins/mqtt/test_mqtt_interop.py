@@ -251,10 +251,11 @@ async def test_broker_outage_new_bdseq_births_again_and_store_and_forward_replay
         broker.stop()
 
 
-async def test_broker_outage_under_sustained_load_every_change_once_in_order(tmp_path: Path) -> None:
-    """Frames flow at a bounded rate the whole time; Mosquitto stops for a few seconds and comes back on the
-    same port. The Tahu host sees every change the plugin reported exactly once, in order, the outage's as
-    historical metrics between live ones, under a new bdSeq after new births."""
+async def test_broker_stopped_10_s_under_sustained_load_every_change_once_in_order(tmp_path: Path) -> None:
+    """Frames flow at a bounded rate the whole time; Mosquitto stops for 10 s and comes back on the same
+    port. The Tahu host sees every change the plugin reported exactly once (counted by signal and
+    timestamp), in order, the outage's as historical metrics between live ones, under a new bdSeq after
+    new births."""
     broker = Mosquitto(tmp_path)
     broker.start()
     try:
@@ -275,8 +276,8 @@ async def test_broker_outage_under_sustained_load_every_change_once_in_order(tmp
             out.offer = recording_offer
             stop = asyncio.Event()
 
-            async def drive() -> None:  # bounded: 3,000 frames at most, one per 10 ms
-                for speed in range(5000, 8000):
+            async def drive() -> None:  # bounded: 6,000 frames at most, one per 10 ms
+                for speed in range(5000, 11000):
                     if stop.is_set():
                         return
                     h.inject(f"100#{speed.to_bytes(2, 'little').hex()}000000000000")
@@ -287,12 +288,19 @@ async def test_broker_outage_under_sustained_load_every_change_once_in_order(tmp
                         for m in metrics(d) if m.get("alias") == alias and isinstance(m.get("value"), int)
                         and m["value"] >= 5000]
 
+            def stamped() -> list[tuple[int, int]]:  # (timestamp, value) of the signal as the host decoded
+                return [(int(m["timestamp"]), m["value"]) for d in host.messages("DDATA") for m in metrics(d)
+                        if m.get("alias") == alias and isinstance(m.get("value"), int) and m["value"] >= 5000]
+
             driver = asyncio.create_task(drive())
             try:
                 await host.wait(lambda: len(seen()) >= 10, "live DDATA under load")
                 broker.stop()
                 await until(lambda: not out.online, what="the edge node saw the outage")
-                await until(lambda: out.backlog() >= 40, 20, what="changes queued during the outage")
+                at_stop = len(reported)
+                await asyncio.sleep(10)  # the outage under test lasts 10 s of wall clock, load going on
+                assert len(reported) > at_stop + 100  # the load went on: changes were reported meanwhile
+                await until(lambda: out.backlog() >= 100, 20, what="changes queued during the outage")
                 broker.start()  # the same port
                 await host.wait(lambda: host.lines.count({"connected": True}) == 2, "the host reconnected")
                 await host.state(True)  # the broker kept nothing (no persistence): the host says it again
@@ -308,6 +316,9 @@ async def test_broker_outage_under_sustained_load_every_change_once_in_order(tmp
             got = seen()
             values = [v for v, _ in got]
             assert values == sorted(set(values))  # once each, in order
+            stamps = stamped()
+            assert len(stamps) == len(set(stamps)) == len(reported)  # by signal and timestamp: none twice
+            assert [t for t, _ in stamps] == sorted(t for t, _ in stamps)  # the original times, in order
             flags = [hist for _, hist in got]
             first, last = flags.index(True), len(flags) - 1 - flags[::-1].index(True)
             assert not any(flags[:first]) and all(flags[first:last + 1]) and not any(flags[last + 1:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,11 @@ async def test_raw_frames_in_node_red_shape(broker: Mosquitto, tmp_path: Path) -
 
 
 def queued_speeds(svc: Any) -> list[object]:
-    return [c[1] for _, c in svc.buffer.peek("json", 10_000) if c[0] == "demo.MotorStatus.MotorSpeed"]
+    """The speeds queued on disk, read with a connection of the test's own (the plugin's is its writer's)."""
+    with contextlib.closing(sqlite3.connect(svc.buffer.path)) as db:
+        rows = db.execute("SELECT value FROM queue WHERE sink = 'json' AND name = 'demo.MotorStatus.MotorSpeed'"
+                          " ORDER BY id").fetchall()
+    return [json.loads(v) for (v,) in rows]
 
 
 async def test_replay_after_an_outage_with_original_ts_not_retained(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ class Recorder(Output):
         self.got: list[tuple[object, bool]] = []
         self.fail_after = fail_after
 
-    async def send(self, changes: Sequence[Change], historical: bool) -> int:
+    def send(self, changes: Sequence[Change], historical: bool) -> int:
         n = len(changes)
         if self.fail_after is not None:
             n = min(n, max(0, self.fail_after - len(self.got)))
@@ -32,6 +32,18 @@ class Recorder(Output):
                 self.online = False
         self.got += [(c[1], historical) for c in changes[:n]]
         return n
+
+    async def send_live(self, changes: Sequence[Change]) -> Sequence[Change]:
+        sent = self.send(changes, False)
+        self.published += sent
+        return changes[sent:]
+
+    async def replay(self, buf: Buffer, limit: int) -> tuple[int, int]:
+        rows = await buf.peek(self.sink, limit)
+        sent = self.send([c for _, c in rows], True)
+        if sent:
+            await buf.delete(self.sink, rows[sent - 1][0])
+        return len(rows), sent
 
 
 def ch(*values: int) -> list[Change]:
@@ -59,6 +71,25 @@ async def test_a_link_that_breaks_half_way_keeps_the_rest_queued(tmp_path: Path)
     out.online = True
     await out.drain()
     assert [v for v, _ in out.got] == [1, 2, 3, 4]  # nothing lost, nothing twice
+
+
+async def test_a_full_disk_costs_history_never_the_live_path(tmp_path: Path) -> None:
+    """SQLITE_FULL on every write (the disk has no room): offline changes are counted, the output goes on,
+    and once online the live changes flow as if nothing happened."""
+    buf = Buffer(tmp_path / "q", 1, 1)
+    await buf.ready()
+    assert buf.db is not None
+    buf.db.execute(f"PRAGMA max_page_count={buf.db.execute('PRAGMA page_count').fetchone()[0]}")
+    out = Recorder(buf)
+    big = [("b.M.S", "x" * 5000, Quality.GOOD, i) for i in range(10)]  # rows that need new pages
+    await out.offer(big)  # offline: to the queue, which has no room
+    await buf.flush()
+    assert buf.dropped == 10 and out.backlog() == 0 and out.lost == 0
+    out.online = True
+    await out.drain()
+    await out.offer(ch(1, 2))
+    assert out.got == [(1, False), (2, False)]
+    await buf.close()
 
 
 async def test_without_a_buffer_offline_changes_are_counted_lost() -> None:

@@ -57,17 +57,18 @@ def test_queued_bytes_decode_like_the_payload_built_from_the_changes() -> None:
         assert p.seq == 0 and p.timestamp > 0
 
 
-def test_through_the_queue_file_and_for_rows_queued_without_bytes(tmp_path: Path) -> None:
+async def test_through_the_queue_file_and_for_rows_queued_without_bytes(tmp_path: Path) -> None:
     old, new = nodes(False)
     buf = Buffer(tmp_path / "q.sqlite", 10, 72)
     buf.append("sparkplug", CHANGES[:4], [new.queued_metric(c) for c in CHANGES[:4]])
     buf.append("sparkplug", CHANGES[4:])  # as an earlier version queued them: encoded when read back
-    rows = buf.peek_encoded("sparkplug", 100, new.queued_metric)
+    rows = await buf.peek_encoded("sparkplug", 100, new.queued_metric)
     assert [r[1] for r in rows] == [c[0] for c in CHANGES]
     got, _ = new.ddata_queued("b", [(name, blob) for _, name, blob in rows])
     assert got is not None
     # the JSON column keeps NaN and the choices as the old path read them back
-    assert decoded(got) == decoded(old.ddata("b", [c for _, c in buf.peek("sparkplug", 100)], True, None))
+    assert decoded(got) == decoded(old.ddata("b", [c for _, c in await buf.peek("sparkplug", 100)], True, None))
+    await buf.close()
 
 
 def test_a_mapping_changed_since_queueing_skips_and_counts_instead_of_sending_a_wrong_type() -> None:
