@@ -73,7 +73,7 @@ def test_an_arbitrary_address_capable_name_claims_the_next_free_address() -> Non
     c.on_frame(*claim_frame(LOWER, 0x81), 0.0)  # 0x81 is held by a lower NAME: skipped
     out = c.on_frame(*claim_frame(LOWER, 0x80), 0.1)
     assert out == [claim_frame(ARBITRARY, 0x82)]
-    assert c.state is ClaimState.CLAIMING and c.address == 0x82
+    assert c.state == ClaimState.CLAIMING and c.address == 0x82
     c.tick(0.1 + CLAIM_WAIT_S)
     assert c.can_transmit and c.address == 0x82
     # losing that one too: every address of the range is taken by a lower NAME
