@@ -79,7 +79,7 @@ def test_an_arbitrary_address_capable_name_claims_the_next_free_address() -> Non
     # losing that one too: every address of the range is taken by a lower NAME
     out = c.on_frame(*claim_frame(LOWER, 0x82), 1.0)
     assert [source_of(i) for i, _ in out] == [0xFE]
-    assert c.state is ClaimState.LOST and "no free address" in (c.reason or "")
+    assert c.state.value == "lost" and "no free address" in (c.reason or "")
 
 
 def test_the_default_range_of_an_arbitrary_name_is_128_to_247() -> None:
