@@ -195,6 +195,9 @@ class MappingConfig(Strict):
         default_factory=dict, description="J1939 source addresses (0-253) the mapping decodes, with their "
         "names; one source: <bus>.<message>.<signal>, several: <bus>.<source>.<message>.<signal>; default: "
         "the source address of the DBC frame id")
+    destination: int | None = Field(
+        None, ge=0, le=255, description="J1939 messages the bridge sends (writable, transmit) of PDU1 groups: the "
+        "destination address; default: the one in the DBC frame id")
 
     @model_validator(mode="after")
     def _one_source(self) -> MappingConfig:
