@@ -101,6 +101,9 @@ class BusRunner:
 
     # --- state ---
     def set_state(self, state: BusState, error: str | None = None) -> None:
+        if state is BusState.ACTIVE and self._claim_warning:
+            state = BusState.WARNING  # the controller is fine, but the J1939 claim is still lost
+            error = None
         if error is not None:
             self.last_error = error
         if state is self.state:
