@@ -347,7 +347,10 @@ class BusRunner:
                 continue
             self._last_logged = None
             try:
-                driver.set_filters(self._filter_ids if self.cfg.kernel_filters and self.j1939 is None else None)
+                # PGN matching, and an address claim (claims, requests, transfers to us from any
+                # sender), need every frame: no exact-id kernel filters on such a bus
+                exact = self.cfg.kernel_filters and self.j1939 is None and self.claim is None
+                driver.set_filters(self._filter_ids if exact else None)
                 self._failed.clear()
                 self.driver = driver
                 driver.start_reading(self.on_frames, self.on_error)
