@@ -185,6 +185,17 @@ class Bridge(ABC):
         """Send one raw frame (a :class:`Frame`, cansend string or frame object) through the write
         path; needs :attr:`Permission.RAW`. Raises :class:`WriteRefused` or :class:`FrameFormatError`."""
 
+    async def request_pgn(self, bus: str, pgn: int, caller: Caller, destination: int = 255) -> Frame:
+        """Send a J1939 Request (PGN 59904) for ``pgn`` to ``destination`` (255: global) from the
+        bridge's claimed address on ``bus`` (a bus with ``j1939`` settings), through the write path:
+        needs :attr:`Permission.WRITE`, bounded by the bus's ``request_rate``, audited; refused with
+        :attr:`RefusalReason.NO_ADDRESS` while no address is claimed. The answer arrives as the signals
+        of the PGN's mapping. Returns the frame sent; raises :class:`WriteRefused`.
+
+        Not abstract, so that test doubles written against earlier versions keep working.
+        """
+        raise PluginError(f"{type(self).__name__} does not implement request_pgn")
+
     @abstractmethod
     def stats(self) -> BridgeStats:
         """Write counters, store update time and subscriber lag, for metrics."""

@@ -109,6 +109,7 @@ class RefusalReason(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     RATE_LIMITED = "rate_limited"
     BUS_DOWN = "bus_down"
+    NO_ADDRESS = "no_address"  # J1939: the bridge holds no claimed address on the bus (claiming, or lost)
     WAITING = "waiting_for_initial_data"
     UNKNOWN_BUS = "unknown_bus"
     INVALID_FRAME = "invalid_frame"

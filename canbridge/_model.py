@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntFlag, StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from canbridge._canopen import CanopenNodeStatus
 from canbridge._j1939 import Dm1
@@ -268,6 +268,9 @@ class BusStatus:
     transport: dict[str, int] = field(default_factory=dict)
     dm1: dict[int, Dm1] = field(default_factory=dict)  # J1939: source address -> its latest DM1
     canopen: dict[str, CanopenNodeStatus] = field(default_factory=dict)  # CANopen: node name -> its state
+    # J1939 address claim of the bridge (buses with ``j1939``): state (idle, claiming, claimed, lost),
+    # address, name, claims_sent, contests, and the reason once lost
+    address_claim: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,66 @@ class CanopenNodeConfig(Strict):
                            "flight per node); more are refused")
 
 
+J1939_NAME_LAYOUT = (("identity_number", 0), ("manufacturer_code", 21), ("ecu_instance", 32),
+                     ("function_instance", 35), ("function", 40), ("vehicle_system", 49),
+                     ("vehicle_system_instance", 56), ("industry_group", 60), ("arbitrary_address_capable", 63))
+"""Where each field of a J1939 NAME starts (J1939-81; bit 48 is reserved)."""
+
+
+class J1939NameFields(Strict):
+    """The fields of a 64-bit J1939 NAME (J1939-81); the bridge packs them."""
+
+    identity_number: int = Field(0, ge=0, lt=1 << 21, description="21 bits, unique per manufacturer")
+    manufacturer_code: int = Field(0, ge=0, lt=1 << 11, description="11 bits, assigned by SAE")
+    ecu_instance: int = Field(0, ge=0, lt=8, description="3 bits")
+    function_instance: int = Field(0, ge=0, lt=32, description="5 bits")
+    function: int = Field(0, ge=0, lt=256, description="8 bits")
+    vehicle_system: int = Field(0, ge=0, lt=128, description="7 bits")
+    vehicle_system_instance: int = Field(0, ge=0, lt=16, description="4 bits")
+    industry_group: int = Field(0, ge=0, lt=8, description="3 bits (0 global, 1 on-highway, 2 agricultural, ...)")
+    arbitrary_address_capable: bool = Field(
+        False, description="may take another address of address_range when it loses its claim")
+
+
+class J1939Settings(Strict):
+    """The bridge as a J1939 controller application on this bus: its NAME and address (docs/j1939.md)."""
+
+    name: int | J1939NameFields = Field(
+        description="the 64-bit NAME, as a number (0x...) or as its fields; the lower NAME wins a contested address")
+    address: int = Field(ge=0, le=253, description="preferred source address")
+    address_range: tuple[int, int] | None = Field(
+        None, description="addresses to try after losing the preferred one (arbitrary address capable NAMEs "
+        "only); default 128..247")
+    retry_s: float | None = Field(
+        None, gt=0, description="after a lost claim, claim again this often; default: only when the bus reopens")
+    request_rate: float = Field(
+        10.0, gt=0, le=1000, description="Requests (PGN 59904) the bridge sends per second at most on this bus")
+
+    @field_validator("name")
+    @classmethod
+    def _name_fits(cls, v: int | J1939NameFields) -> int | J1939NameFields:
+        if isinstance(v, int) and not 0 <= v < 1 << 64:
+            raise ValueError(f"NAME {v} is not a 64-bit number")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> J1939Settings:
+        if self.address_range is not None:
+            lo, hi = self.address_range
+            if not 0 <= lo <= hi <= 253:
+                raise ValueError(f"address_range {lo}..{hi}: needs 0 <= first <= last <= 253")
+            if not self.name_value >> 63:
+                raise ValueError("address_range needs an arbitrary address capable NAME (bit 63)")
+        return self
+
+    @property
+    def name_value(self) -> int:
+        """The NAME as its 64-bit number."""
+        if isinstance(self.name, int):
+            return self.name
+        return sum(int(getattr(self.name, attr)) << shift for attr, shift in J1939_NAME_LAYOUT)
+
+
 class BusConfig(Strict):
     """One CAN bus."""
 
@@ -95,6 +155,8 @@ class BusConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for python-can")
     nodes: list[CanopenNodeConfig] = Field(
         default_factory=list, description="CANopen nodes: their TPDOs become signals (docs/canopen.md)")
+    j1939: J1939Settings | None = Field(
+        None, description="J1939 address claiming: the bridge's NAME and address; needed to write or request")
 
     @model_validator(mode="after")
     def _replay_needs_file(self) -> BusConfig:
@@ -156,6 +218,9 @@ class MappingConfig(Strict):
         default_factory=dict, description="J1939 source addresses (0-253) the mapping decodes, with their "
         "names; one source: <bus>.<message>.<signal>, several: <bus>.<source>.<message>.<signal>; default: "
         "the source address of the DBC frame id")
+    destination: int | None = Field(
+        None, ge=0, le=255, description="J1939 messages the bridge sends (writable, transmit) of PDU1 groups: the "
+        "destination address; default: the one in the DBC frame id")
 
     @model_validator(mode="after")
     def _one_source(self) -> MappingConfig:

@@ -58,6 +58,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`buses[]`", c.BusConfig),
     ("`buses[].replay`", c.ReplayOptions),
     ("`buses[].netlink`", c.NetlinkSettings),
+    ("`buses[].j1939`", c.J1939Settings),
+    ("`buses[].j1939.name` (as its fields)", c.J1939NameFields),
     ("`mappings[]`", c.MappingConfig),
     ("`mappings[].transmit.<Message>`", c.TransmitConfig),
     ("`audit`", c.AuditConfig),

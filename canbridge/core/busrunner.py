@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from canbridge._errors import BusError, BusUnavailable
-from canbridge._model import BusState, BusStatus, Frame, RawFrame
+from canbridge._model import BusState, BusStatus, Frame, FrameFlags, RawFrame
 from canbridge._plugin import BusDriver, BusKind, PeriodicHandle
 from canbridge.config import BusConfig
 from canbridge.core.can.errorframes import classify_error_frame
+from canbridge.core.can.j1939claim import PGN_ADDRESS_CLAIMED, AddressClaimer, ClaimState
 from canbridge.core.can.sdo import SdoClient
 from canbridge.core.canopennode import NodeMonitor
 from canbridge.core.j1939bus import J1939Receiver
+from canbridge.core.mapping.j1939 import PGN_REQUEST, with_source
 from canbridge.core.mapping.table import MappingTable
 from canbridge.core.store import SignalStore
 
@@ -26,6 +28,8 @@ log = logging.getLogger("canbridge.bus")
 # Bits on the wire besides the data field, interframe space included (no stuffing): 47 standard, 67 extended.
 _OVERHEAD_STD = 47
 _OVERHEAD_EXT = 67
+_EXT = int(FrameFlags.EXTENDED)
+_CLAIM_PF = ((PGN_ADDRESS_CLAIMED >> 8) & 0xFF, (PGN_REQUEST >> 8) & 0xFF)
 
 
 @dataclass
@@ -71,6 +75,13 @@ class BusRunner:
             self.sdo.add_node(node.id, node.name, node.sdo_timeout_ms / 1000, node.sdo_queue)
         if self.sdo is not None:
             self._filter_ids += [(cob, False) for cob in self.sdo.answer_ids]
+        j = cfg.j1939
+        # J1939-81: with a NAME configured, nothing leaves the bridge on this bus without a claimed address
+        self.claim = AddressClaimer(j.name_value, j.address, j.address_range, j.retry_s) if j else None
+        self._claim_timer: asyncio.TimerHandle | None = None
+        self._claim_warning = False  # the bus state is WARNING because the claim is lost
+        if self.j1939 is not None and self.claim is not None:
+            self.j1939.tp.local = self.claim.address
         self.driver: BusDriver | None = None
         self.state = BusState.STARTING
         self.since_ns = time.time_ns()
@@ -98,6 +109,9 @@ class BusRunner:
 
     # --- state ---
     def set_state(self, state: BusState, error: str | None = None) -> None:
+        if state is BusState.ACTIVE and self._claim_warning:
+            state = BusState.WARNING  # the controller is fine, but the J1939 claim is still lost
+            error = None
         if error is not None:
             self.last_error = error
         if state is self.state:
@@ -111,12 +125,30 @@ class BusRunner:
     def usable(self) -> bool:
         return self.driver is not None and self.state.usable
 
+    def claim_refusal(self) -> str | None:
+        """Why the bridge may not transmit on this bus for want of a J1939 address, or None."""
+        if self.claim is None:
+            return None
+        why = self.claim.refusal()
+        return f"bus {self.cfg.name}: {why}" if why else None
+
+    def j1939_id(self, can_id: int) -> int:
+        """A J1939 id the bridge sends, with the claimed source address."""
+        assert self.claim is not None
+        return with_source(can_id, self.claim.address)
+
+    @property
+    def _may_send(self) -> bool:
+        return self.driver is not None and self.state.usable and (self.claim is None or self.claim.can_transmit)
+
     # --- receive path: once per batch, never an await per frame ---
     def on_frames(self, batch: list[RawFrame]) -> None:
         """The receive path of this bus: the store decodes and publishes, the runner counts."""
         n_err, unmapped, decode_errors, rtr, n_ext, nbytes = self.store.receive(
             self.cfg.name, batch, self._lookup, self.last_payload, self._msg_signals, self._error_frame,
             self.j1939.resolve if self.j1939 is not None else None)
+        if self.claim is not None:
+            self._claim_batch(batch)
         if self.j1939 is not None:
             unmapped, decode_errors = self._j1939_batch(unmapped, decode_errors)
         if self.canopen is not None:
@@ -135,6 +167,8 @@ class BusRunner:
         assert self.j1939 is not None
         unmapped -= self.j1939.tp_frames
         self.j1939.tp_frames = 0
+        if self.j1939.tp.out:
+            self._send_own(self.j1939.tp.take_out())
         done = self.j1939.take_completed()
         if done:
             _, u, d, _, _, _ = self.store.receive(self.cfg.name, done, self._lookup, self.last_payload,
@@ -143,6 +177,71 @@ class BusRunner:
             unmapped += u
             decode_errors += d
         return unmapped, decode_errors
+
+    # --- J1939 address claim ---
+    def _claim_batch(self, batch: list[RawFrame]) -> None:
+        """Address Claimed and Requests for it, heard on the bus, move the claim."""
+        claim = self.claim
+        assert claim is not None
+        out: list[tuple[int, bytes]] = []
+        now = time.monotonic()
+        for can_id, flags, data, _ in batch:
+            if flags & _EXT and (can_id >> 16) & 0xFF in _CLAIM_PF:
+                out += claim.on_frame(can_id & 0x1FFFFFFF, data, now)
+        if out:
+            self._send_own(out)
+            self._claim_moved()
+
+    def _claim_start(self) -> None:
+        if self.claim is not None:
+            self._send_own(self.claim.start(time.monotonic()))
+            self._claim_moved()
+
+    def _claim_tick(self) -> None:
+        self._claim_timer = None
+        if self.claim is not None and self.driver is not None:
+            self._send_own(self.claim.tick(time.monotonic()))
+            self._claim_moved()
+
+    def _claim_moved(self) -> None:
+        """After the claim changed: the timer for its next step, transmissions and the bus state."""
+        claim = self.claim
+        assert claim is not None
+        if self.j1939 is not None:
+            self.j1939.tp.local = claim.address if claim.state is not ClaimState.LOST else None
+        if self._claim_timer is not None:
+            self._claim_timer.cancel()
+            self._claim_timer = None
+        if claim.deadline is not None:
+            delay = max(0.0, claim.deadline - time.monotonic())
+            self._claim_timer = asyncio.get_running_loop().call_later(delay, self._claim_tick)
+        if claim.can_transmit:
+            if any(c.handle is None for c in self.cyclic.values()) and self.driver is not None:
+                self._restart_cyclic()
+            if self._claim_warning:
+                self._claim_warning = False
+                if self.state is BusState.WARNING:
+                    self.set_state(BusState.ACTIVE, f"J1939 address 0x{claim.address:02X} claimed")
+            return
+        self._drop_cyclic_handles()  # the address is not ours (now): every transmission stops
+        if claim.state is ClaimState.LOST and not self._claim_warning and self.state.usable:
+            self._claim_warning = True
+            log.warning("bus %s: J1939 %s; the bridge transmits nothing on it", self.cfg.name, claim.refusal())
+            self.set_state(BusState.WARNING, f"J1939 {claim.refusal()}")
+
+    def _send_own(self, frames: list[tuple[int, bytes]]) -> None:
+        """Frames of the J1939 protocol itself (claims, CTS): sent whatever the claim's state."""
+        driver = self.driver
+        if driver is None or not self.state.usable:
+            return
+        for can_id, data in frames:
+            try:
+                driver.send(Frame(can_id, data, extended=True, bus=self.cfg.name))
+            except BusError as e:
+                log.warning("bus %s: J1939 frame 0x%08X not sent: %s", self.cfg.name, can_id, e)
+                continue
+            self.tx_frames += 1
+            self._bits += _OVERHEAD_EXT + len(data) * 8
 
     def _error_frame(self, can_id: int, data: bytes) -> None:
         self.error_frames += 1
@@ -169,6 +268,9 @@ class BusRunner:
         if driver is None or not self.state.usable:
             raise BusError(f"bus {self.cfg.name} is {self.state.value}" +
                            (f": {self.last_error}" if self.last_error else ""))
+        why = self.claim_refusal()
+        if why is not None:
+            raise BusError(why)
         driver.send(frame)
         self.tx_frames += 1
         self._bits += _OVERHEAD_STD + (20 if frame.extended else 0) + len(frame.data) * 8
@@ -179,7 +281,8 @@ class BusRunner:
         # The frame is remembered only once the driver took it: a refused write (the driver raised)
         # must not be what a reconnect starts sending.
         if cyc is None:
-            if self.driver is not None and self.state.usable:
+            if self._may_send:
+                assert self.driver is not None
                 handle = self.driver.send_periodic(frame, period_s)
                 self.cyclic[msg_index] = _Cyclic(frame, period_s, handle, time.monotonic())
             else:
@@ -187,7 +290,8 @@ class BusRunner:
             return
         if cyc.handle is not None:
             cyc.handle.modify(frame)
-        elif self.driver is not None and self.state.usable:
+        elif self._may_send:
+            assert self.driver is not None
             cyc.handle = self.driver.send_periodic(frame, period_s)
             cyc.since = time.monotonic()
         cyc.frame = frame
@@ -200,7 +304,11 @@ class BusRunner:
 
     def _restart_cyclic(self) -> None:
         assert self.driver is not None
+        if self.claim is not None and not self.claim.can_transmit:
+            return  # started once the address is claimed
         for cyc in self.cyclic.values():
+            if cyc.handle is not None:
+                continue
             try:
                 cyc.handle = self.driver.send_periodic(cyc.frame, cyc.period_s)
                 cyc.since = time.monotonic()
@@ -222,6 +330,7 @@ class BusRunner:
             await self._run()
         finally:
             driver, self.driver = self.driver, None
+            self._claim_stop()
             if driver is not None:  # only when _run ended on an exception: it closes its own driver
                 self._drop_cyclic_handles()
                 await _close_quietly(driver)
@@ -248,7 +357,10 @@ class BusRunner:
                 continue
             self._last_logged = None
             try:
-                driver.set_filters(self._filter_ids if self.cfg.kernel_filters and self.j1939 is None else None)
+                # PGN matching, and an address claim (claims, requests, transfers to us from any
+                # sender), need every frame: no exact-id kernel filters on such a bus
+                exact = self.cfg.kernel_filters and self.j1939 is None and self.claim is None
+                driver.set_filters(self._filter_ids if exact else None)
                 self._failed.clear()
                 self.driver = driver
                 driver.start_reading(self.on_frames, self.on_error)
@@ -263,6 +375,7 @@ class BusRunner:
                 self.reconnects += 1
             first = False
             self.set_state(BusState.ACTIVE)
+            self._claim_start()
             self._restart_cyclic()
             self._opened_once.set()
             delay = self.cfg.reconnect_min_s
@@ -274,6 +387,7 @@ class BusRunner:
                 stop_w.cancel()
                 fail_w.cancel()
             self.driver = None
+            self._claim_stop()
             self._drop_cyclic_handles()
             await _close_quietly(driver)
             if not self._stopping.is_set():
@@ -281,6 +395,13 @@ class BusRunner:
                 self.set_state(BusState.DOWN, self.last_error)
                 await self._sleep(delay)
         self.set_state(BusState.STOPPED)
+
+    def _claim_stop(self) -> None:
+        if self.claim is not None:
+            self.claim.stop()
+            if self._claim_timer is not None:
+                self._claim_timer.cancel()
+                self._claim_timer = None
 
     async def wait_opened(self, timeout: float) -> None:
         try:
@@ -345,7 +466,18 @@ class BusRunner:
             transport=self.j1939.tp.counters() if self.j1939 is not None else {},
             dm1=dict(self.j1939.dm1) if self.j1939 is not None else {},
             canopen=self.canopen.summary() if self.canopen is not None else {},
+            address_claim=self._claim_summary(),
         )
+
+    def _claim_summary(self) -> dict[str, Any]:
+        c = self.claim
+        if c is None:
+            return {}
+        out: dict[str, Any] = {"state": c.state.value, "address": c.address, "name": f"0x{c.name:016X}",
+                               "claims_sent": c.claims, "contests": c.contests}
+        if c.reason is not None:
+            out["reason"] = c.reason
+        return out
 
 
 async def _close_quietly(driver: BusDriver) -> None:

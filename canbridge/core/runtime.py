@@ -258,6 +258,11 @@ class Runtime(Bridge):
             raise PluginError("the bridge is not running")
         return await self.writes.send_frame(bus, frame, caller)
 
+    async def request_pgn(self, bus: str, pgn: int, caller: Caller, destination: int = 255) -> Frame:
+        if self.writes is None:
+            raise PluginError("the bridge is not running")
+        return await self.writes.request_pgn(bus, pgn, destination, caller)
+
     def stats(self) -> BridgeStats:
         w = self.writes
         a = self.audit

@@ -25,6 +25,7 @@ from canbridge._frames import parse_frame
 from canbridge._model import Caller, Frame, Permission, Quality, SignalInfo, Value, WriteReceipt
 from canbridge.core.audit import AuditLog, AuditUnavailable
 from canbridge.core.busrunner import BusRunner
+from canbridge.core.can.j1939claim import request_frame
 from canbridge.core.can.sdo import TIMEOUT, SdoBusy, SdoError
 from canbridge.core.mapping.table import MappingTable, MessageEntry
 from canbridge.core.store import SignalStore
@@ -138,6 +139,7 @@ class WritePath:
         self.written: set[int] = set()  # tx messages written at least once
         self.last_write: dict[int, float] = {}
         self._buckets: dict[int, _Bucket] = {}
+        self._request_buckets: dict[str, _Bucket] = {}  # J1939 requests, per bus
         self.accepted = 0
         self.refused: dict[str, int] = {r.value: 0 for r in RefusalReason}
 
@@ -202,6 +204,9 @@ class WritePath:
         if not runner.usable:
             raise self.refuse(RefusalReason.BUS_DOWN, f"bus {info.bus} is {runner.state.value}"
                               + (f" ({runner.last_error})" if runner.last_error else ""), name, caller, value, index)
+        no_address = runner.claim_refusal()
+        if no_address is not None:
+            raise self.refuse(RefusalReason.NO_ADDRESS, no_address, name, caller, value, index)
         if self._base_payload(entry, runner) is None:
             raise self.refuse(RefusalReason.WAITING, f"message {entry.info.message} is seeded from the bus and "
                               "no frame of it has been received yet", name, caller, value, index)
@@ -274,8 +279,9 @@ class WritePath:
                 if mux_enc is not None:
                     payload = mux_enc.insert(payload, mux_enc.to_raw(j.info.multiplexer_ids[0]))
             payloads[ent.index] = payload
-        frames = {j.entry.index: Frame(j.entry.info.frame_id, payloads[j.entry.index], extended=j.entry.info.extended,
-                                       fd=j.entry.info.fd, bus=j.info.bus) for j in order}
+        frames = {j.entry.index: Frame(self._frame_id(j.entry, j.runner), payloads[j.entry.index],
+                                       extended=j.entry.info.extended, fd=j.entry.info.fd, bus=j.info.bus)
+                  for j in order}
         cyclic = {j.entry.index: bool(j.entry.transmit is not None and j.entry.transmit.period_ms) for j in order}
         seqs = self._accept_record(judged, frames, cyclic, caller, values)
         sent: set[int] = set()
@@ -331,6 +337,9 @@ class WritePath:
         self.publish_payload(j.entry, data)
         self.accepted += 1
         return WriteReceipt(name, j.phys, j.raw, first, False)
+    @staticmethod
+    def _frame_id(entry: MessageEntry, runner: BusRunner) -> int:
+        return runner.j1939_id(entry.info.frame_id) if entry.j1939_tx else entry.info.frame_id
 
     def _base_payload(self, entry: MessageEntry, runner: BusRunner) -> bytes | None:
         tcfg = entry.transmit
@@ -408,6 +417,9 @@ class WritePath:
             raise self.refuse(RefusalReason.BUS_DOWN, f"bus {bus} is {runner.state.value}"
                               + (f" ({runner.last_error})" if runner.last_error else ""), target, caller,
                               parsed.to_cansend())
+        why = runner.claim_refusal()
+        if why is not None:
+            raise self.refuse(RefusalReason.NO_ADDRESS, why, target, caller, parsed.to_cansend())
         try:
             seq = self.audit.record(who=str(caller), plugin=caller.plugin, user=caller.user, address=caller.address,
                                     target=target, value=parsed.to_cansend(), result="accepted")
@@ -423,6 +435,65 @@ class WritePath:
             raise WriteRefused(RefusalReason.BUS_DOWN, str(e), target) from None
         self.accepted += 1
         return parsed
+
+
+    # --- J1939 requests ---
+    async def request_pgn(self, bus: str, pgn: int, destination: int, caller: Caller) -> Frame:
+        """Send a J1939 Request (PGN 59904) for ``pgn`` to ``destination`` (255: every ECU) from the
+        bridge's claimed address; the answer arrives as the signals of that PGN's mapping. Checks in
+        order: write permission, the bus, the numbers, the bus is usable, an address is claimed, the bus's
+        request rate, the audit log; nothing is sent on a refusal."""
+        target = f"{bus} (J1939 request PGN {pgn})" if isinstance(pgn, int) else f"{bus} (J1939 request)"
+        shown = {"pgn": pgn, "destination": destination}
+        if Permission.WRITE not in caller.permissions:
+            raise self.refuse(RefusalReason.NOT_ALLOWED, f"{caller} may not write (J1939 requests need the write "
+                              "permission)", target, caller, shown)
+        runner = self.runners.get(bus)
+        if runner is None:
+            raise self.refuse(RefusalReason.UNKNOWN_BUS, f"no bus named {bus!r}; buses: "
+                              f"{', '.join(sorted(self.runners))}", target, caller, shown)
+        settings = runner.cfg.j1939
+        if settings is None:
+            raise self.refuse(RefusalReason.UNSUPPORTED, f"bus {bus} claims no J1939 address (no 'j1939' "
+                              "settings): it sends no requests", target, caller, shown)
+        for what, v, hi in (("pgn", pgn, 0x3FFFF), ("destination", destination, 255)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise self.refuse(RefusalReason.WRONG_TYPE, f"{what} must be an integer, got {v!r}", target,
+                                  caller, shown)
+            if not 0 <= v <= hi:
+                raise self.refuse(RefusalReason.OUT_OF_RANGE, f"{what} {v} is outside 0..{hi}", target, caller,
+                                  shown)
+        if not runner.usable:
+            raise self.refuse(RefusalReason.BUS_DOWN, f"bus {bus} is {runner.state.value}"
+                              + (f" ({runner.last_error})" if runner.last_error else ""), target, caller, shown)
+        why = runner.claim_refusal()
+        if why is not None:
+            raise self.refuse(RefusalReason.NO_ADDRESS, why, target, caller, shown)
+        bucket = self._request_buckets.get(bus)
+        if bucket is None:
+            bucket = self._request_buckets[bus] = _Bucket(settings.request_rate)
+        if not bucket.ready():
+            raise self.refuse(RefusalReason.RATE_LIMITED, f"more than {settings.request_rate:g} requests/s on bus "
+                              f"{bus}; retry in {bucket.retry_after():.2f} s", target, caller, shown)
+        assert runner.claim is not None
+        can_id, data = request_frame(pgn, runner.claim.address, destination)
+        frame = Frame(can_id, data, extended=True, bus=bus)
+        try:
+            seq = self.audit.record(who=str(caller), plugin=caller.plugin, user=caller.user, address=caller.address,
+                                    target=target, value=shown, result="accepted", frame=frame.to_cansend())
+        except AuditUnavailable as e:
+            raise self.refuse(RefusalReason.AUDIT_UNAVAILABLE, f"the audit log cannot be written ({e}); no "
+                              "request is sent while it cannot", target, caller, shown) from None
+        bucket.take()
+        try:
+            runner.send(frame)
+        except BusError as e:
+            self.refused[RefusalReason.BUS_DOWN.value] += 1
+            self.audit.record_event(event="send_failed", of=seq, target=target, result=RefusalReason.BUS_DOWN.value,
+                                    detail=str(e))
+            raise WriteRefused(RefusalReason.BUS_DOWN, str(e), target) from None
+        self.accepted += 1
+        return frame
 
 
 def _num(x: float) -> str:

@@ -71,6 +71,7 @@ REFUSAL_CODES: dict[RefusalReason, ExcCodes] = {
     RefusalReason.RATE_LIMITED: ExcCodes.DEVICE_BUSY,
     RefusalReason.WAITING: ExcCodes.DEVICE_BUSY,
     RefusalReason.BUS_DOWN: ExcCodes.GATEWAY_NO_RESPONSE,
+    RefusalReason.NO_ADDRESS: ExcCodes.GATEWAY_NO_RESPONSE,
     RefusalReason.UNKNOWN_BUS: ExcCodes.GATEWAY_PATH_UNAVIABLE,
     RefusalReason.INVALID_FRAME: ExcCodes.DEVICE_FAILURE,
     RefusalReason.UNAUTHENTICATED: ExcCodes.ILLEGAL_ADDRESS,

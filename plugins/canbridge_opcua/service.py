@@ -97,6 +97,7 @@ REFUSAL_STATUS: dict[RefusalReason, int] = {
     RefusalReason.OUT_OF_RANGE: StatusCodes.BadOutOfRange,
     RefusalReason.RATE_LIMITED: StatusCodes.BadTooManyOperations,
     RefusalReason.BUS_DOWN: StatusCodes.BadNoCommunication,
+    RefusalReason.NO_ADDRESS: StatusCodes.BadInvalidState,
     RefusalReason.WAITING: StatusCodes.BadWaitingForInitialData,
     RefusalReason.UNKNOWN_BUS: StatusCodes.BadInvalidArgument,
     RefusalReason.INVALID_FRAME: StatusCodes.BadInvalidArgument,

@@ -53,6 +53,7 @@ REFUSAL_STATUS = {
     canbridge.RefusalReason.OUT_OF_RANGE: 422,
     canbridge.RefusalReason.RATE_LIMITED: 429,
     canbridge.RefusalReason.BUS_DOWN: 503,
+    canbridge.RefusalReason.NO_ADDRESS: 503,
     canbridge.RefusalReason.WAITING: 503,
     canbridge.RefusalReason.INVALID_FRAME: 400,
     canbridge.RefusalReason.UNAUTHENTICATED: 401,

@@ -213,6 +213,25 @@ async def post_frame(request: web.Request) -> web.StreamResponse:
     return json_response({"bus": bus, "frame": models.frame(sent)})
 
 
+async def post_j1939_request(request: web.Request) -> web.StreamResponse:
+    """A J1939 Request (PGN 59904) from the bridge's claimed address: {"pgn": N, "destination": 0..255}."""
+    state = rest_state(request)
+    bus = request.match_info["bus"]
+    body = await _body(request)
+    caller = caller_of(request)
+    target = f"{bus} (J1939 request)"
+    if not isinstance(body, dict) or "pgn" not in body or set(body) - {"pgn", "destination"}:
+        raise _refused(state.bridge.refuse(target, body, caller, canbridge.RefusalReason.UNSUPPORTED,
+                                           'expects {"pgn": <number>, "destination": <0..255, default 255>}'),
+                       state.bridge) from None
+    try:
+        sent = await asyncio.shield(state.bridge.request_pgn(bus, body["pgn"], caller, body.get("destination", 255)))
+    except canbridge.WriteRefused as e:
+        raise _refused(e, state.bridge) from None
+    return json_response({"bus": bus, "pgn": body["pgn"], "destination": body.get("destination", 255),
+                          "frame": models.frame(sent)})
+
+
 async def openapi_json(request: web.Request) -> web.StreamResponse:
     state = rest_state(request)
     if state.openapi is None:
@@ -475,6 +494,7 @@ ROUTES: list[Route] = [
     Route("GET", f"{API}/buses", list_buses, Role.READ, "listBuses"),
     Route("GET", f"{API}/buses/{{bus}}", get_bus, Role.READ, "getBus"),
     Route("POST", f"{API}/buses/{{bus}}/frames", post_frame, Role.ADMIN, "sendFrame"),
+    Route("POST", f"{API}/buses/{{bus}}/j1939/requests", post_j1939_request, Role.WRITE, "requestPgn"),
     Route("GET", f"{API}/stats", get_stats, Role.READ, "getStats"),
     Route("GET", f"{API}/stream", sse, Role.READ, "stream", token_in_query=True),
     Route("GET", f"{API}/ws", websocket, Role.READ, "websocket", token_in_query=True),

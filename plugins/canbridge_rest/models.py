@@ -191,6 +191,9 @@ class Bus(_Out):
         default_factory=dict, description="J1939 transport protocol: completed and broken transfers by reason")
     dm1: dict[str, Dm1Out] = Field(default_factory=dict, description="J1939: active trouble codes by source, 0x<SA>")
     canopen: dict[str, CanopenNodeOut] = Field(default_factory=dict, description="CANopen: node state by node name")
+    address_claim: dict[str, Any] = Field(
+        default_factory=dict, description="J1939: the bridge's address claim on this bus (state idle, claiming, "
+        "claimed or lost; address, name, claims_sent, contests; reason once lost); empty without j1939 settings")
 
 
 class EmcyOut(_Out):
@@ -461,6 +464,7 @@ def bus(info: canbridge.BusInfo | None, st: canbridge.BusStatus) -> dict[str, An
         "transport": dict(st.transport),
         "dm1": {f"0x{sa:02X}": dm1(d) for sa, d in sorted(st.dm1.items())},
         "canopen": {name: canopen_node(n) for name, n in st.canopen.items()},
+        "address_claim": dict(st.address_claim),
     }
 
 

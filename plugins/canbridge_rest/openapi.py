@@ -208,6 +208,33 @@ _OPS: dict[str, dict[str, Any]] = {
             "503": _err("the bus is down or the audit log cannot be written", retry_after=True),
         },
     },
+    "requestPgn": {
+        "summary": "Send a J1939 Request (PGN 59904) from the bridge's claimed address; the answer arrives "
+        "as the signals of that PGN's mapping",
+        "tags": ["buses"],
+        "parameters": [_path("bus", "bus name (with j1939 settings: NAME and address)")],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "required": ["pgn"],
+                "properties": {
+                    "pgn": {"type": "integer", "minimum": 0, "maximum": 262143, "examples": [65253]},
+                    "destination": {"type": "integer", "minimum": 0, "maximum": 255, "default": 255,
+                                    "description": "255: every ECU"},
+                },
+            }}},
+        },
+        "responses": {
+            "200": _json(_ref("FrameSent"), "sent"),
+            "400": _err("not a request object, or the bus claims no J1939 address"),
+            "422": _err("pgn or destination is not an integer in its range"),
+            **_WRITE_ERRORS,
+            "404": _err("no such bus"),
+            "429": _err("more requests than the bus's request_rate", retry_after=True),
+            "503": _err("the bus is down, no J1939 address is claimed (no_address), or the audit log cannot "
+                        "be written", retry_after=True),
+        },
+    },
     "getStats": {
         "summary": "Operating statistics: loop lag, CPU per plugin, queues, coalesced updates, per-bus counters",
         "description": "Alarm on loop_lag.stalls growing (a callback held the event loop over 20 ms), on "

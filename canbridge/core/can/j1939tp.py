@@ -2,8 +2,10 @@
 RTS/CTS connection-mode transfers, 9 to 1,785 bytes) that it sees on a bus, for buses where no kernel
 J1939 stack does it (replayed logs, python-can interfaces).
 
-It never transmits: it answers no RTS with a CTS (the bridge claims no address, so no transfer is
-addressed to it) and it follows an RTS/CTS transfer between two other ECUs by reading both sides. A
+It follows an RTS/CTS transfer between two other ECUs by reading both sides. When the bridge holds a
+J1939 address (``local``), it is the receiver of the transfers sent to that address: it answers their
+RTS with a CTS (as many packets as the RTS allows per CTS), asks for the next window once one is in,
+and sends the end-of-message acknowledgement; those frames wait in ``out`` for the bus to send. A
 transfer that breaks (abort, timeout, a packet out of sequence or missing, a wrong size) is counted by
 reason and never returned; a completed one is returned once, like a single frame of its PGN.
 
@@ -21,6 +23,7 @@ from canbridge.core.mapping.j1939 import (
     PGN_TP_CM,
     PGN_TP_DT,
     destination_of,
+    make_id,
     pgn_of,
     priority_of,
     source_of,
@@ -51,6 +54,17 @@ bytes or not matching its packet count; a new announcement from the same sender 
 unfinished one; more than MAX_TRANSFERS at once."""
 
 
+_TP_PRIORITY = 7
+
+
+def _pgn3(pgn: int) -> bytes:
+    return pgn.to_bytes(3, "little")
+
+
+def _first_missing(t: _Transfer) -> int:
+    return next(i for i in range(1, t.packets + 1) if not t.seen[i])
+
+
 @dataclass(frozen=True, slots=True)
 class Completed:
     """A reassembled message: decode it like a frame of ``pgn`` from ``source``."""
@@ -77,6 +91,7 @@ class _Transfer:
     window: tuple[int, int] = (0, 0)  # RTS/CTS: the packets the last CTS asked for; (0, 0): no CTS yet
     deadline: int = 0
     timer: str = "t1"
+    per_cts: int = 255  # RTS/CTS: packets the sender takes per CTS (RTS byte 5)
 
 
 class Reassembler:
@@ -91,6 +106,8 @@ class Reassembler:
         self.duplicates = 0  # packets received twice with the same data (ignored)
         self.ignored = 0  # TP frames outside any transfer, short, or with an unknown control byte
         self.last_ts = 0  # timestamp of the newest frame fed
+        self.local: int | None = None  # the bridge's claimed address: transfers to it are answered
+        self.out: list[tuple[int, bytes]] = []  # CTS and end-of-message frames to send
 
     @property
     def active(self) -> int:
@@ -121,6 +138,10 @@ class Reassembler:
         else:
             self.ignored += 1
         return None
+
+    def take_out(self) -> list[tuple[int, bytes]]:
+        out, self.out = self.out, []
+        return out
 
     def expire(self, now: int) -> None:
         """Break every transfer whose timer ran out before ``now`` (ns, the frames' clock)."""
@@ -162,9 +183,11 @@ class Reassembler:
                 self.broken["limit"] += 1
                 return
             t = _Transfer(control == BAM, pgn, size, packets, priority_of(can_id), bytearray(packets * 7),
-                          bytearray(packets + 1))
+                          bytearray(packets + 1), per_cts=data[4] or 255)
             self._transfers[key] = t
             self._arm(t, "t1" if t.broadcast else "t3", ts)
+            if control == RTS and da == self.local:
+                self._clear_to_send(key, t, 1, ts)
             return
         if control == ABORT:
             for key in ((sa, da), (da, sa)):  # either side may abort
@@ -227,6 +250,20 @@ class Reassembler:
         if t.received == t.packets:
             del self._transfers[key]
             self.completed += 1
+            if not t.broadcast and da == self.local:
+                self.out.append((make_id(_TP_PRIORITY, PGN_TP_CM, da, sa),
+                                 bytes((EOMA, t.size & 0xFF, t.size >> 8, t.packets, 0xFF)) + _pgn3(t.pgn)))
             return Completed(t.pgn, sa, da, t.priority, bytes(t.buf[:t.size]), ts)
+        if not t.broadcast and da == self.local and seq == t.window[1]:
+            self._clear_to_send(key, t, _first_missing(t), ts)
+            return None
         self._arm(t, "t3" if not t.broadcast and seq == t.window[1] else "t1", ts)
         return None
+
+    def _clear_to_send(self, key: tuple[int, int], t: _Transfer, first: int, ts: int) -> None:
+        """As the receiver: a CTS for the next window from packet ``first``."""
+        count = min(t.per_cts, t.packets - first + 1)
+        t.window = (first, first + count - 1)
+        self._arm(t, "t2", ts)
+        self.out.append((make_id(_TP_PRIORITY, PGN_TP_CM, key[1], key[0]),
+                         bytes((CTS, count, first, 0xFF, 0xFF)) + _pgn3(t.pgn)))

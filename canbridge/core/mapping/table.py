@@ -17,7 +17,16 @@ from canbridge.config import CanopenNodeConfig, Config, MappingConfig, TransmitC
 from canbridge.core.gcpause import gc_paused
 from canbridge.core.mapping.canopen import NodeDescription, SdoObject, canopen_jobs, describe
 from canbridge.core.mapping.codec import Decoder, SignalEncoder, compile_decoder, compile_encoder, initial_payload
-from canbridge.core.mapping.j1939 import match_key, source_of, with_source
+from canbridge.core.mapping.j1939 import (
+    NULL_ADDRESS,
+    destination_of,
+    make_id,
+    match_key,
+    pgn_of,
+    priority_of,
+    source_of,
+    with_source,
+)
 
 log = logging.getLogger("canbridge.mapping")
 
@@ -44,6 +53,7 @@ class MessageEntry:
     encoders: dict[str, SignalEncoder] = field(default_factory=dict)
     initial: bytes = b""
     sdo: SdoObject | None = None  # a CANopen object by SDO: no frame of its own, in no frame lookup
+    j1939_tx: bool = False  # a J1939 message the bridge sends: its source address is the claimed one
 
 
 @dataclass
@@ -144,6 +154,7 @@ def _build_table(
     message_list: list[MessageEntry] = []
     messages: dict[str, MessageEntry] = {}
     by_bus: dict[str, dict[int, MessageEntry]] = {b.name: {} for b in config.buses}
+    claiming = {b.name: b.j1939 is not None for b in config.buses}
     signal_message: list[int] = []
     j1939: dict[str, dict[int, MessageEntry]] = {}
     canopen: dict[str, list[tuple[CanopenNodeConfig, NodeDescription]]] = {}
@@ -203,10 +214,11 @@ def _build_table(
             if not any(fnmatch.fnmatchcase(n, pat) for n in names):
                 ln, p = where(mi, "stale_after_ms", pat)
                 problems.append(Problem(f"stale_after_ms pattern {pat!r} matches no message", file, ln, p))
-        instances, why = _instances(mc, selected)
+        instances, why = _instances(mc, selected, claiming.get(mc.bus, False))
         if why:
             problems.append(Problem(why, file, *where(mi, "protocol")))
         for m, mname, frame_id, pgn_key in instances:
+            j1939_tx = pgn_key is None and _is_j1939(mc, m)
             key = frame_key(frame_id, m.is_extended_frame)
             label = mname[len(mc.bus) + 1:]  # as plugins show it: "<source>.<message>" with several sources
             sdo = sdo_objects.get(m.name)
@@ -289,7 +301,8 @@ def _build_table(
                 signals=tuple(sig_names), cycle_time_ms=cycle,
                 period_ms=tcfg.period_ms if tcfg else None, comment=_comment(m),
             )
-            entry = MessageEntry(info_m, idx, key, m, sig_indices, decoder, timeout, tcfg, encoders, init, sdo)
+            entry = MessageEntry(info_m, idx, key, m, sig_indices, decoder, timeout, tcfg, encoders, init, sdo,
+                                 j1939_tx)
             message_list.append(entry)
             messages[mname] = entry
             if not shared:  # SDO answers go to the bus's SDO client; NMT commands are only sent
@@ -301,11 +314,15 @@ def _build_table(
     return MappingTable(signals, signal_list, messages, message_list, signal_message, by_bus, j1939, canopen)
 
 
-def _instances(mc: MappingConfig, selected: Sequence[Any]) -> tuple[list[tuple[Any, str, int, int | None]], str]:
+def _instances(mc: MappingConfig, selected: Sequence[Any],
+               claiming: bool) -> tuple[list[tuple[Any, str, int, int | None]], str]:
     """(message, mapped name, frame id, J1939 match key or None) of each mapped message, and a problem.
 
-    A J1939 message is mapped once per source address (``sources``, default: the DBC id's own); its
-    name carries the source's name only when the mapping has several (docs/j1939.md, "Names").
+    A received J1939 message is mapped once per source address (``sources``, default: the DBC id's own);
+    its name carries the source's name only when the mapping has several (docs/j1939.md, "Names"). One
+    the bridge sends (writable signals, ``transmit``) is mapped once, ``<bus>.<message>``, with source
+    address 254 in its id until the bus's address claim puts the claimed one there, and needs the bus to
+    claim an address (``j1939`` on the bus).
     """
     out: list[tuple[Any, str, int, int | None]] = []
     plain = [m for m in selected if not _is_j1939(mc, m)]
@@ -317,9 +334,22 @@ def _instances(mc: MappingConfig, selected: Sequence[Any]) -> tuple[list[tuple[A
     if mc.sources and not pgn_messages:
         return out, "sources are given but no message of the mapping is J1939 (protocol: j1939, or " \
                     "VFrameFormat J1939PG in the DBC)"
-    if pgn_messages and (mc.writable or mc.transmit):
-        return out, "J1939 messages cannot be written or transmitted yet (that needs address claiming)"
+    sent = [m for m in pgn_messages
+            if m.name in mc.transmit or any(_match(mc.writable, f"{m.name}.{s.name}") for s in m.signals)]
+    if sent and not claiming:
+        return out, f"J1939 messages the bridge sends ({', '.join(m.name for m in sent)}) need address " \
+                    f"claiming on bus {mc.bus}: give the bus 'j1939: {{name: ..., address: ...}}'"
+    cyclic = [m.name for m in sent if m.name in mc.transmit and mc.transmit[m.name].period_ms]
+    if cyclic:
+        return out, f"cyclic transmission of J1939 messages is not supported ({', '.join(cyclic)}): they are " \
+                    "sent on each write"
+    for m in sent:
+        fid = m.frame_id
+        dest = mc.destination if mc.destination is not None else destination_of(fid)
+        out.append((m, f"{mc.bus}.{m.name}", make_id(priority_of(fid), pgn_of(fid), NULL_ADDRESS, dest), None))
     for m in pgn_messages:
+        if m in sent:
+            continue
         sources = mc.sources or {source_of(m.frame_id): ""}
         for address, source in sorted(sources.items()):
             fid = with_source(m.frame_id, address)

@@ -133,10 +133,35 @@ def test_bad_j1939_options_are_config_errors(mapping: dict[str, Any], needle: st
 
 
 @pytest.mark.parametrize("mapping", [{"writable": ["TSC1.*"]}, {"writable": ["EEC1.EngineSpeed"]},
-                                     {"transmit": {"TSC1": {"period_ms": 10}}}])
-def test_j1939_messages_cannot_be_written_yet(mapping: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError, match="address claiming"):
+                                     {"transmit": {"TSC1": {}}}])
+def test_j1939_messages_are_written_only_on_a_bus_that_claims_an_address(mapping: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"need address claiming on bus truck: give the bus 'j1939"):
         table(**mapping)
+
+
+def claiming(**mapping: Any) -> MappingTable:
+    cfg = parse_config({"buses": [{"name": "truck", "interface": "virtual", "channel": "truck",
+                                   "j1939": {"name": 1, "address": 0x80}}],
+                        "mappings": [{"bus": "truck", "dbc": str(DBC), **mapping}]})
+    return build_table(cfg, Path.cwd(), FORMATS, "bridge.yaml")
+
+
+def test_cyclic_transmission_of_j1939_messages_is_a_problem() -> None:
+    with pytest.raises(ConfigError, match=r"cyclic transmission of J1939 messages is not supported \(TSC1\)"):
+        claiming(transmit={"TSC1": {"period_ms": 10}})
+
+
+@pytest.mark.parametrize(("destination", "frame_id"), [(None, 0x0C0000FE), (0x03, 0x0C0003FE), (0xFF, 0x0C00FFFE)])
+def test_a_j1939_message_the_bridge_sends_is_mapped_once_with_its_destination(
+        destination: int | None, frame_id: int) -> None:
+    extra = {} if destination is None else {"destination": destination}
+    t = claiming(sources={0: "engine", 3: "transmission"}, messages=["TSC1", "EEC1"], writable=["TSC1.*"], **extra)
+    assert sorted(t.messages) == ["truck.TSC1", "truck.engine.EEC1", "truck.transmission.EEC1"]
+    tsc1 = t.messages["truck.TSC1"]
+    assert tsc1.j1939_tx and tsc1.info.direction == "tx" and not t.messages["truck.engine.EEC1"].j1939_tx
+    assert tsc1.info.frame_id == frame_id  # source address 254 until the claim puts ours there
+    assert t.signals["truck.TSC1.RequestedSpeedLimit"].writable
+    assert all(e.info.name != "truck.TSC1" for e in t.j1939["truck"].values())  # not matched by PGN
 
 
 def test_sources_on_a_plain_file_are_a_problem() -> None:

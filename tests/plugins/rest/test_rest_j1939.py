@@ -43,3 +43,35 @@ async def test_not_available_is_bad_with_a_reason_and_the_bus_lists_unknown_send
         assert dm1["flash"]["amber_warning"] == "slow"
         assert dm1["dtcs"] == [{"spn": 190, "fmi": 2, "occurrences": 5, "conversion_method": 0}]
         assert dm1["source"] == 0 and dm1["messages"] == 1 and dm1["timestamp"].endswith("Z")
+
+
+async def test_a_j1939_request_through_rest_is_answered_as_signals_and_refused_without_an_address() -> None:
+    name = 0x0000_1000_0000_0050
+    config = {"buses": [{"name": "truck", "interface": "virtual", "channel": f"j1939-{uuid.uuid4().hex[:8]}",
+                         "j1939": {"name": name, "address": 0x80}}],
+              "mappings": [{"bus": "truck", "dbc": str(DBC.parent / "j1939_hours.dbc")}]}
+    async with running(config=config) as api:
+        await api.h.until(lambda: api.h.bridge.bus_status("truck").address_claim.get("state") == "claimed")
+        _, detail, _ = await api.get("/api/v1/buses/truck")
+        models.BusDetail.model_validate(detail)
+        assert detail["address_claim"]["address"] == 0x80 and detail["address_claim"]["state"] == "claimed"
+        status, body, _ = await api.post("/api/v1/buses/truck/j1939/requests", json={"pgn": 65253, "destination": 0})
+        assert status == 200, body
+        assert body["frame"]["cansend"] == "18EA0080#E5FE00" and body["pgn"] == 65253
+        assert (await api.h.next_sent(0x18EA0080)).data == bytes((0xE5, 0xFE, 0x00))
+        api.h.inject("18FEE500#40420F0010270000")
+        await api.h.until(lambda: api.h.bridge.read("truck.HOURS.EngineTotalHoursOfOperation").value == 50000)
+        for bad, code, reason in (({"pgn": 65253, "to": 1}, 400, "unsupported_request"),
+                                  ({"pgn": 1 << 18}, 422, "out_of_range"),
+                                  ({"pgn": 65253, "destination": "x"}, 422, "wrong_type")):
+            status, err, _ = await api.post("/api/v1/buses/truck/j1939/requests", json=bad)
+            assert (status, err["error"]) == (code, reason), err
+        status, err, _ = await api.post("/api/v1/buses/nope/j1939/requests", json={"pgn": 65253})
+        assert status == 404
+        # a lower NAME takes the address: the bridge may not transmit, the bus warns
+        api.h.inject(f"18EEFF80#{(1).to_bytes(8, 'little').hex()}")
+        await api.h.until(lambda: api.h.bridge.bus_status("truck").address_claim.get("state") == "lost")
+        status, err, resp = await api.post("/api/v1/buses/truck/j1939/requests", json={"pgn": 65253})
+        assert (status, err["error"]) == (503, "no_address") and resp.headers["Retry-After"] == "1"
+        _, detail, _ = await api.get("/api/v1/buses/truck")
+        assert detail["state"] == "warning" and "address claim lost" in detail["last_error"]
