@@ -76,3 +76,27 @@ def test_a_slow_subscriber_loses_its_oldest_events_not_memory() -> None:
             hub.on_emcy("line", node, e)
     assert len(sub.queue) == 50
     assert sub.dropped == 127 * 20 - 50
+
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+async def test_dm1_and_emcy_frames_on_the_bus_become_events_in_the_bridge_and_its_audit_log(tmp_path: Path) -> None:
+    from canbridge.testing import BridgeHarness
+
+    config = {"buses": [{"name": "truck", "interface": "virtual", "channel": f"ev-{tmp_path.name}"},
+                        {"name": "line", "interface": "virtual", "channel": f"ev2-{tmp_path.name}",
+                         "nodes": [{"id": 5, "name": "drive1", "eds": str(DATA / "eds" / "drive.eds")}]}],
+              "mappings": [{"bus": "truck", "dbc": str(DATA / "dbc" / "j1939_test.dbc"), "messages": ["ET1"]}]}
+    async with BridgeHarness(config, state_dir=tmp_path) as h:
+        sub = h.bridge.events.subscribe()
+        h.inject("18FECA00#0400BE000205FFFF", bus="truck")  # SPN 190 FMI 2 appears, amber on
+        h.inject("18FECA00#0000FFFFFFFFFFFF", bus="truck")  # no DTC: it clears
+        h.inject("085#104209AABBCCDDEE", bus="line")  # EMCY: device temperature
+        h.inject("085#0000000000000000", bus="line")  # error reset
+        await h.until(lambda: len(sub.queue) == 4)
+        by_bus = {b: [(e.source, e.kind) for e in sub.queue if e.bus == b] for b in ("truck", "line")}
+        assert by_bus == {"truck": [(0, "dtc_appeared"), (0, "dtc_cleared")], "line": [(5, "emcy"), (5, "emcy_reset")]}
+        assert next(e for e in sub.queue if e.kind == "emcy").detail["error_class"] == "temperature / device"
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert sorted(x["event"] for x in lines if "bus" in x) == ["dtc_appeared", "dtc_cleared", "emcy", "emcy_reset"]
