@@ -14,6 +14,7 @@ import collections
 import time
 from collections.abc import AsyncIterator
 
+from canbridge._bridge import EventSubscription as PublicEventSubscription
 from canbridge._canopen import Emcy
 from canbridge._events import DiagnosticEvent
 from canbridge._j1939 import Dm1, Dtc
@@ -62,7 +63,7 @@ class _Bucket:
         self.suppressed = 0
 
 
-class EventSubscription:
+class EventSubscription(PublicEventSubscription):
     """Events as they come, in batches, from a bounded queue (oldest dropped, counted)."""
 
     def __init__(self, hub: EventHub, maxlen: int) -> None:
@@ -78,7 +79,10 @@ class EventSubscription:
         self.queue.append(ev)
         self._wake.set()
 
-    async def __aiter__(self) -> AsyncIterator[list[DiagnosticEvent]]:
+    def __aiter__(self) -> AsyncIterator[list[DiagnosticEvent]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[list[DiagnosticEvent]]:
         while not self._closed:
             if not self.queue:
                 self._wake.clear()
@@ -92,12 +96,6 @@ class EventSubscription:
         self._closed = True
         self._wake.set()
         self._hub.subscribers.discard(self)
-
-    async def __aenter__(self) -> EventSubscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
 
 
 class EventHub:

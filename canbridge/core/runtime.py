@@ -54,7 +54,7 @@ from canbridge.core import cpuaccount
 from canbridge.core.audit import AuditLog
 from canbridge.core.busrunner import BusRunner
 from canbridge.core.cpuaccount import CpuMeter
-from canbridge.core.events import EventHub
+from canbridge.core.events import EventHub, EventSubscription
 from canbridge.core.gcpause import gc_paused
 from canbridge.core.host import Registry
 from canbridge.core.looplag import LoopLagSampler
@@ -210,6 +210,9 @@ class Runtime(Bridge):
         if bus is not None and bus not in self.runners:
             raise UnknownBus(f"no bus named {bus!r}; buses: {', '.join(self.runners)}")
         return self.store.subscribe_frames(bus, maxlen, cpuaccount.current_name())
+
+    def subscribe_events(self, maxlen: int = 1000) -> EventSubscription:
+        return self.events.subscribe(maxlen)
 
     def bus_status(self, name: str) -> BusStatus:
         runner = self.runners.get(name)

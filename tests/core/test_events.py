@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import canbridge
 from canbridge._j1939 import Dm1, Dtc
 from canbridge.core.audit import AuditLog
 from canbridge.core.canopennode import decode_emcy
@@ -90,6 +91,7 @@ async def test_dm1_and_emcy_frames_on_the_bus_become_events_in_the_bridge_and_it
               "mappings": [{"bus": "truck", "dbc": str(DATA / "dbc" / "j1939_test.dbc"), "messages": ["ET1"]}]}
     async with BridgeHarness(config, state_dir=tmp_path) as h:
         sub = h.bridge.events.subscribe()
+        public = h.bridge.subscribe_events()  # the plugins' view of the same events
         h.inject("18FECA00#0400BE000205FFFF", bus="truck")  # SPN 190 FMI 2 appears, amber on
         h.inject("18FECA00#0000FFFFFFFFFFFF", bus="truck")  # no DTC: it clears
         h.inject("085#104209AABBCCDDEE", bus="line")  # EMCY: device temperature
@@ -98,5 +100,12 @@ async def test_dm1_and_emcy_frames_on_the_bus_become_events_in_the_bridge_and_it
         by_bus = {b: [(e.source, e.kind) for e in sub.queue if e.bus == b] for b in ("truck", "line")}
         assert by_bus == {"truck": [(0, "dtc_appeared"), (0, "dtc_cleared")], "line": [(5, "emcy"), (5, "emcy_reset")]}
         assert next(e for e in sub.queue if e.kind == "emcy").detail["error_class"] == "temperature / device"
+        async with public:
+            seen: list[canbridge.DiagnosticEvent] = []
+            async for batch in public:
+                seen += batch
+                if len(seen) == 4:
+                    break
+        assert sorted(e.kind for e in seen) == ["dtc_appeared", "dtc_cleared", "emcy", "emcy_reset"]
     lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert sorted(x["event"] for x in lines if "bus" in x) == ["dtc_appeared", "dtc_cleared", "emcy", "emcy_reset"]
