@@ -3,7 +3,7 @@
 This package's top level is the public API for plugins; :mod:`canbridge.core` is internal.
 """
 
-from canbridge._bridge import Bridge, FrameSubscription, Subscription
+from canbridge._bridge import Bridge, EventSubscription, FrameSubscription, Subscription
 from canbridge._cache import StartupCache, cache_key
 from canbridge._canopen import CanopenNodeStatus, Emcy
 from canbridge._errors import (
@@ -21,6 +21,7 @@ from canbridge._errors import (
     UnknownSignal,
     WriteRefused,
 )
+from canbridge._events import DiagnosticEvent
 from canbridge._frames import format_cansend, parse_cansend, parse_frame, parse_frame_object
 from canbridge._j1939 import Dm1, Dtc
 from canbridge._model import (
@@ -80,9 +81,11 @@ __all__ = [
     "CanopenNodeStatus",
     "Command",
     "ConfigError",
+    "DiagnosticEvent",
     "Dm1",
     "Dtc",
     "Emcy",
+    "EventSubscription",
     "Frame",
     "FrameFlags",
     "FrameFormatError",

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from canbridge._errors import PluginError, RefusalReason, WriteRefused
+from canbridge._events import DiagnosticEvent
 from canbridge._model import (
     BridgeStats,
     BusInfo,
@@ -83,6 +84,27 @@ class FrameSubscription(ABC):
         self.close()
 
 
+class EventSubscription(ABC):
+    """Diagnostic events (:class:`DiagnosticEvent`) in batches, from a bounded queue: when the subscriber
+    is slow the oldest events are dropped (and counted in ``dropped``), the bridge never waits."""
+
+    dropped: int = 0
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[list[DiagnosticEvent]]:
+        """Iterate over batches of events until closed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the subscription."""
+
+    async def __aenter__(self) -> EventSubscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Bridge(ABC):
     """What a plugin may use: the mapping table, latest values, bus health and the write path."""
 
@@ -144,6 +166,13 @@ class Bridge(ABC):
     def subscribe_frames(self, bus: str | None = None, maxlen: int = 1000) -> FrameSubscription:
         """Subscribe to raw received frames of one bus (all when None), bounded to ``maxlen``; raises
         :class:`UnknownBus` for an unknown bus."""
+
+    def subscribe_events(self, maxlen: int = 1000) -> EventSubscription:
+        """Subscribe to diagnostic events (J1939 DTC appeared/cleared, CANopen EMCY), bounded to ``maxlen``.
+
+        Not abstract, so that test doubles written against earlier versions keep working.
+        """
+        raise PluginError(f"{type(self).__name__} does not implement subscribe_events")
 
     @abstractmethod
     def bus_status(self, name: str) -> BusStatus:

@@ -12,6 +12,7 @@ The heartbeat frame itself is a mapped message (``<node>.Heartbeat``, its NMT st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from canbridge._canopen import CanopenNodeStatus, Emcy
@@ -51,6 +52,7 @@ class NodeMonitor:
         self.started = started
         self.nodes: dict[int, WatchedNode] = {}  # heartbeat COB-ID -> node
         self.emcy_ids: dict[int, WatchedNode] = {}  # EMCY COB-ID -> node
+        self.on_emcy: Callable[[int, Emcy], None] | None = None  # the diagnostic events' hook: node id, EMCY
         for cfg, desc in table.canopen.get(bus, []):
             produced = desc.heartbeat_ms
             ms = cfg.heartbeat_timeout_ms if cfg.heartbeat_timeout_ms is not None else (
@@ -75,6 +77,8 @@ class NodeMonitor:
                 if node is not None and not flags & _NOT_DATA and len(data) == 8:
                     node.emcy_count += 1
                     node.last_emcy = decode_emcy(data, ts)
+                    if self.on_emcy is not None:
+                        self.on_emcy(node.node_id, node.last_emcy)
                 continue
             state = data[0] & 0x7F
             node.heartbeats += 1

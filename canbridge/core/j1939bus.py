@@ -11,7 +11,7 @@ exact hit again: the per-frame cost of PGN matching is paid once per distinct id
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from canbridge._j1939 import Dm1
@@ -56,6 +56,7 @@ class J1939Receiver:
         self.completed: list[RawFrame] = []  # reassembled messages waiting to be decoded
         self.dm1: dict[int, Dm1] = {}  # source address -> its latest DM1 (any source, configured or not)
         self._tp_mono = 0.0  # monotonic time of the newest TP frame, to run the frames' clock on
+        self.on_dm1: Callable[[Dm1 | None, Dm1], None] | None = None  # the diagnostic events' hook
         for e in index.values():
             self._bind(e.key, e.index)
 
@@ -116,6 +117,8 @@ class J1939Receiver:
         dm1 = decode_dm1(data, source, ts, 1 if old is None else old.messages + 1)
         if dm1 is not None:
             self.dm1[source] = dm1
+            if self.on_dm1 is not None:
+                self.on_dm1(old, dm1)
 
     def take_completed(self) -> list[RawFrame]:
         done, self.completed = self.completed, []

@@ -8,6 +8,7 @@ then stops plugins in reverse order and closes the buses, each step bounded in t
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import time
@@ -53,6 +54,7 @@ from canbridge.core import cpuaccount
 from canbridge.core.audit import AuditLog
 from canbridge.core.busrunner import BusRunner
 from canbridge.core.cpuaccount import CpuMeter
+from canbridge.core.events import EventHub, EventSubscription
 from canbridge.core.gcpause import gc_paused
 from canbridge.core.host import Registry
 from canbridge.core.looplag import LoopLagSampler
@@ -134,6 +136,7 @@ class Runtime(Bridge):
         self._bus_info = {b.name: BusInfo(b.name, b.interface, b.channel, b.fd, b.bitrate) for b in config.buses}
         self._msg_infos = {name: e.info for name, e in self.table.messages.items()}
         self.audit: AuditLog | None = None
+        self.events = EventHub(None)  # the audit log is attached at start
         self.writes: WritePath | None = None
         self.sdo_reads = SdoReads(self.table, self.store, self.runners)
         self.services: dict[str, Service] = {}
@@ -218,6 +221,9 @@ class Runtime(Bridge):
         if bus is not None and bus not in self.runners:
             raise UnknownBus(f"no bus named {bus!r}; buses: {', '.join(self.runners)}")
         return self.store.subscribe_frames(bus, maxlen, cpuaccount.current_name())
+
+    def subscribe_events(self, maxlen: int = 1000) -> EventSubscription:
+        return self.events.subscribe(maxlen)
 
     def bus_status(self, name: str) -> BusStatus:
         runner = self.runners.get(name)
@@ -419,6 +425,12 @@ class Runtime(Bridge):
         self.audit = AuditLog(audit_path, max_bytes=int(a.max_mb * 2**20), backups=a.backups, fsync=a.fsync,
                               refusal_rate=a.refusal_rate, refusal_burst=a.refusal_burst)
         self.writes = WritePath(self.table, self.store, self.runners, self.audit)
+        self.events.audit = self.audit
+        for r in self.runners.values():
+            if r.j1939 is not None:
+                r.j1939.on_dm1 = functools.partial(self.events.on_dm1, r.cfg.name)
+            if r.canopen is not None:
+                r.canopen.on_emcy = functools.partial(self.events.on_emcy, r.cfg.name)
         for r in self.runners.values():
             self._spawn(r.run(), f"bus-{r.cfg.name}")
         await asyncio.gather(*(r.wait_opened(5.0) for r in self.runners.values()))

@@ -551,3 +551,8 @@ def stats(st: canbridge.OperatingStats) -> dict[str, Any]:
             for n, b in st.buses.items()
         },
     }
+
+
+def event(e: canbridge.DiagnosticEvent) -> dict[str, Any]:
+    """A diagnostic event on the stream: kind, bus, source (J1939 address or CANopen node id), detail."""
+    return {"kind": e.kind, "bus": e.bus, "source": e.source, "timestamp_ns": e.timestamp_ns, **e.detail}

@@ -92,6 +92,7 @@ _STREAM_PARAMS = [
     _q("message", "only signals of this message"),
     _q("signals", "send signal changes (default 1)", _FLAG_Q),
     _q("frames", "also send raw received frames (default 0)", _FLAG_Q),
+    _q("events", "also send diagnostic events: J1939 DTC appeared/cleared, CANopen EMCY (default 0)", _FLAG_Q),
     _q(
         "interval",
         "least seconds between two batches of changes",
@@ -244,7 +245,8 @@ _OPS: dict[str, dict[str, Any]] = {
         "responses": {"200": _json(_ref("Stats"), "the statistics")},
     },
     "stream": {
-        "summary": "Server-Sent Events: signal changes (event 'signals') and raw frames (event 'frames')",
+        "summary": "Server-Sent Events: signal changes (event 'signals'), raw frames (event 'frames') and "
+        "diagnostic events (event 'events')",
         "description": "The first 'signals' event holds every selected signal; later ones the signals that "
         "changed since, newest value only (a slow client skips ahead). 'frames' events carry frames in "
         "node-red-contrib-socketcan format and the count of frames dropped for this client.",

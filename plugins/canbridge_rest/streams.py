@@ -38,6 +38,7 @@ class StreamParams:
     interval: float
     # (bus, can_id, extended) of the messages the name/message filters select; None: every frame
     frame_ids: frozenset[tuple[str, int, bool]] | None = None
+    events: bool = False  # diagnostic events (J1939 DTCs, CANopen EMCY) as 'events' events
 
 
 def _flag(v: object, key: str) -> bool:
@@ -89,6 +90,7 @@ def parse_params(
         frame_bus=bus,
         interval=interval,
         frame_ids=frame_ids,
+        events=_flag(q.get("events", False), "events"),
     )
 
 
@@ -154,6 +156,9 @@ async def run_stream(
         sources["signals"] = sub.__aiter__()
     if fsub is not None:
         sources["frames"] = fsub.__aiter__()
+    esub = bridge.subscribe_events(frames_maxlen) if params.events else None
+    if esub is not None:
+        sources["events"] = esub.__aiter__()
     tasks: dict[asyncio.Future[Any], str] = {}
     close_wait = asyncio.ensure_future(closing.wait())
     try:
@@ -178,6 +183,12 @@ async def run_stream(
                     batch = task.result()
                 except StopAsyncIteration:
                     return f"{kind} subscription ended"
+                if kind == "events":
+                    assert esub is not None
+                    evs = [e for e in batch if params.frame_bus is None or e.bus == params.frame_bus]
+                    if evs:
+                        await send("events", {"events": [models.event(e) for e in evs], "dropped": esub.dropped})
+                    continue
                 if kind == "signals":
                     await send(
                         "signals",
@@ -202,6 +213,8 @@ async def run_stream(
             sub.close()
         if fsub is not None:
             fsub.close()
+        if esub is not None:
+            esub.close()
         if tasks:  # let cancelled pulls finish so none is left pending on a closed subscription
             await asyncio.wait(list(tasks), timeout=1.0)
 
