@@ -24,7 +24,7 @@ if [ -n "${CANBRIDGE_IN_VM:-}" ]; then
     say "guest up after $(cut -d' ' -f1 /proc/uptime) s, kernel $(uname -r)"
 fi
 
-for m in can can-raw can-bcm vcan; do
+for m in can can-raw can-bcm can-j1939 vcan; do
     modprobe "$m" 2>/dev/null || true  # built in, or already loaded, on some kernels
 done
 for dev in ${CANBRIDGE_VCAN:-vcan0 vcan1}; do
