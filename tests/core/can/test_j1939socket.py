@@ -14,13 +14,13 @@ from canbridge.core.can.j1939socket import (
     SCM_J1939_DEST_ADDR,
     SCM_J1939_ERRQUEUE,
     SCM_J1939_PRIO,
-    SO_TIMESTAMPNS,
     SOL_CAN_J1939,
     abort_reason,
     message_from,
     open_j1939,
     pack_filters,
 )
+from canbridge.core.can.linuxcan import SO_TIMESTAMPNS
 
 TS = struct.pack("=qq", 1_700_000_000, 123)
 
@@ -69,6 +69,6 @@ def test_filters() -> None:
 def test_fallback_when_the_kernel_has_no_j1939(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_j1939(*_a: object, **_k: object) -> socket.socket:
         raise OSError(errno.EPROTONOSUPPORT, "Protocol not supported")
-    monkeypatch.setattr(js.socket, "socket", no_j1939)
+    monkeypatch.setattr(socket, "socket", no_j1939)
     sock, why = open_j1939("vcan0", None, lambda _m: None, lambda _r: None)
     assert sock is None and why is not None and "modprobe can-j1939" in why
