@@ -16,6 +16,7 @@ from canbridge._plugin import BusDriver, BusKind, PeriodicHandle
 from canbridge.config import BusConfig
 from canbridge.core.can.errorframes import classify_error_frame
 from canbridge.core.can.j1939claim import PGN_ADDRESS_CLAIMED, AddressClaimer, ClaimState
+from canbridge.core.can.j1939socket import J1939Message, J1939Socket, open_j1939
 from canbridge.core.can.sdo import SdoClient
 from canbridge.core.canopennode import NodeMonitor
 from canbridge.core.j1939bus import J1939Receiver
@@ -83,6 +84,7 @@ class BusRunner:
         if self.j1939 is not None and self.claim is not None:
             self.j1939.tp.local = self.claim.address
         self.driver: BusDriver | None = None
+        self._j1939_sock: J1939Socket | None = None  # the kernel's J1939 stack, on SocketCAN
         self.state = BusState.STARTING
         self.since_ns = time.time_ns()
         self.last_error: str | None = None
@@ -243,6 +245,39 @@ class BusRunner:
             self.tx_frames += 1
             self._bits += _OVERHEAD_EXT + len(data) * 8
 
+    def _open_j1939(self, driver: BusDriver) -> None:
+        """On SocketCAN, multi-packet J1939 comes from the kernel's J1939 socket where it can be opened
+        (core/can/j1939socket.py); else the user-space reassembler follows the raw socket's TP frames."""
+        channel = getattr(driver, "j1939_channel", None)
+        if self.j1939 is None or not isinstance(channel, str):
+            return
+        sock, why = open_j1939(channel, self.j1939.socket_pgns(), self._on_j1939,
+                               self.j1939.kernel_transfer_broken)
+        if sock is None:
+            if self.j1939.kernel or not self.reconnects:
+                log.warning("bus %s: %s; J1939 multi-packet messages are reassembled in user space",
+                            self.cfg.name, why)
+            self.j1939.kernel = False
+            return
+        sock.start(asyncio.get_running_loop())
+        if not self.j1939.kernel:
+            log.info("bus %s: J1939 multi-packet messages are reassembled by the kernel (CAN_J1939)",
+                     self.cfg.name)
+        self.j1939.kernel = True
+        self._j1939_sock = sock
+
+    def _close_j1939(self) -> None:
+        sock, self._j1939_sock = self._j1939_sock, None
+        if sock is not None:
+            sock.close()
+
+    def _on_j1939(self, messages: list[J1939Message]) -> None:
+        assert self.j1939 is not None
+        self.j1939.kernel_messages(messages)
+        unmapped, decode_errors = self._j1939_batch(0, 0)
+        self.unmapped_frames += unmapped
+        self.decode_errors += decode_errors
+
     def _error_frame(self, can_id: int, data: bytes) -> None:
         self.error_frames += 1
         info = classify_error_frame(can_id, data)
@@ -331,6 +366,7 @@ class BusRunner:
         finally:
             driver, self.driver = self.driver, None
             self._claim_stop()
+            self._close_j1939()
             if driver is not None:  # only when _run ended on an exception: it closes its own driver
                 self._drop_cyclic_handles()
                 await _close_quietly(driver)
@@ -374,6 +410,7 @@ class BusRunner:
             if not first:
                 self.reconnects += 1
             first = False
+            self._open_j1939(driver)
             self.set_state(BusState.ACTIVE)
             self._claim_start()
             self._restart_cyclic()
@@ -388,6 +425,7 @@ class BusRunner:
                 fail_w.cancel()
             self.driver = None
             self._claim_stop()
+            self._close_j1939()
             self._drop_cyclic_handles()
             await _close_quietly(driver)
             if not self._stopping.is_set():
@@ -463,7 +501,7 @@ class BusRunner:
             restarts=int(k.get("restarts", 0) or 0), reconnects=self.reconnects,
             bus_load=round(self.bus_load, 2), last_error=self.last_error, since_ns=self.since_ns,
             unconfigured_sources=self.j1939.unconfigured_summary() if self.j1939 is not None else {},
-            transport=self.j1939.tp.counters() if self.j1939 is not None else {},
+            transport=self.j1939.transport_counters() if self.j1939 is not None else {},
             dm1=dict(self.j1939.dm1) if self.j1939 is not None else {},
             canopen=self.canopen.summary() if self.canopen is not None else {},
             address_claim=self._claim_summary(),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from canbridge._j1939 import Dm1
 from canbridge._model import FrameFlags, RawFrame
+from canbridge.core.can.j1939socket import J1939Message, transport_pgns
 from canbridge.core.can.j1939tp import Reassembler
 from canbridge.core.mapping.codec import Decoder
 from canbridge.core.mapping.j1939 import PGN_DM1, PGN_TP_CM, PGN_TP_DT, decode_dm1, make_id, match_key
@@ -57,6 +58,12 @@ class J1939Receiver:
         self.dm1: dict[int, Dm1] = {}  # source address -> its latest DM1 (any source, configured or not)
         self._tp_mono = 0.0  # monotonic time of the newest TP frame, to run the frames' clock on
         self.on_dm1: Callable[[Dm1 | None, Dm1], None] | None = None  # the diagnostic events' hook
+        # The kernel's J1939 socket reassembles (core/can/j1939socket.py): TP frames of the raw socket
+        # are then ignored, and those the kernel leaves to us come from that socket instead.
+        self.kernel = False
+        self.kernel_completed = 0
+        self.kernel_broken: dict[str, int] = {}
+        self.long_pgns = sorted({k >> 8 for k, e in index.items() if e.db_message.length > 8})
         for e in index.values():
             self._bind(e.key, e.index)
 
@@ -96,6 +103,8 @@ class J1939Receiver:
             return self._bind(key, hit[0])
         if pgn in (PGN_TP_CM, PGN_TP_DT):
             self.tp_frames += 1
+            if self.kernel:
+                return None
             self._tp_mono = time.monotonic()
             done = self.tp.feed(can_id, data, ts)
             if done is not None:  # decoded like a single frame of its PGN, right after this batch
@@ -119,6 +128,45 @@ class J1939Receiver:
             self.dm1[source] = dm1
             if self.on_dm1 is not None:
                 self.on_dm1(old, dm1)
+
+    def socket_pgns(self) -> list[int]:
+        """The PGNs the kernel's J1939 socket is filtered to: what can come multi-packet, and TP."""
+        return transport_pgns(self.long_pgns, (PGN_DM1,))
+
+    def kernel_messages(self, messages: list[J1939Message]) -> None:
+        """From the kernel's J1939 socket: reassembled messages are decoded after this batch; TP frames
+        of transfers the kernel does not reassemble (between two other ECUs) go to the reassembler."""
+        for m in messages:
+            if m.truncated:
+                self.kernel_broken["size"] = self.kernel_broken.get("size", 0) + 1
+            elif len(m.data) <= 8:  # only TP.CM / TP.DT come this short
+                self._tp_mono = time.monotonic()
+                done = self.tp.feed(make_id(m.priority, m.pgn, m.source, m.destination), m.data,
+                                    m.timestamp_ns)
+                if done is not None:
+                    self.completed.append((make_id(done.priority, done.pgn, done.source, done.destination),
+                                           _EXT, done.data, done.timestamp_ns))
+            else:
+                self.kernel_completed += 1
+                self.completed.append((make_id(m.priority, m.pgn, m.source, m.destination), _EXT, m.data,
+                                       m.timestamp_ns))
+
+    def kernel_transfer_broken(self, reason: str) -> None:
+        """The kernel broke a transfer it was reassembling (RX ABORT on its error queue)."""
+        if reason == "timeout":  # the kernel does not say which timer: its BAM/RTS timers are T1..T4
+            reason = "timeout_kernel"
+        self.kernel_broken[reason] = self.kernel_broken.get(reason, 0) + 1
+
+    def transport_counters(self) -> dict[str, int]:
+        """The reassembler's counters with the kernel's added: ``completed`` is both, ``kernel`` the
+        part the kernel reassembled (present while the kernel's socket is in use)."""
+        out = self.tp.counters()
+        if self.kernel or self.kernel_completed or self.kernel_broken:
+            out["completed"] += self.kernel_completed
+            out["kernel"] = self.kernel_completed
+            for reason, n in self.kernel_broken.items():
+                out[reason] = out.get(reason, 0) + n
+        return out
 
     def take_completed(self) -> list[RawFrame]:
         done, self.completed = self.completed, []

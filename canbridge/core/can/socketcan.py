@@ -308,6 +308,11 @@ class SocketcanDriver(BusDriver):
             raise BusError(f"{self.channel}: cannot send 0x{frame.can_id:X}: {e}") from e
 
     @property
+    def j1939_channel(self) -> str | None:
+        """The interface a CAN_J1939 socket can be bound to (None on a given socket: no interface)."""
+        return None if self._given is not None else self.channel
+
+    @property
     def receive_path(self) -> str:
         """``recvmmsg`` (one system call per batch) or ``recvmsg`` (one per frame)."""
         return "recvmmsg" if self._receiver is not None else "recvmsg"
