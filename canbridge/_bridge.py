@@ -123,6 +123,15 @@ class Bridge(ABC):
     def read(self, name: str) -> SignalValue:
         """The latest value of one signal; raises :class:`UnknownSignal`."""
 
+    async def refresh(self, name: str) -> SignalValue:
+        """Ask the device for the signal now where there is a way to (a CANopen object served by SDO:
+        one upload through the node's queue), then return it as :meth:`read` does; a read that fails
+        makes the value ``bad`` with the reason. Other signals: their latest value, at once.
+
+        Not abstract, so that test doubles written against earlier versions keep working.
+        """
+        return self.read(name)
+
     @abstractmethod
     def read_many(self, names: Iterable[str] | None = None) -> list[SignalValue]:
         """The latest values of the named signals (all when None), in table order."""

@@ -115,18 +115,23 @@ class RefusalReason(StrEnum):
     UNAUTHENTICATED = "unauthenticated"  # no or wrong credentials (the plugin decided, the write path audited)
     UNSUPPORTED = "unsupported_request"  # a protocol write form the bridge does not take (e.g. half a value)
     AUDIT_UNAVAILABLE = "audit_unavailable"  # the audit log cannot be written: nothing is sent while that lasts
+    DEVICE_REFUSED = "device_refused"  # the device itself refused (a CANopen SDO abort: WriteRefused.abort_code)
+    DEVICE_TIMEOUT = "device_timeout"  # the device did not answer in time (CANopen SDO abort 0x05040000)
 
 
 class WriteRefused(CanbridgeError):
     """The write path refused a write (or a raw frame) and sent nothing.
 
     ``index`` is the position of the refused item in a :meth:`Bridge.write_many` call (None otherwise).
+    ``abort_code`` is the CANopen SDO abort code when the device refused (or the bridge aborted) an SDO
+    write, e.g. 0x06090030 value range exceeded; the reason then says what it means to a client.
     """
 
     def __init__(self, reason: RefusalReason, detail: str, target: str | None = None,
-                 index: int | None = None) -> None:
+                 index: int | None = None, abort_code: int | None = None) -> None:
         self.reason = reason
         self.detail = detail
         self.target = target
         self.index = index
+        self.abort_code = abort_code
         super().__init__(f"{target}: {detail}" if target else detail)

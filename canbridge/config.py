@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -51,6 +51,29 @@ class CanopenNodeConfig(Strict):
     heartbeat_timeout_ms: int | None = Field(
         None, ge=0, description="heartbeat consumer time: the node's signals are bad after this long without a "
         "heartbeat; default: 1.5 x the producer heartbeat time of the file (0x1017); 0: not supervised")
+    sdo: list[str] = Field(
+        default_factory=lambda: ["*"], description="objects in no TPDO served by SDO upload/download, as globs "
+        "over their names (`Object` or `Object.Subobject`); [] for none")
+    writable: list[str] = Field(
+        default_factory=list, description="objects written by SDO download (globs over their names); each must "
+        "be rw or wo in the dictionary and in no TPDO")
+    write_rate: float | None = Field(10.0, gt=0, description="SDO writes (and NMT commands) per second per object; "
+                                     "null: unbounded")
+    rpdo_period_ms: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="receive PDOs sent cyclically: `RPDO<n>` -> period in ms (the kernel's "
+        "broadcast manager on SocketCAN); the others are sent on write")
+    nmt: bool = Field(False, description="NMT commands to the node (start, stop, pre_operational, reset_node, "
+                      "reset_communication) as the writable signal `<bus>.<node>.NMT_command`")
+    sdo_timeout_ms: int = Field(
+        500, ge=1, le=60000, description="longest wait for each SDO answer of the node; then the transfer is "
+        "aborted (0x05040000): a read turns the value bad, a write is refused")
+    poll_ms: dict[str, Annotated[int, Field(ge=10)]] = Field(
+        default_factory=dict, description="objects read by SDO at an interval: glob over object names -> "
+        "interval in ms (the first glob that matches); others are read on demand (Bridge.refresh)")
+    max_age_ms: int | None = Field(
+        None, ge=1, description="a value read by SDO turns stale when it is older than this; default: never")
+    sdo_queue: int = Field(32, ge=1, le=1024, description="SDO transfers that may wait for the node (one is in "
+                           "flight per node); more are refused")
 
 
 class BusConfig(Strict):

@@ -15,6 +15,7 @@ from canbridge._model import BusState, BusStatus, Frame, RawFrame
 from canbridge._plugin import BusDriver, BusKind, PeriodicHandle
 from canbridge.config import BusConfig
 from canbridge.core.can.errorframes import classify_error_frame
+from canbridge.core.can.sdo import SdoClient
 from canbridge.core.canopennode import NodeMonitor
 from canbridge.core.j1939bus import J1939Receiver
 from canbridge.core.mapping.table import MappingTable
@@ -63,6 +64,13 @@ class BusRunner:
         self.canopen = NodeMonitor(cfg.name, table, store, time.monotonic()) if table.canopen.get(cfg.name) else None
         if self.canopen is not None:
             store.watchers.append(self.canopen.expire)
+        self.sdo: SdoClient | None = None  # the SDO client of the bus's CANopen nodes (writes and reads by SDO)
+        for node, _desc in table.canopen.get(cfg.name, []):
+            if self.sdo is None:
+                self.sdo = SdoClient(cfg.name, self.send)
+            self.sdo.add_node(node.id, node.name, node.sdo_timeout_ms / 1000, node.sdo_queue)
+        if self.sdo is not None:
+            self._filter_ids += [(cob, False) for cob in self.sdo.answer_ids]
         self.driver: BusDriver | None = None
         self.state = BusState.STARTING
         self.since_ns = time.time_ns()
@@ -113,6 +121,8 @@ class BusRunner:
             unmapped, decode_errors = self._j1939_batch(unmapped, decode_errors)
         if self.canopen is not None:
             self.canopen.on_batch(batch, time.monotonic())
+        if self.sdo is not None:
+            unmapped -= self.sdo.on_batch(batch)  # SDO answers are the client's, not unmapped frames
         n = len(batch) - n_err
         self.rx_frames += n
         self.unmapped_frames += unmapped

@@ -57,8 +57,9 @@ class NodeMonitor:
                 produced * CONSUMER_FACTOR if produced else 0)
             hb = table.messages[f"{bus}.{cfg.name}.Heartbeat"].index
             emcy = table.messages[f"{bus}.{cfg.name}.EMCY"].index
-            tpdos = [table.messages[f"{bus}.{m.name}"].index for m in desc.messages
-                     if table.messages[f"{bus}.{m.name}"].index not in (hb, emcy)]
+            tpdos = [table.messages[f"{bus}.{m.name}"].index for m in desc.messages  # and the objects by SDO
+                     if table.messages[f"{bus}.{m.name}"].index not in (hb, emcy) and m.name != desc.nmt
+                     and m.name not in desc.rpdo]
             node = WatchedNode(cfg.id, cfg.name, ms / 1000 if ms else None, hb, tpdos, emcy)
             self.nodes[HEARTBEAT_BASE + cfg.id] = node
             self.emcy_ids[EMCY_BASE + cfg.id] = node

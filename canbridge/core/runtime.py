@@ -57,6 +57,7 @@ from canbridge.core.gcpause import gc_paused
 from canbridge.core.host import Registry
 from canbridge.core.looplag import LoopLagSampler
 from canbridge.core.mapping.table import MappingTable, build_table
+from canbridge.core.sdoreads import SdoReads
 from canbridge.core.store import SignalStore
 from canbridge.core.writepath import WritePath
 
@@ -134,6 +135,7 @@ class Runtime(Bridge):
         self._msg_infos = {name: e.info for name, e in self.table.messages.items()}
         self.audit: AuditLog | None = None
         self.writes: WritePath | None = None
+        self.sdo_reads = SdoReads(self.table, self.store, self.runners)
         self.services: dict[str, Service] = {}
         self._started: list[tuple[str, Service]] = []
         self._ready = False
@@ -182,6 +184,15 @@ class Runtime(Bridge):
         info = self.table.signals.get(name)
         if info is None:
             raise UnknownSignal(f"no signal named {name!r}")
+        return self.store.value(info.index)
+
+    async def refresh(self, name: str) -> SignalValue:
+        info = self.table.signals.get(name)
+        if info is None:
+            raise UnknownSignal(f"no signal named {name!r}")
+        entry = self.table.message_list[self.table.signal_message[info.index]]
+        if entry.sdo is not None and self.writes is not None:  # running: the bus is there to ask
+            await self.sdo_reads.read(entry)
         return self.store.value(info.index)
 
     def read_many(self, names: Iterable[str] | None = None) -> list[SignalValue]:
@@ -408,7 +419,7 @@ class Runtime(Bridge):
         await asyncio.gather(*(r.wait_opened(5.0) for r in self.runners.values()))
         for e in self.table.message_list:  # transmitted messages start from their shadow
             t = e.transmit
-            if t is None:
+            if t is None or e.sdo is not None:  # an object by SDO has no frame: it waits for its first read
                 continue
             if t.seed == "initial":
                 self.writes.publish_payload(e, e.initial)
@@ -419,6 +430,8 @@ class Runtime(Bridge):
                 if not self.runners[e.info.bus].usable:
                     self.store.set_message_quality(e.index, Quality.BAD)
         self._spawn(self._supervise(), "supervisor")
+        if self.sdo_reads.polls:
+            self._spawn(self.sdo_reads.poll(), "sdo-poll")
         # the sampler's own cost is charged to its meter: loop_lag.sampler_cpu_s
         self._lag.start(cpuaccount.context_for(self._lag_meter))
         ordered = sorted(self._plugins.items(), key=lambda kv: (kv[1][0].order, kv[0]))
@@ -458,7 +471,7 @@ class Runtime(Bridge):
             r.stop()
         tasks, self._tasks = self._tasks, []
         for t in tasks:
-            if t.get_name() == "supervisor":
+            if t.get_name() in ("supervisor", "sdo-poll"):
                 t.cancel()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S + 1)

@@ -25,6 +25,7 @@ from canbridge._frames import parse_frame
 from canbridge._model import Caller, Frame, Permission, Quality, SignalInfo, Value, WriteReceipt
 from canbridge.core.audit import AuditLog, AuditUnavailable
 from canbridge.core.busrunner import BusRunner
+from canbridge.core.can.sdo import TIMEOUT, SdoBusy, SdoError
 from canbridge.core.mapping.table import MappingTable, MessageEntry
 from canbridge.core.store import SignalStore
 
@@ -65,6 +66,23 @@ def check_limits(info: SignalInfo, phys: Value) -> None:
         raise ValueError(f"{phys!r} is outside {_num(info.minimum)}..{_num(info.maximum)}{unit}")
     if info.choices and not info.is_float and round((phys - info.offset) / info.scale) not in info.choices:
         raise ValueError(f"{phys!r} is not one of the choices {dict(info.choices)}")
+
+
+# SDO abort codes (CiA 301) that mean what a refusal reason of the bridge means: a client sees that
+# reason (and its protocol's code for it), with the abort code kept in WriteRefused.abort_code.
+_ABORT_REASONS: dict[int, RefusalReason] = {
+    0x06090030: RefusalReason.OUT_OF_RANGE, 0x06090031: RefusalReason.OUT_OF_RANGE,
+    0x06090032: RefusalReason.OUT_OF_RANGE, 0x06090036: RefusalReason.OUT_OF_RANGE,
+    0x06010000: RefusalReason.NOT_WRITABLE, 0x06010002: RefusalReason.NOT_WRITABLE,
+    0x06020000: RefusalReason.NOT_WRITABLE, 0x06090011: RefusalReason.NOT_WRITABLE,
+    0x06070010: RefusalReason.WRONG_TYPE, 0x06070012: RefusalReason.WRONG_TYPE,
+    0x06070013: RefusalReason.WRONG_TYPE, TIMEOUT: RefusalReason.DEVICE_TIMEOUT,
+}
+
+
+def abort_reason(code: int) -> RefusalReason:
+    """The refusal reason an SDO abort code becomes (DEVICE_REFUSED where no reason of the bridge fits)."""
+    return _ABORT_REASONS.get(code, RefusalReason.DEVICE_REFUSED)
 
 
 class _Bucket:
@@ -196,6 +214,11 @@ class WritePath:
                 raise self.refuse(RefusalReason.RATE_LIMITED,
                                   f"more than {info.max_write_rate:g} writes/s; retry in "
                                   f"{bucket.retry_after():.2f} s", name, caller, value, index)
+        sdo = entry.sdo
+        if sdo is not None and runner.sdo is not None:
+            busy = runner.sdo.busy(sdo.node_id)
+            if busy is not None:
+                raise self.refuse(RefusalReason.RATE_LIMITED, busy, name, caller, value, index)
         if not self.audit.available:  # checked last: a refusal for a reason of its own says that reason
             raise self.refuse(RefusalReason.AUDIT_UNAVAILABLE,
                               f"the audit log cannot be written ({self.audit.error}); no write is sent while it "
@@ -224,6 +247,14 @@ class WritePath:
                 self.refuse(first.reason, f"not sent: item {first.index} of this request was refused "
                             f"({first.detail})", j.info.name, caller, value, first.index)
             raise first
+        if any(j.entry.sdo is not None for j in judged):
+            if len(judged) == 1:
+                return [await self._sdo_write(judged[0], caller, values[0])]
+            detail = "an SDO object is written alone: several SDO downloads cannot be all or nothing"
+            first_sdo = next(i for i, j in enumerate(judged) if j.entry.sdo is not None)
+            for j, value in zip(judged, values, strict=True):
+                self.refuse(RefusalReason.UNSUPPORTED, detail, j.info.name, caller, value, first_sdo)
+            raise WriteRefused(RefusalReason.UNSUPPORTED, detail, judged[first_sdo].info.name, first_sdo)
         for j in judged:  # every bucket was ready; a signal named twice takes one token
             if j.bucket is not None and j.bucket.tokens >= 1.0:
                 j.bucket.tokens -= 1.0
@@ -266,6 +297,40 @@ class WritePath:
         self.accepted += len(judged)
         return [WriteReceipt(j.info.name, j.phys, j.raw, frames[j.entry.index], cyclic[j.entry.index])
                 for j in judged]
+
+    async def _sdo_write(self, j: _Judged, caller: Caller, value: Any) -> WriteReceipt:
+        """An SDO download of a judged write: audited before its first frame, the node's abort a refusal."""
+        obj, client, name = j.entry.sdo, j.runner.sdo, j.info.name
+        assert obj is not None and client is not None
+        data = j.entry.encoders[j.info.signal].insert(bytes(obj.size), j.raw)
+        first = client.download_request(obj.node_id, obj.index, obj.subindex, data)
+        if j.bucket is not None:
+            j.bucket.tokens -= 1.0
+        try:
+            seq = self.audit.record(who=str(caller), plugin=caller.plugin, user=caller.user, address=caller.address,
+                                    target=name, value=j.phys, raw=j.raw, result="accepted", frame=first.to_cansend(),
+                                    sdo=f"download {obj.where()} node {obj.node_id}")
+        except AuditUnavailable as e:
+            raise self.refuse(RefusalReason.AUDIT_UNAVAILABLE, f"the audit log cannot be written ({e}); no write is "
+                              "sent while it cannot", name, caller, value) from None
+        try:
+            await client.download(obj.node_id, obj.index, obj.subindex, data)
+        except (BusError, SdoBusy) as e:
+            reason = RefusalReason.BUS_DOWN if isinstance(e, BusError) else RefusalReason.RATE_LIMITED
+            self.refused[reason.value] += 1
+            self.audit.record_event(event="send_failed", of=seq, target=name, result=reason.value, detail=str(e))
+            raise WriteRefused(reason, str(e), name) from None
+        except SdoError as e:
+            reason = abort_reason(e.code)
+            self.refused[reason.value] += 1
+            self.audit.record_event(event="sdo_abort", of=seq, target=name, result=reason.value,
+                                    abort_code=f"0x{e.code:08X}", by=e.by, detail=str(e))
+            raise WriteRefused(reason, f"CANopen node {obj.node}: {e}", name, abort_code=e.code) from None
+        self.written.add(j.entry.index)
+        self.last_write[j.entry.index] = time.monotonic()
+        self.publish_payload(j.entry, data)
+        self.accepted += 1
+        return WriteReceipt(name, j.phys, j.raw, first, False)
 
     def _base_payload(self, entry: MessageEntry, runner: BusRunner) -> bytes | None:
         tcfg = entry.transmit

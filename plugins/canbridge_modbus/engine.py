@@ -76,6 +76,8 @@ REFUSAL_CODES: dict[RefusalReason, ExcCodes] = {
     RefusalReason.UNAUTHENTICATED: ExcCodes.ILLEGAL_ADDRESS,
     RefusalReason.UNSUPPORTED: ExcCodes.ILLEGAL_VALUE,
     RefusalReason.AUDIT_UNAVAILABLE: ExcCodes.DEVICE_FAILURE,  # 04: nothing was written
+    RefusalReason.DEVICE_REFUSED: ExcCodes.DEVICE_FAILURE,  # 04: the CANopen device aborted the SDO write
+    RefusalReason.DEVICE_TIMEOUT: ExcCodes.GATEWAY_NO_RESPONSE,  # 0B: the target device did not answer
 }
 
 # The request and response classes pymodbus registers for each function code this server serves.

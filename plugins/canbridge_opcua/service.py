@@ -103,7 +103,20 @@ REFUSAL_STATUS: dict[RefusalReason, int] = {
     RefusalReason.UNAUTHENTICATED: StatusCodes.BadUserAccessDenied,
     RefusalReason.UNSUPPORTED: StatusCodes.BadWriteNotSupported,
     RefusalReason.AUDIT_UNAVAILABLE: StatusCodes.BadResourceUnavailable,
+    RefusalReason.DEVICE_REFUSED: StatusCodes.BadDeviceFailure,
+    RefusalReason.DEVICE_TIMEOUT: StatusCodes.BadTimeout,
 }
+# CANopen SDO aborts "cannot be stored because of local control / the present device state": the
+# device is in a state that refuses the write, which OPC UA says more precisely than a device failure.
+_ABORT_STATUS: dict[int, int] = {0x08000021: StatusCodes.BadInvalidState, 0x08000022: StatusCodes.BadInvalidState}
+
+
+def refusal_status(e: WriteRefused) -> int:
+    """The status code of a refused write: by its reason, by the device's SDO abort code where it says more."""
+    if e.abort_code is not None and e.abort_code in _ABORT_STATUS:
+        return _ABORT_STATUS[e.abort_code]
+    return REFUSAL_STATUS.get(e.reason, StatusCodes.BadUnexpectedError)
+
 
 _POLICIES: dict[tuple[str, str], ua.SecurityPolicyType] = {
     ("Basic256Sha256", "Sign"): ua.SecurityPolicyType.Basic256Sha256_Sign,
@@ -831,7 +844,7 @@ class OpcUaService:
     @staticmethod
     def _refused_codes(items: Sequence[tuple[SignalNode, ua.WriteValue]], e: WriteRefused) -> list[ua.StatusCode]:
         refused = e.index if e.index is not None else 0
-        code = status(REFUSAL_STATUS.get(e.reason, StatusCodes.BadUnexpectedError))
+        code = status(refusal_status(e))
         abandoned = status(StatusCodes.BadOperationAbandoned)
         if e.reason is not RefusalReason.BUS_DOWN or len(items) == 1:
             return [code if i == refused else abandoned for i in range(len(items))]

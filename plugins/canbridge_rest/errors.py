@@ -28,6 +28,7 @@ class ApiError(Exception):
         audited: bool = False,
         reason: canbridge.RefusalReason | None = None,
         index: int | None = None,
+        abort_code: int | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -38,6 +39,7 @@ class ApiError(Exception):
         self.audited = audited  # the bridge already recorded this refusal
         self.reason = reason  # the reason to audit it with (else derived from the status)
         self.index = index
+        self.abort_code = abort_code  # a CANopen SDO abort code behind the refusal
 
 
 MAX_WRITE_ITEMS = 256
@@ -56,6 +58,8 @@ REFUSAL_STATUS = {
     canbridge.RefusalReason.UNAUTHENTICATED: 401,
     canbridge.RefusalReason.UNSUPPORTED: 400,
     canbridge.RefusalReason.AUDIT_UNAVAILABLE: 503,
+    canbridge.RefusalReason.DEVICE_REFUSED: 409,  # the device refused in its present state (SDO abort)
+    canbridge.RefusalReason.DEVICE_TIMEOUT: 504,  # the device behind the gateway did not answer
 }
 
 METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})

@@ -51,7 +51,8 @@ def _refused(e: canbridge.WriteRefused, bridge: canbridge.Bridge) -> ApiError:
     elif status == 503:
         headers["Retry-After"] = "1"
     index = getattr(e, "index", None)
-    return ApiError(status, e.reason.value, e.detail, e.target, headers, audited=True, index=index)
+    return ApiError(status, e.reason.value, e.detail, e.target, headers, audited=True, index=index,
+                    abort_code=e.abort_code)
 
 
 def _signal_info(state: RestState, name: str) -> canbridge.SignalInfo:

@@ -42,7 +42,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ApiError as e:
         if not e.audited:
             _audit_refusal(request, route, e.status, e.detail, e.reason)
-        resp = json_response(models.error(e.status, e.code, e.detail, e.target, e.index), e.status, e.headers)
+        body = models.error(e.status, e.code, e.detail, e.target, e.index, e.abort_code)
+        resp = json_response(body, e.status, e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -257,6 +257,7 @@ class Error(_Out):
     detail: str = Field(description="what is wrong, for people")
     target: str | None = None
     index: int | None = Field(None, description="which item of a multi-signal write was refused")
+    abort_code: str | None = Field(None, description="the CANopen SDO abort code behind a refusal, e.g. 0x06090030")
 
 
 class Health(_Out):
@@ -498,13 +499,16 @@ def message_age(ms: canbridge.MessageStatus) -> dict[str, Any]:
 
 
 def error(
-    status: int, code: str, detail: str, target: str | None = None, index: int | None = None
+    status: int, code: str, detail: str, target: str | None = None, index: int | None = None,
+    abort_code: int | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"status": status, "error": code, "detail": detail}
     if target is not None:
         out["target"] = target
     if index is not None:
         out["index"] = index
+    if abort_code is not None:
+        out["abort_code"] = f"0x{abort_code:08X}"
     return out
 
 

@@ -15,7 +15,7 @@ from canbridge._model import MessageInfo, SignalInfo, physical_range
 from canbridge._plugin import MappingFormat
 from canbridge.config import CanopenNodeConfig, Config, MappingConfig, TransmitConfig
 from canbridge.core.gcpause import gc_paused
-from canbridge.core.mapping.canopen import NodeDescription, canopen_jobs, describe
+from canbridge.core.mapping.canopen import NodeDescription, SdoObject, canopen_jobs, describe
 from canbridge.core.mapping.codec import Decoder, SignalEncoder, compile_decoder, compile_encoder, initial_payload
 from canbridge.core.mapping.j1939 import match_key, source_of, with_source
 
@@ -43,6 +43,7 @@ class MessageEntry:
     transmit: TransmitConfig | None
     encoders: dict[str, SignalEncoder] = field(default_factory=dict)
     initial: bytes = b""
+    sdo: SdoObject | None = None  # a CANopen object by SDO: no frame of its own, in no frame lookup
 
 
 @dataclass
@@ -158,12 +159,18 @@ def _build_table(
         return lines.get(loc, lines.get(base)), path
 
     for mi, mc, node in jobs:
+        sdo_objects: Mapping[str, SdoObject] = {}
+        nmt: str | None = None
+        rpdo: Mapping[str, frozenset[str]] = {}
         try:
             if node is None:
                 db_messages = load_mapping_file(mc, base_dir, formats)
             else:
                 described = describe(node, base_dir)
                 db_messages = described.messages
+                sdo_objects = described.sdo
+                nmt = described.nmt
+                rpdo = described.rpdo
                 canopen.setdefault(mc.bus, []).append((node, described))
         except MappingError as e:
             if node is not None:  # a CANopen node's file: name the file and point at the node entry
@@ -202,10 +209,12 @@ def _build_table(
         for m, mname, frame_id, pgn_key in instances:
             key = frame_key(frame_id, m.is_extended_frame)
             label = mname[len(mc.bus) + 1:]  # as plugins show it: "<source>.<message>" with several sources
+            sdo = sdo_objects.get(m.name)
+            shared = sdo is not None or m.name == nmt  # no frame of its own (SDO) or one id for all nodes (NMT)
             if mname in messages:
                 problems.append(Problem(f"message {mname} is mapped twice", file, where(mi)[0], where(mi)[1]))
                 continue
-            if key in by_bus[mc.bus]:
+            if not shared and key in by_bus[mc.bus]:
                 other = by_bus[mc.bus][key].info.name
                 problems.append(Problem(
                     f"frame id 0x{frame_id:X} of {m.name} is already mapped by {other}", file,
@@ -217,6 +226,12 @@ def _build_table(
                                         f"is already mapped by {other}", file, *where(mi)))
                 continue
             writable_sigs = {s.name for s in m.signals if _match(mc.writable, f"{m.name}.{s.name}")}
+            if sdo is not None:
+                writable_sigs = {s.name for s in m.signals} if sdo.writable else set()
+            elif m.name == nmt:
+                writable_sigs = {m.signals[0].name}
+            elif m.name in rpdo:  # a receive PDO: the objects the node's writable list names
+                writable_sigs = set(rpdo[m.name])
             tx = m.name in mc.transmit or bool(writable_sigs)
             direction: Literal["rx", "tx"] = "tx" if tx else "rx"
             cycle = m.cycle_time if m.cycle_time else None
@@ -227,6 +242,8 @@ def _build_table(
                     timeout = hand / 1000
                 elif cycle:
                     timeout = cycle * mc.stale_factor / 1000
+            if sdo is not None and node is not None:  # a value read by SDO: stale past the node's max_age_ms
+                timeout = node.max_age_ms / 1000 if node.max_age_ms else None
             tcfg = mc.transmit.get(m.name) if tx else None
             if tx and tcfg is None:
                 tcfg = TransmitConfig()
@@ -272,10 +289,11 @@ def _build_table(
                 signals=tuple(sig_names), cycle_time_ms=cycle,
                 period_ms=tcfg.period_ms if tcfg else None, comment=_comment(m),
             )
-            entry = MessageEntry(info_m, idx, key, m, sig_indices, decoder, timeout, tcfg, encoders, init)
+            entry = MessageEntry(info_m, idx, key, m, sig_indices, decoder, timeout, tcfg, encoders, init, sdo)
             message_list.append(entry)
             messages[mname] = entry
-            by_bus[mc.bus][key] = entry
+            if not shared:  # SDO answers go to the bus's SDO client; NMT commands are only sent
+                by_bus[mc.bus][key] = entry
             if pgn_key is not None:
                 j1939.setdefault(mc.bus, {})[pgn_key] = entry
     if problems:

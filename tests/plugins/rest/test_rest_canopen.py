@@ -39,3 +39,40 @@ async def test_tpdo_signals_and_node_state_on_rest() -> None:
                 "code": 0x4210, "error_class": "temperature / device", "error_register": 9,
                 "register_bits": ["generic", "temperature"], "manufacturer": "aabbccddee",
                 "timestamp": detail["canopen"]["drive1"]["last_emcy"]["timestamp"]}}
+
+
+SERVO = EDS.parent / "servo.eds"
+
+
+async def test_an_sdo_abort_is_its_refusal_status_with_the_abort_code() -> None:
+    """The node's abort keeps its code in the error body; its reason sets the status (docs/rest.md)."""
+    import canopen
+    from canopen.sdo.exceptions import SdoAbortedError
+
+    channel = f"canopen-{uuid.uuid4().hex[:8]}"
+    config = {"buses": [{"name": "line", "interface": "virtual", "channel": channel, "nodes": [
+        {"id": 5, "name": "servo", "eds": str(SERVO), "writable": ["Target_*"], "write_rate": None,
+         "sdo_timeout_ms": 100}]}], "mappings": []}
+    async with running(config=config) as api:
+        url = "/api/v1/signals/line.servo.Target_position"
+        status, body, _ = await api.put(url, json={"value": 5})  # no node on the bus yet
+        assert (status, body["error"], body["abort_code"]) == (504, "device_timeout", "0x05040000"), body
+        network = canopen.Network()
+        network.connect(interface="virtual", channel=channel, receive_own_messages=False)
+        try:
+            node = canopen.LocalNode(5, str(SERVO))
+            network.add_node(node)
+            codes = iter([0x06090030, 0x08000022])
+
+            def refuse(index: int, subindex: int, od: object, data: bytes) -> None:
+                raise SdoAbortedError(next(codes))
+
+            node.add_write_callback(refuse)  # type: ignore[no-untyped-call]
+            status, body, _ = await api.put(url, json={"value": 5})
+            models.Error.model_validate(body)
+            assert (status, body["error"], body["abort_code"]) == (422, "out_of_range", "0x06090030"), body
+            assert "value range of parameter exceeded" in body["detail"]
+            status, body, _ = await api.put(url, json={"value": 5})
+            assert (status, body["error"], body["abort_code"]) == (409, "device_refused", "0x08000022"), body
+        finally:
+            network.disconnect()
