@@ -24,6 +24,11 @@ COMPONENTS = (
 )
 
 
+# frames on every stack of the loop thread, so they name no component: the CLI's start-up and the CPU
+# account's wrap of Handle._run (with it, every sample counted for the core)
+_FRAMES_OF_EVERY_SAMPLE = ("main (canbridge/cli", "cmd_run", "_run_async", "_timed_run (canbridge/core/cpuaccount")
+
+
 def classify(stack: str) -> str | None:
     """The component a sample of the loop thread belongs to; None for other threads."""
     frames = stack.split(";")
@@ -33,7 +38,7 @@ def classify(stack: str) -> str | None:
         return "waiting"
     for f in frames:
         for name, needles in COMPONENTS:
-            if any(n in f for n in needles) and not f.startswith(("main (canbridge/cli", "cmd_run", "_run_async")):
+            if any(n in f for n in needles) and not f.startswith(_FRAMES_OF_EVERY_SAMPLE):
                 return name
     return "other"
 

@@ -28,6 +28,25 @@ _EXT = int(FrameFlags.EXTENDED)
 _RTR = int(FrameFlags.RTR)
 
 
+_new = object.__new__
+_set = object.__setattr__  # SignalValue is frozen: its own __init__ sets fields this way too
+
+
+def _fast_build_matches() -> bool:
+    """The fast build in :meth:`SignalStore.values_of` sets every field of today's SignalValue."""
+    try:
+        sv = _new(SignalValue)
+        for f in ("name", "value", "quality", "timestamp_ns", "reason"):
+            _set(sv, f, None)
+        return set(SignalValue.__slots__) == {"name", "value", "quality", "timestamp_ns", "reason"} and (
+            sv == SignalValue(None, None, None, None, None))  # type: ignore[arg-type]
+    except Exception:
+        return False
+
+
+_FAST_BUILD = _fast_build_matches()
+
+
 class SignalStore:
     """Values, timestamps and qualities of every signal in the mapping table."""
 
@@ -44,6 +63,7 @@ class SignalStore:
         self.held: set[int] = set()  # bad until a watcher releases them (CANopen node lost): frames do not revive
         self.watchers: list[Callable[[float], None]] = []  # run by expire(): node supervision (heartbeats)
         self.signal_message = table.signal_message
+        self._names = [s.name for s in table.signal_list]
         self._subs: list[_Subscription] = []
         self._frame_subs: list[_FrameSubscription] = []
         self.batches = 0
@@ -63,6 +83,34 @@ class SignalStore:
         q = self.msg_quality[mi]
         return SignalValue(self.table.signal_list[index].name, value, q, self.msg_ts[mi],
                            self.msg_reason[mi] if q is Quality.BAD else None)
+
+    def values_of(self, indices: Iterable[int]) -> list[SignalValue]:
+        """:meth:`value` of each index, built in one pass (subscription batches: ~0.45 µs a value
+        against ~1 µs through the frozen dataclass's ``__init__``, which every subscriber paid)."""
+        if not _FAST_BUILD:  # pragma: no cover - a SignalValue layout the fast path was not checked for
+            return [self.value(i) for i in indices]
+        values, sm, ts, mq, reasons = self.values, self.signal_message, self.msg_ts, self.msg_quality, self.msg_reason
+        names = self._names
+        new, put, unavailable, bad = _new, _set, Unavailable, Quality.BAD
+        out: list[SignalValue] = []
+        append = out.append
+        for i in indices:
+            mi = sm[i]
+            value = values[i]
+            sv = new(SignalValue)
+            put(sv, "name", names[i])
+            put(sv, "timestamp_ns", ts[mi])
+            if type(value) is unavailable:
+                put(sv, "value", None)
+                put(sv, "quality", bad)
+                put(sv, "reason", value.reason)
+            else:
+                q = mq[mi]
+                put(sv, "value", value)
+                put(sv, "quality", q)
+                put(sv, "reason", reasons[mi] if q is bad else None)
+            append(sv)
+        return out
 
     # --- writing (receive path, write path, supervisor) ---
     def receive(self, bus: str, batch: list[RawFrame], lookup: Mapping[int, tuple[int, Decoder]],
@@ -295,7 +343,7 @@ class _Subscription(Subscription):
             self._pending.clear()
             idx = range(len(store.values)) if self._filter is None else sorted(self._filter)
             self._last = time.monotonic()
-            yield [store.value(i) for i in idx]
+            yield store.values_of(idx)
         while not self._closed:
             await self._event.wait()
             if self._closed:
@@ -319,7 +367,7 @@ class _Subscription(Subscription):
                     await asyncio.sleep(0)
                     if self._closed:
                         return
-                chunk = [store.value(i) for i in order[start:start + CHANGE_CHUNK]]
+                chunk = store.values_of(order[start:start + CHANGE_CHUNK])
                 handed = time.monotonic()
                 yield chunk
                 work += time.monotonic() - handed

@@ -211,3 +211,24 @@ async def test_a_consumer_whose_batches_are_heavy_gets_them_further_apart(tmp_pa
         link.deliver(motor_status(4))
         await next_batch(it)
         assert sub.interval_s < 0.03 / store_module.CONSUMER_SHARE
+
+
+async def test_batch_build_equals_one_value_at_a_time(tmp_path: Path) -> None:
+    """values_of (the subscriptions' fast build) gives what value() gives: waiting, good, bad with a
+    reason, and a J1939 "not available" raw value (bad, no number, its own reason)."""
+    from canbridge.core.mapping.j1939 import NOT_AVAILABLE
+
+    async with fake_runtime(tmp_path) as (rt, link):
+        store = rt.store
+        every = range(len(store.values))
+        assert store.values_of(every) == [store.value(i) for i in every]  # nothing received: waiting
+        link.deliver(motor_status(7))
+        assert store.values_of(every) == [store.value(i) for i in every]
+        speed = rt.signals[SPEED].index
+        store.set_message_quality(store.signal_message[speed], Quality.BAD, "node lost")
+        built = store.values_of([speed])
+        assert built == [store.value(speed)] and built[0].reason == "node lost" and built[0].value == 7
+        store.values[speed] = NOT_AVAILABLE
+        built = store.values_of([speed])
+        assert built == [store.value(speed)] and built[0].value is None and built[0].quality is Quality.BAD
+        assert type(built[0]) is SignalValue and hash(built[0]) == hash(store.value(speed))
