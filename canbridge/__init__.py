@@ -24,6 +24,7 @@ from canbridge._errors import (
 from canbridge._events import DiagnosticEvent
 from canbridge._frames import format_cansend, parse_cansend, parse_frame, parse_frame_object
 from canbridge._j1939 import Dm1, Dtc
+from canbridge._loop import io_turn
 from canbridge._model import (
     BridgeStats,
     BusInfo,
@@ -123,6 +124,7 @@ __all__ = [
     "cache_key",
     "format_cansend",
     "hookimpl",
+    "io_turn",
     "load_config",
     "load_table",
     "parse_cansend",

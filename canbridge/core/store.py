@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from canbridge._bridge import FrameSubscription, Subscription
+from canbridge._loop import io_turn
 from canbridge._model import Frame, FrameFlags, Quality, RawFrame, SignalValue
 from canbridge.core.mapping.codec import Decoder
 from canbridge.core.mapping.j1939 import Unavailable
@@ -362,9 +363,9 @@ class _Subscription(Subscription):
             work = 0.0  # the consumer's time on this batch (from handing a chunk over to being asked again)
             for start in range(0, len(order), CHANGE_CHUNK):
                 if start:
-                    # A loop turn between chunks: the receive path, writes and other clients run while
-                    # one consumer works through a large change set.
-                    await asyncio.sleep(0)
+                    # A loop turn between chunks in which sockets go first: the receive path, writes and
+                    # other clients run while one consumer works through a large change set.
+                    await io_turn()
                     if self._closed:
                         return
                 chunk = store.values_of(order[start:start + CHANGE_CHUNK])

@@ -55,6 +55,7 @@ from canbridge import (
     SignalValue,
     UnknownSignal,
     WriteRefused,
+    io_turn,
 )
 from canbridge_opcua.asyncua_compat import (
     MONITORED_ITEM_CALLBACK,
@@ -719,7 +720,7 @@ class OpcUaService:
                 await self._set_choice_text(node, value, status, dv)
             n += 1
             if not n % 2000:
-                await asyncio.sleep(0)  # a batch of many thousand changes must not hold up client requests
+                await io_turn()  # a batch of many thousand changes must not hold up client requests
         self.updates += n
 
     async def _set_choice_text(self, node: SignalNode, value: Any, status: ua.StatusCode, dv: ua.DataValue) -> None:
