@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -420,22 +420,30 @@ class WritePath:
         why = runner.claim_refusal()
         if why is not None:
             raise self.refuse(RefusalReason.NO_ADDRESS, why, target, caller, parsed.to_cansend())
+        self._audited_send(runner, parsed, target, caller, parsed.to_cansend(), "frame")
+        return parsed
+
+    def _audited_send(self, runner: BusRunner, frame: Frame, target: str, caller: Caller, shown: Any, what: str,
+                      before_send: Callable[[], object] | None = None) -> None:
+        """A frame judged sendable: its accepted record first (refused while the log cannot be written),
+        then the frame; a bus error after the record adds a ``send_failed`` record tied to it."""
+        extra = {} if what == "frame" else {"frame": frame.to_cansend()}
         try:
             seq = self.audit.record(who=str(caller), plugin=caller.plugin, user=caller.user, address=caller.address,
-                                    target=target, value=parsed.to_cansend(), result="accepted")
+                                    target=target, value=shown, result="accepted", **extra)
         except AuditUnavailable as e:
-            raise self.refuse(RefusalReason.AUDIT_UNAVAILABLE, f"the audit log cannot be written ({e}); no frame "
-                              "is sent while it cannot", target, caller, parsed.to_cansend()) from None
+            raise self.refuse(RefusalReason.AUDIT_UNAVAILABLE, f"the audit log cannot be written ({e}); no "
+                              f"{what} is sent while it cannot", target, caller, shown) from None
+        if before_send is not None:
+            before_send()
         try:
-            runner.send(parsed)
+            runner.send(frame)
         except BusError as e:
             self.refused[RefusalReason.BUS_DOWN.value] += 1
             self.audit.record_event(event="send_failed", of=seq, target=target, result=RefusalReason.BUS_DOWN.value,
                                     detail=str(e))
             raise WriteRefused(RefusalReason.BUS_DOWN, str(e), target) from None
         self.accepted += 1
-        return parsed
-
 
     # --- J1939 requests ---
     async def request_pgn(self, bus: str, pgn: int, destination: int, caller: Caller) -> Frame:
@@ -478,21 +486,7 @@ class WritePath:
         assert runner.claim is not None
         can_id, data = request_frame(pgn, runner.claim.address, destination)
         frame = Frame(can_id, data, extended=True, bus=bus)
-        try:
-            seq = self.audit.record(who=str(caller), plugin=caller.plugin, user=caller.user, address=caller.address,
-                                    target=target, value=shown, result="accepted", frame=frame.to_cansend())
-        except AuditUnavailable as e:
-            raise self.refuse(RefusalReason.AUDIT_UNAVAILABLE, f"the audit log cannot be written ({e}); no "
-                              "request is sent while it cannot", target, caller, shown) from None
-        bucket.take()
-        try:
-            runner.send(frame)
-        except BusError as e:
-            self.refused[RefusalReason.BUS_DOWN.value] += 1
-            self.audit.record_event(event="send_failed", of=seq, target=target, result=RefusalReason.BUS_DOWN.value,
-                                    detail=str(e))
-            raise WriteRefused(RefusalReason.BUS_DOWN, str(e), target) from None
-        self.accepted += 1
+        self._audited_send(runner, frame, target, caller, shown, "request", before_send=bucket.take)
         return frame
 
 
