@@ -21,7 +21,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$root/pyproject.toml" | head -n1)
+version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$root/pyproject.toml" | sed -n 1p)
 engine="" base="" local_base=0 base_name=localhost/debian12-py:bookworm rebuild_base=0
 ca=auto tag="canbridge:${version:-dev}" build=1 smoke=1
 
@@ -115,7 +115,7 @@ image_exists "$tag" || die "no image $tag (build it first)"
 case $engine in
     docker) size=$(($(docker image inspect -f '{{.Size}}' "$tag") / 1000000))MB ;;
     *) if command -v podman >/dev/null; then size=$(($(podman image inspect -f '{{.Size}}' "$tag") / 1000000))MB
-       else size=$(buildah images --format '{{.Size}}' "$tag" | head -n1); fi ;;
+       else size=$(buildah images --format '{{.Size}}' "$tag" | sed -n 1p); fi ;;
 esac
 
 # --- smoke test ---

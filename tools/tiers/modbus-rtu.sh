@@ -12,4 +12,4 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-socat -V | head -n 2 | tail -n 1
+socat -V | sed -n 2p

@@ -18,5 +18,5 @@ fi
 if [ ! -d tools/node/node_modules/sparkplug-payload ] || [ ! -d tools/node/node_modules/mqtt ]; then
     npm ci --prefix tools/node --no-audit --no-fund
 fi
-/usr/sbin/mosquitto -h 2>/dev/null | head -1 || true
+/usr/sbin/mosquitto -h 2>/dev/null | sed -n 1p || true
 node -e "console.log('sparkplug-payload', require('./tools/node/node_modules/sparkplug-payload/package.json').version)"

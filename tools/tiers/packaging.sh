@@ -17,5 +17,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-systemd-analyze --version | head -n 1
+systemd-analyze --version | sed -n 1p
 buildah --version

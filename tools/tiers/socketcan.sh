@@ -27,7 +27,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 missing=()
 for p in "${APT_PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 done
 apt_updated=0
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -38,7 +38,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # --- the kernel ----------------------------------------------------------------------------------
-kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n1; }
+kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | sed -n 1p; }
 PKG="$(kernel_pkg || true)"
 if [ -z "$PKG" ] && [ "$apt_updated" -eq 0 ]; then
     apt-get update -qq
@@ -75,7 +75,7 @@ chmod -R a+rX "$CACHE"
 
 # --- virtme-ng -----------------------------------------------------------------------------------
 if [ -x "$VNG_VENV/bin/vng" ] && "$VNG_VENV/bin/vng" --version >/dev/null 2>&1; then
-    log "virtme-ng already in $VNG_VENV ($("$VNG_VENV/bin/vng" --version 2>&1 | head -n1))"
+    log "virtme-ng already in $VNG_VENV ($("$VNG_VENV/bin/vng" --version 2>&1 | sed -n 1p))"
 else
     PY="${PYTHON:-python3}"
     if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
