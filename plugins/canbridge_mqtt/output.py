@@ -41,9 +41,13 @@ class Output(ABC):
         ``(rows read, rows delivered)``; fewer delivered than read stops the drain (the link broke, or the
         rest still awaits its acknowledgement)."""
 
-    def encode_queued(self, changes: Sequence[Change]) -> list[bytes] | None:
-        """What to keep with queued changes so that the replay is cheap (None: nothing)."""
-        return None
+    def store(self, buf: Buffer, changes: Sequence[Change], front: bool) -> None:
+        """Queue ``changes`` in ``buf`` (``front``: before what is queued); an output may keep them in the form
+        that is cheapest to replay."""
+        if front:
+            buf.prepend(self.sink, changes)
+        else:
+            buf.append(self.sink, changes)
 
     def interrupted(self) -> bool:
         """Whether the drain should pause for something more urgent (a rebirth)."""
@@ -59,10 +63,8 @@ class Output(ABC):
             return
         if self.buffer is None:
             self.lost += len(changes)
-        elif front:
-            self.buffer.prepend(self.sink, changes, self.encode_queued(changes))
         else:
-            self.buffer.append(self.sink, changes, self.encode_queued(changes))
+            self.store(self.buffer, changes, front)
 
     async def offer(self, changes: Sequence[Change]) -> None:
         """Report changes: live, or queued behind a backlog so that the order is kept."""
