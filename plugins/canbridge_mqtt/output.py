@@ -7,6 +7,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from canbridge import SignalInfo
 from canbridge_mqtt.buffer import Buffer
 from canbridge_mqtt.config import BufferConfig
 from canbridge_mqtt.rbe import Change, ReportFilter
@@ -34,6 +35,10 @@ class Output(ABC):
     async def send_live(self, changes: Sequence[Change]) -> Sequence[Change]:
         """Publish live ``changes`` (counting ``published``); return those that did not go out, in order, to
         be queued: the link broke. Changes still awaiting their acknowledgement are the output's business."""
+
+    async def add_signals(self, signals: Sequence[SignalInfo]) -> None:  # noqa: B027 - most outputs need nothing
+        """Get ready to publish these signals too (added to the bridge's table at run time); their changes
+        are offered once this returns. By default there is nothing to prepare."""
 
     @abstractmethod
     async def replay(self, buf: Buffer, limit: int) -> tuple[int, int]:

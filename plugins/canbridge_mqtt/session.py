@@ -83,13 +83,13 @@ class EdgeNode:
         # aliases are unique per node: node metrics first, then every device metric in table order
         self.node_metrics = [NodeMetric(n, dt, i + 1) for i, (n, dt) in enumerate(node_metrics)]
         self._node_by_name = {m.name: m for m in self.node_metrics}
-        defs = sp.metric_defs(signals, len(self.node_metrics) + 1, choices_as_text)
+        self.choices_as_text = choices_as_text
         self.devices: dict[str, list[MetricDef]] = {}
-        for d in defs:
-            self.devices.setdefault(d.info.bus, []).append(d)
-        self.by_signal = {d.signal: d for d in defs}
-        self.by_alias = {d.alias: d for d in defs}
-        self._by_device_name = {(d.info.bus, d.name): d for d in defs}
+        self.by_signal: dict[str, MetricDef] = {}
+        self.by_alias: dict[int, MetricDef] = {}
+        self._by_device_name: dict[tuple[str, str], MetricDef] = {}
+        self._next_alias = len(self.node_metrics) + 1
+        self.add_signals(signals)
         self.bdseq = 0
         self._seq = 0
         self._queued_prefixes: dict[str, tuple[bytes, bytes]] = {}  # signal -> (alias, datatype) fields
@@ -106,6 +106,20 @@ class EdgeNode:
             self._epoch = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
             self._epoch_of = len(self.by_signal)
         return self._epoch
+
+    def add_signals(self, signals: Sequence[SignalInfo]) -> list[str]:
+        """Device metrics for ``signals`` (those not yet metrics), with aliases after every alias given so
+        far: the aliases of existing metrics never change. Returns the devices that gained metrics (a device's
+        metrics are fixed by its DBIRTH: each needs a new one before DATA of them)."""
+        new = [s for s in signals if s.name not in self.by_signal]
+        defs = sp.metric_defs(new, self._next_alias, self.choices_as_text)
+        self._next_alias += len(defs)
+        for d in defs:
+            self.devices.setdefault(d.info.bus, []).append(d)
+            self.by_signal[d.signal] = d
+            self.by_alias[d.alias] = d
+            self._by_device_name[(d.info.bus, d.name)] = d
+        return list(dict.fromkeys(d.info.bus for d in defs))
 
     # --- sequence numbers ------------------------------------------------------------------------------
     def next_seq(self) -> int:

@@ -195,6 +195,29 @@ class SparkplugOutput(Output):
                     await client.publish(self.node.topic("DDEATH", bus), self.node.ddeath(), qos=0)
                     self.dead.add(bus)
 
+    async def add_signals(self, signals: Sequence[SignalInfo]) -> None:
+        """New device metrics (new aliases, the others unchanged): a device's metrics are fixed by its birth,
+        so a living device gets DDEATH and a new DBIRTH with them before any DDATA uses them (the only way to
+        add metrics to a device, eclipse-sparkplug/sparkplug#540). Offline, the next births carry them."""
+        ours = [s for s in signals if s.bus in self.buses]  # a new device would need an NBIRTH: not yet
+        for s in signals:
+            if s.bus not in self.buses:
+                log.warning("mqtt: %s is not published: bus %s was not a Sparkplug device at birth", s.name, s.bus)
+        for bus in self.node.add_signals(ours):
+            client = self.client
+            if client is None or not self.online:
+                continue
+            try:
+                async with self._lock:
+                    if bus in self.dead:  # its next DBIRTH (the bus coming back) carries them
+                        continue
+                    await client.publish(self.node.topic("DDEATH", bus), self.node.ddeath(), qos=0)
+                    await self._dbirth(client, bus)
+            except aiomqtt.MqttError:
+                self.online = False  # the session reconnects and births everything anew
+                return
+            log.info("mqtt: DBIRTH of %s again with %d new metrics", bus, sum(s.bus == bus for s in ours))
+
     def _node_values(self) -> dict[str, object]:
         out: dict[str, object] = {"Properties/Software": "canbridge", "Properties/Version": canbridge.__version__}
         for bus in self.buses:

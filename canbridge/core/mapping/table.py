@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -312,6 +312,46 @@ def _build_table(
     if problems:
         raise ConfigError(problems)
     return MappingTable(signals, signal_list, messages, message_list, signal_message, by_bus, j1939, canopen)
+
+
+def heard_source_name(address: int) -> str:
+    """The name of a J1939 source heard but not configured, in its signals' names: ``sa0x21``."""
+    return f"sa0x{address:02X}"
+
+
+def add_heard_source(table: MappingTable, bus: str, template: MessageEntry, address: int) -> MessageEntry | None:
+    """Map a J1939 message received from a source address no mapping of the bus decodes, at run time:
+    ``<bus>.sa0x<SA>.<message>`` with the signals of ``template`` (an entry of the same PGN), appended to
+    the table (indices after every existing one, nothing moves). None when that name is taken (a
+    configured source of that name)."""
+    m = template.db_message
+    label = f"{heard_source_name(address)}.{m.name}"
+    mname = f"{bus}.{label}"
+    if mname in table.messages:
+        return None
+    fid = with_source(template.info.frame_id, address)
+    base = len(table.signal_list)
+    infos = [replace(table.signal_list[i], name=f"{mname}.{table.signal_list[i].signal}", message=label,
+                     index=base + k, frame_id=fid, direction="rx", writable=False, max_write_rate=None)
+             for k, i in enumerate(template.signal_indices)]
+    if any(i.name in table.signals for i in infos):
+        return None
+    decoder = compile_decoder(m, {i.signal: i.index for i in infos},
+                              {i.signal for i in infos if i.value_type is bool}, j1939=True)
+    idx = len(table.message_list)
+    info_m = replace(template.info, name=mname, message=label, frame_id=fid, direction="rx",
+                     signals=tuple(i.name for i in infos), period_ms=None)
+    entry = MessageEntry(info_m, idx, frame_key(fid, True), m, [i.index for i in infos], decoder,
+                         template.timeout_s, None)
+    for i in infos:
+        table.signals[i.name] = i
+        table.signal_list.append(i)
+        table.signal_message.append(idx)
+    table.message_list.append(entry)
+    table.messages[mname] = entry
+    table.by_bus.setdefault(bus, {})[entry.key] = entry
+    table.j1939.setdefault(bus, {})[match_key(fid)] = entry
+    return entry
 
 
 def _instances(mc: MappingConfig, selected: Sequence[Any],
