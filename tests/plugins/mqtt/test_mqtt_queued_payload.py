@@ -3,6 +3,7 @@ the same payload, decoded, as building the historical DDATA from the changes (``
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from canbridge_mqtt.buffer import Buffer, Chunk, QueuedRow
@@ -191,3 +192,19 @@ def test_a_mapping_changed_since_queueing_skips_and_counts_instead_of_sending_a_
     assert skipped == 2 and got is not None
     (m,) = decoded(got)
     assert m.alias == now.by_signal["b.M.Temp"].alias and m.is_historical and m.timestamp == 1002
+
+
+def test_metrics_added_at_run_time_make_a_new_epoch() -> None:
+    # a J1939 sender heard at run time gets metrics; chunks framed before a restart that lacks them must
+    # not be taken as they are
+    node = EdgeNode("g", "n", SIGNALS, [])
+    before = node.epoch
+    heard = dataclasses.replace(signal_info("b.x.Speed", index=7, message="sa0x21.M"), name="b.sa0x21.M.Speed")
+    node.add_signals([heard])
+    assert node.epoch != before
+    chunks, skipped = node.queued_chunks([("b.sa0x21.M.Speed", 7, Quality.GOOD, 1)], 10)
+    assert skipped == 0 and chunks[0].epoch == node.epoch
+    restarted = EdgeNode("g", "n", SIGNALS, [])
+    assert restarted.epoch == before
+    got, skipped = restarted.ddata_chunks("b", [as_row(1, chunks[0])])
+    assert got is None and skipped == 1  # not published by the restarted mapping: dropped, counted
