@@ -203,6 +203,7 @@ def _mapping_warnings(i: int, mc: MappingConfig, table: MappingTable, file: str 
                       lines: dict[Any, int]) -> list[Problem]:
     """It runs, but: received messages that never turn stale, DBC limits the raw bits cannot reach."""
     from canbridge._model import physical_range
+    from canbridge.core.mapping.j1939rules import message_warnings
 
     key = "dbc" if mc.dbc is not None else "signals"
     where = (file, lines.get(("mappings", i, key)), f"mappings[{i}].{key}") if file else (str(mc.file), None, None)
@@ -232,6 +233,10 @@ def _mapping_warnings(i: int, mc: MappingConfig, table: MappingTable, file: str 
             f"the limits of {len(clipped)} signals lie outside what their raw bits can carry and are clipped to "
             f"the raw range: {_names(clipped)}; check the signals' length, scale and offset in {mc.file.name}",
             *where))
+    dbc_messages = list({id(e.db_message): e.db_message for e in table.message_list}.values())
+    sent = {e.db_message.name for e in table.message_list if e.j1939_tx}
+    out += [Problem(w, *where) for w in message_warnings(mc.file.name, dbc_messages, mc.protocol, sent,
+                                                         bool(mc.sources))]
     return out
 
 
