@@ -546,7 +546,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"canbridge demo: {e}", file=sys.stderr)
         return 1
-    data = demo_config(plugins=plugins, state_dir=state)
+    data = demo_config(plugins=plugins, state_dir=state, truck=True)
     try:
         runtime = build_runtime(parse_config(data), registry, base_dir=Path.cwd())
     except ConfigError as e:
@@ -561,8 +561,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t = runtime.table
     writable = ", ".join(s.signal for s in t.signal_list if s.writable)
     print(f"canbridge {__version__} demo: simulated motor controller, battery and vehicle ECUs on a virtual CAN bus")
-    print(f"  {len(t.message_list)} messages, {len(t.signal_list)} signals from {DEMO_DBC_NAME}; "
+    demo_messages = t.messages_of("demo")
+    print(f"  {len(demo_messages)} messages, {sum(len(e.info.signals) for e in demo_messages)} signals from "
+          f"{DEMO_DBC_NAME}; "
           f"writable: demo.MotorCommand.{{{writable}}}")
+    truck = [e for e in t.message_list if e.info.bus == "truck"]
+    if truck:
+        print(f"  and a J1939 bus 'truck': an engine (0x00) and a transmission (0x03) sending "
+              f"{len({e.db_message.name for e in truck})} parameter groups and DM1s (BAM)")
     print(f"  state (certificates, register map, audit log): {state}")
     if not plugins:
         print("  no northbound plugins (--no-plugins): the core runs alone")

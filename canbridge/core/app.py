@@ -23,7 +23,7 @@ from canbridge.core.simulator import Simulator
 log = logging.getLogger("canbridge.simulator")
 
 DEMO_DBC = Path(__file__).resolve().parent.parent / "demo" / "demo.dbc"
-DEMO_J1939_DBC = DEMO_DBC.with_name("j1939.dbc")  # mappings/examples/j1939.dbc (docs/j1939.md)
+DEMO_J1939_DBC = DEMO_DBC.with_name("j1939.dbc")  # the example of docs/j1939.md; mappings/examples/ links to it
 
 
 DEMO_WAVES: dict[str, dict[str, float]] = {
@@ -56,7 +56,8 @@ def demo_truck(channel: str) -> dict[str, Any]:
     return {
         "bus": {"name": "truck", "interface": "virtual", "channel": channel, "bitrate": 250000},
         "mapping": {"bus": "truck", "dbc": str(DEMO_J1939_DBC), "messages": ["EEC1", "ET1", "CCVS", "EC1"],
-                    "sources": {0x00: "engine", 0x03: "transmission"}},
+                    "sources": {0x00: "engine", 0x03: "transmission"},
+                    "stale_after_ms": {"EEC1": 250}},  # 20 ms cycle: 60 ms would flicker on a busy machine
         "simulator": {"bus": "truck", "waves": DEMO_TRUCK_WAVES,
                       "counters": {"engine.CCVS.OdometerRaw": 0.02, "transmission.CCVS.OdometerRaw": 0.02}},
     }

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from pathlib import Path
 from typing import Any
 
 import can
+import yaml
 
 from canbridge import Quality
 from canbridge.core.app import demo_truck, unique_channel
@@ -27,6 +29,7 @@ from canbridge.core.simulator_j1939 import Ecu, bam_frames, dm1_payload
 from canbridge.testing import BridgeHarness
 
 EC1 = 0xFEE3
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def truck_config(channel: str) -> dict[str, Any]:
@@ -110,10 +113,21 @@ async def test_bam_packets_are_50_to_200_ms_apart() -> None:
                         and msg.arbitration_id & 0xFF == 0x00:
                     if pgn_of(msg.arbitration_id) == PGN_TP_CM:
                         stamps = []
-                    stamps.append(time.monotonic())
+                    stamps.append(msg.timestamp)  # set by the sender's send(): no reader delay in it
             assert len(stamps) >= 3, stamps
             gaps = [b - a for a, b in itertools.pairwise(stamps)]
             assert all(0.045 <= g <= 0.2 for g in gaps[:3]), gaps
         finally:
             listener.shutdown()
         assert h.bridge.bus_status("truck").transport["completed"] >= 1
+
+
+def test_the_demo_file_has_the_truck_of_canbridge_demo() -> None:
+    """mappings/demo/demo.yaml is `canbridge demo` as a file: its truck bus must not drift from the command's."""
+    data = yaml.safe_load((ROOT / "mappings" / "demo" / "demo.yaml").read_text())
+    t = demo_truck("x")
+    mapping = next(m for m in data["mappings"] if m["bus"] == "truck")
+    assert (ROOT / "mappings" / "demo" / mapping["dbc"]).resolve() == Path(t["mapping"]["dbc"]).resolve()
+    assert {k: v for k, v in mapping.items() if k != "dbc"} == {k: v for k, v in t["mapping"].items() if k != "dbc"}
+    sim = next(s for s in data["simulators"] if s["bus"] == "truck")
+    assert sim["waves"].items() <= t["simulator"]["waves"].items()
