@@ -50,6 +50,14 @@ DEMO_TRUCK_WAVES: dict[str, dict[str, float]] = {
     "transmission.CCVS.WheelBasedVehicleSpeed": {"low": 0, "high": 88, "period_s": 45},
 }
 
+# States held still: a wave through their whole raw range would keep hitting J1939's reserved top values
+# ("error", "not available": quality bad), which the demo should show only when asked to.
+DEMO_TRUCK_STATES: dict[str, float] = {
+    **{f"{source}.{signal}": 0 for source in ("engine", "transmission") for signal in (
+        "EEC1.EngineTorqueMode", "CCVS.ParkingBrakeSwitch", "CCVS.CruiseControlActive", "CCVS.BrakeSwitch")},
+    "engine.EEC1.SourceAddressOfController": 0x00, "transmission.EEC1.SourceAddressOfController": 0x03,
+}
+
 
 def demo_truck(channel: str) -> dict[str, Any]:
     """The demo's second bus: J1939 traffic of an engine (0x00) and a transmission (0x03), with DM1s."""
@@ -58,7 +66,7 @@ def demo_truck(channel: str) -> dict[str, Any]:
         "mapping": {"bus": "truck", "dbc": str(DEMO_J1939_DBC), "messages": ["EEC1", "ET1", "CCVS", "EC1"],
                     "sources": {0x00: "engine", 0x03: "transmission"},
                     "stale_after_ms": {"EEC1": 250}},  # 20 ms cycle: 60 ms would flicker on a busy machine
-        "simulator": {"bus": "truck", "waves": DEMO_TRUCK_WAVES,
+        "simulator": {"bus": "truck", "waves": DEMO_TRUCK_WAVES, "constants": DEMO_TRUCK_STATES,
                       "counters": {"engine.CCVS.OdometerRaw": 0.02, "transmission.CCVS.OdometerRaw": 0.02}},
     }
 

@@ -25,6 +25,7 @@ from canbridge.core.mapping.j1939 import (
     pgn_of,
     priority_of,
 )
+from canbridge.core.simulator import Simulator
 from canbridge.core.simulator_j1939 import Ecu, bam_frames, dm1_payload
 from canbridge.testing import BridgeHarness
 
@@ -46,6 +47,7 @@ async def test_both_sources_and_their_dm1_reach_the_bridge() -> None:
         engine, gearbox, coolant = (float(b.read(n).value or 0) for n in names[:3])
         assert 650 <= engine <= 1900 and 600 <= gearbox <= 1200  # each source its own waves
         assert 82 <= coolant <= 94
+        assert b.read("truck.transmission.EEC1.SourceAddressOfController").value == 3
         # DM1 of each source, 4 DTCs each (2 + 16 bytes: by BAM), lamps amber
         await h.until(lambda: set(b.bus_status("truck").dm1) >= {0x00, 0x03}, timeout=10)
         st = b.bus_status("truck")
@@ -131,3 +133,38 @@ def test_the_demo_file_has_the_truck_of_canbridge_demo() -> None:
     assert {k: v for k, v in mapping.items() if k != "dbc"} == {k: v for k, v in t["mapping"].items() if k != "dbc"}
     sim = next(s for s in data["simulators"] if s["bus"] == "truck")
     assert sim["waves"].items() <= t["simulator"]["waves"].items()
+    assert sim["constants"].items() <= t["simulator"]["constants"].items()
+
+
+async def test_a_dtc_clears_and_another_appears_at_the_bridge() -> None:
+    """The simulator beside the bridge, its DTCs turning every 1.5 s: the bridge's DM1 of a source changes by
+    one code out, one code in; every id carries the source address and the DBC's priority."""
+    channel = unique_channel("j1939turn")
+    async with BridgeHarness(truck_config(channel)) as h:  # no simulator of its own: this test's
+        b = h.bridge
+        bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
+        listener = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
+        sim = Simulator(b.table, "truck", bus)
+        assert sim.j1939 is not None
+        sim.j1939.dtc_change_s = 1.5
+        task = asyncio.create_task(sim.run())
+        try:
+            await h.until(lambda: 0x00 in b.bus_status("truck").dm1, timeout=5)
+            first = {(d.spn, d.fmi) for d in b.bus_status("truck").dm1[0x00].dtcs}
+            await h.until(lambda: {(d.spn, d.fmi) for d in b.bus_status("truck").dm1[0x00].dtcs} != first,
+                          timeout=5)
+            second = {(d.spn, d.fmi) for d in b.bus_status("truck").dm1[0x00].dtcs}
+            assert len(first) == len(second) == 4
+            assert len(first - second) == 1 and len(second - first) == 1  # one cleared, one appeared
+            ids = set()
+            while (msg := listener.recv(0)) is not None:
+                ids.add(msg.arbitration_id)
+            # EEC1 at priority 3 and ET1 at 6 as the DBC has them, from both sources; DM1 (BAM) at 7
+            assert {0x0CF00400, 0x0CF00403, 0x18FEEE00, 0x18FEEE03} <= ids
+            assert {make_id(7, PGN_TP_CM, 0x00, 0xFF), make_id(7, PGN_TP_CM, 0x03, 0xFF)} <= ids
+            assert b.bus_status("truck").unconfigured_sources == {}
+        finally:
+            sim.stop()
+            await task
+            bus.shutdown()
+            listener.shutdown()
