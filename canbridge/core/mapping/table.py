@@ -27,6 +27,7 @@ from canbridge.core.mapping.j1939 import (
     source_of,
     with_source,
 )
+from canbridge.core.mapping.j1939rules import destination_problem, message_problems, source_name_problems
 
 log = logging.getLogger("canbridge.mapping")
 
@@ -158,6 +159,7 @@ def _build_table(
     signal_message: list[int] = []
     j1939: dict[str, dict[int, MessageEntry]] = {}
     canopen: dict[str, list[tuple[CanopenNodeConfig, NodeDescription]]] = {}
+    source_names: dict[str, tuple[dict[int, str], dict[str, int]]] = {}  # bus -> J1939 names by address, by name
 
     jobs: list[tuple[int, MappingConfig, CanopenNodeConfig | None]] = [
         (mi, mc, None) for mi, mc in enumerate(config.mappings)]
@@ -217,6 +219,16 @@ def _build_table(
         instances, why = _instances(mc, selected, claiming.get(mc.bus, False))
         if why:
             problems.append(Problem(why, file, *where(mi, "protocol")))
+        fname = mc.file.name
+        file_key = "dbc" if mc.dbc is not None else "signals"
+        problems += [Problem(p, file, *where(mi, file_key)) for p in message_problems(fname, selected, mc.protocol,
+                                                                                   mc.strict)]
+        sent = [m for m, _, _, k in instances if k is None and _is_j1939(mc, m)]
+        if (dp := destination_problem(fname, mc.destination, sent)) is not None:
+            problems.append(Problem(dp, file, *where(mi, "destination")))
+        seen, by_name = source_names.setdefault(mc.bus, ({}, {}))
+        problems += [Problem(p, file, *where(mi, "sources"))
+                     for p in source_name_problems(mc.bus, seen, by_name, fname, mc.sources)]
         for m, mname, frame_id, pgn_key in instances:
             j1939_tx = pgn_key is None and _is_j1939(mc, m)
             key = frame_key(frame_id, m.is_extended_frame)
@@ -234,8 +246,9 @@ def _build_table(
                 continue
             if pgn_key is not None and pgn_key in j1939.get(mc.bus, {}):
                 other = j1939[mc.bus][pgn_key].info.name
-                problems.append(Problem(f"PGN 0x{pgn_key >> 8:X} from source 0x{pgn_key & 0xFF:02X} of {m.name} "
-                                        f"is already mapped by {other}", file, *where(mi)))
+                problems.append(Problem(f"{mc.file.name}: PGN 0x{pgn_key >> 8:X} from source 0x{pgn_key & 0xFF:02X} "
+                                        f"of {m.name} (id 0x{m.frame_id:X}) is already mapped by {other}: one "
+                                        "(PGN, source) decodes into one message", file, *where(mi)))
                 continue
             writable_sigs = {s.name for s in m.signals if _match(mc.writable, f"{m.name}.{s.name}")}
             if sdo is not None:
