@@ -1,6 +1,7 @@
 """``broker.max_inflight`` against a broker that stops reading: the plugin's outgoing queue stays within the
 bound, the changes beyond it go to the store-and-forward queue on disk (counted, none lost), and after the
-reconnect every reported change arrives once and in order.
+reconnect every reported change arrives, in order; what was in flight on the lost link may arrive twice
+(docs/mqtt.md, "What a subscriber sees"), right after itself and at most ``max_inflight`` per lost link.
 
 The broker is a minimal MQTT 3.1.1 server written here (loopback): it acknowledges CONNECT, SUBSCRIBE,
 PINGREQ and QoS 1 PUBLISH until told to stall; then it reads nothing more on that connection (for good, or
@@ -171,9 +172,13 @@ async def test_a_broker_that_stops_reading_bounds_the_outgoing_queue_and_loses_n
         await until(lambda: broker.stalled.is_set() and broker.connections >= 2, 20, what="stalled, reconnected")
         await until(lambda: out.online and out.backlog() == 0, 30, what="the backlog drained")
 
-        # every reported change once, in order (the snapshots a connect publishes first are not changes)
-        await until(lambda: delivered(broker) == reported, 30, what="every reported change at the broker",
+        # every reported change, in order (the snapshots a connect publishes first are not changes); a lost
+        # link may repeat what was in flight on it (documented: the broker acknowledged, the PUBACK was lost
+        # with the link), each repeat right after its original
+        await until(lambda: collapsed(delivered(broker)) == reported, 30, what="every reported change at the broker",
                     detail=lambda: sum(map(len, reported.values())) - sum(map(len, delivered(broker).values())))
+        repeats = sum(map(len, delivered(broker).values())) - sum(map(len, reported.values()))
+        assert repeats <= INFLIGHT * (broker.connections - 1), (repeats, broker.connections)
     finally:
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -185,6 +190,12 @@ async def test_a_broker_that_stops_reading_bounds_the_outgoing_queue_and_loses_n
     assert peak["backlog"] > 0  # the changes beyond it went to disk ...
     assert out.lost == 0 and svc.buffer is not None and svc.buffer.dropped == 0  # ... none lost
     assert sum(map(len, reported.values())) > 5 * SIGNALS  # the load went on during the stall
+
+
+def collapsed(got: dict[str, list[object]]) -> dict[str, list[object]]:
+    """Per signal, a value repeated right after itself once: what is left once a lost link's repeats go
+    (a value a signal really reports twice in a row is reported by ``fake.set`` rounds that differ)."""
+    return {name: [v for i, v in enumerate(vs) if i == 0 or v != vs[i - 1]] for name, vs in got.items()}
 
 
 def delivered(broker: StallingBroker) -> dict[str, list[object]]:

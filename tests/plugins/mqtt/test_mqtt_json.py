@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import pytest
 
 from canbridge.core.app import DEMO_DBC, demo_config, unique_channel
@@ -47,11 +48,21 @@ class Sub:
 
 @contextlib.asynccontextmanager
 async def sub(port: int, topic: str = "cb/#") -> AsyncIterator[Sub]:
+    """A subscriber that is listening when this yields: it also subscribes to a probe topic and sees a probe
+    arrive first (without that, what is published right after the start can go unseen: a flaky test)."""
+    probe = f"probe/{id(asyncio.current_task())}"
     proc = await asyncio.create_subprocess_exec(
-        "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-v", "-q", "1", "-t", topic,
+        "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-v", "-q", "1", "-t", topic, "-t", probe,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     s = Sub(proc)
     try:
+        for _ in range(100):  # a probe until one arrives: the subscription is in place
+            await pub(port, probe, "probe")
+            with contextlib.suppress(AssertionError):
+                await until(lambda: any(t == probe for t, _ in s.seen), 0.2, what="the probe")
+                break
+        else:
+            raise AssertionError(f"mosquitto_sub on port {port} never received a probe")
         yield s
     finally:
         proc.kill()
@@ -148,8 +159,19 @@ async def test_replay_after_an_outage_with_original_ts_not_retained(tmp_path: Pa
                             what="decoded")
                 stamps.append(h.bridge.read("demo.MotorStatus.MotorSpeed").timestamp_ns // 1_000_000)  # type: ignore[operator]
                 await until(lambda s=speed: s in queued_speeds(svc), 10, what="queued")  # type: ignore[misc]
+            # the plugin reconnects only once the subscriber listens: else it may publish before the subscription
+            link, gate = svc.json.link, asyncio.Event()
+            connect = link.client
+
+            def held(url: str, will: Any) -> Any:
+                if not gate.is_set():
+                    raise aiomqtt.MqttError("held by the test until the subscriber listens")
+                return connect(url, will)
+
+            link.client = held
             broker.start()
             async with sub(broker.port, SPEED) as s:
+                gate.set()
                 await until(lambda: svc.json.backlog() == 0 and any(v["value"] == 2003 for v in s.values(SPEED)),
                             30, what="replayed")
                 # the current value first (what a connect publishes), then the backlog oldest first
