@@ -267,6 +267,8 @@ class BusStatus:
     # J1939 transport protocol (multi-packet messages): "completed", broken ones by reason, "duplicates", ...
     transport: dict[str, int] = field(default_factory=dict)
     dm1: dict[int, Dm1] = field(default_factory=dict)  # J1939: source address -> its latest DM1
+    # J1939: source address -> its latest DM2 (previously active codes, answers to a request for PGN 65227)
+    dm2: dict[int, Dm1] = field(default_factory=dict)
     canopen: dict[str, CanopenNodeStatus] = field(default_factory=dict)  # CANopen: node name -> its state
     # J1939 address claim of the bridge (buses with ``j1939``): state (idle, claiming, claimed, lost),
     # address, name, claims_sent, contests, and the reason once lost

@@ -1,7 +1,8 @@
 """The J1939 side of one bus's receive path: frames whose exact id is not in the bus's lookup are
 matched by (PGN, source address), counted per (PGN, source) when the PGN is mapped but the source is
 not, and handed to the transport-protocol reassembler when they are TP.CM / TP.DT frames; DM1 (active
-trouble codes) of every source is kept decoded.
+trouble codes) of every source is kept decoded, and so is DM2 (previously active codes), the answer to
+a request for PGN 65227.
 
 It runs only for frames the exact-id lookup missed, on buses with J1939 mappings, so plain DBC traffic
 never reaches it. A matched id is added to the exact-id lookup, so the next frame with that id is an
@@ -19,10 +20,18 @@ from canbridge._model import FrameFlags, RawFrame
 from canbridge.core.can.j1939socket import J1939Message, transport_pgns
 from canbridge.core.can.j1939tp import Reassembler
 from canbridge.core.mapping.codec import Decoder
-from canbridge.core.mapping.j1939 import PGN_DM1, PGN_TP_CM, PGN_TP_DT, decode_dm1, make_id, match_key
+from canbridge.core.mapping.j1939 import (
+    PGN_DM1,
+    PGN_DM2,
+    PGN_TP_CM,
+    PGN_TP_DT,
+    decode_dm1,
+    make_id,
+    match_key,
+)
 from canbridge.core.mapping.table import EXT_KEY, MessageEntry
 
-MAX_DM1_SOURCES = 254  # every source address
+MAX_DM1_SOURCES = 254  # every source address (DM2 too)
 MAX_UNCONFIGURED = 1024  # distinct (PGN, source) pairs counted; more are counted together
 _ID_MASK = 0x1FFFFFFF
 _EXT = int(FrameFlags.EXTENDED)
@@ -56,6 +65,7 @@ class J1939Receiver:
         self.tp_frames = 0  # TP.CM and TP.DT frames consumed (they are not unmapped frames)
         self.completed: list[RawFrame] = []  # reassembled messages waiting to be decoded
         self.dm1: dict[int, Dm1] = {}  # source address -> its latest DM1 (any source, configured or not)
+        self.dm2: dict[int, Dm1] = {}  # source address -> its latest DM2 (answers to requests; same layout)
         self._tp_mono = 0.0  # monotonic time of the newest TP frame, to run the frames' clock on
         self.on_dm1: Callable[[Dm1 | None, Dm1], None] | None = None  # the diagnostic events' hook
         # The kernel's J1939 socket reassembles (core/can/j1939socket.py): TP frames of the raw socket
@@ -94,8 +104,11 @@ class J1939Receiver:
         mk = match_key(can_id)
         hit = self._index.get(mk)
         pgn = mk >> 8
-        if pgn == PGN_DM1:  # never bound to the exact-id lookup, so that every DM1 comes through here
-            self._dm1(mk & 0xFF, data, ts)
+        if pgn in (PGN_DM1, PGN_DM2):  # never bound to the exact-id lookup: each comes through here
+            if pgn == PGN_DM1:
+                self._dm1(mk & 0xFF, data, ts)
+            else:
+                self._dm2(mk & 0xFF, data, ts)
             if hit is not None:
                 self._last.pop(key, None)
                 return hit
@@ -129,9 +142,17 @@ class J1939Receiver:
             if self.on_dm1 is not None:
                 self.on_dm1(old, dm1)
 
+    def _dm2(self, source: int, data: bytes, ts: int) -> None:
+        old = self.dm2.get(source)
+        if old is None and len(self.dm2) >= MAX_DM1_SOURCES:
+            return
+        dm2 = decode_dm1(data, source, ts, 1 if old is None else old.messages + 1)
+        if dm2 is not None:
+            self.dm2[source] = dm2
+
     def socket_pgns(self) -> list[int]:
         """The PGNs the kernel's J1939 socket is filtered to: what can come multi-packet, and TP."""
-        return transport_pgns(self.long_pgns, (PGN_DM1,))
+        return transport_pgns(self.long_pgns, (PGN_DM1, PGN_DM2))
 
     def kernel_messages(self, messages: list[J1939Message]) -> None:
         """From the kernel's J1939 socket: reassembled messages are decoded after this batch; TP frames
