@@ -133,22 +133,12 @@ class J1939Receiver:
         return None
 
     def _dm1(self, source: int, data: bytes, ts: int) -> None:
-        old = self.dm1.get(source)
-        if old is None and len(self.dm1) >= MAX_DM1_SOURCES:
-            return
-        dm1 = decode_dm1(data, source, ts, 1 if old is None else old.messages + 1)
-        if dm1 is not None:
-            self.dm1[source] = dm1
-            if self.on_dm1 is not None:
-                self.on_dm1(old, dm1)
+        kept = _keep(self.dm1, source, data, ts)
+        if kept is not None and self.on_dm1 is not None:
+            self.on_dm1(*kept)
 
     def _dm2(self, source: int, data: bytes, ts: int) -> None:
-        old = self.dm2.get(source)
-        if old is None and len(self.dm2) >= MAX_DM1_SOURCES:
-            return
-        dm2 = decode_dm1(data, source, ts, 1 if old is None else old.messages + 1)
-        if dm2 is not None:
-            self.dm2[source] = dm2
+        _keep(self.dm2, source, data, ts)  # on request only: no events (the DM1 says what is active)
 
     def socket_pgns(self) -> list[int]:
         """The PGNs the kernel's J1939 socket is filtered to: what can come multi-packet, and TP."""
@@ -210,6 +200,18 @@ class J1939Receiver:
         """Mapped PGNs heard from unconfigured sources, by PGN then source."""
         return [HeardSource(k >> 8, k & 0xFF, self._message_of_pgn[k >> 8], n)
                 for k, n in sorted(self.unconfigured.items())]
+
+
+def _keep(latest: dict[int, Dm1], source: int, data: bytes, ts: int) -> tuple[Dm1 | None, Dm1] | None:
+    """Decode a DM1 or DM2 into ``latest`` (bounded by MAX_DM1_SOURCES): (the previous one, the new one)."""
+    old = latest.get(source)
+    if old is None and len(latest) >= MAX_DM1_SOURCES:
+        return None
+    new = decode_dm1(data, source, ts, 1 if old is None else old.messages + 1)
+    if new is None:
+        return None
+    latest[source] = new
+    return old, new
 
 
 def _forgetting(dec: Decoder, key: int, holder: list[int], last: dict[int, bytes]) -> Decoder:
