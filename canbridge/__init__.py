@@ -48,6 +48,7 @@ from canbridge._model import (
     SubscriptionLoad,
     Value,
     WriteReceipt,
+    dm1_quality,
 )
 from canbridge._plugin import (
     BusDriver,
@@ -122,6 +123,7 @@ __all__ = [
     "WriteRefused",
     "__version__",
     "cache_key",
+    "dm1_quality",
     "format_cansend",
     "hookimpl",
     "io_turn",

@@ -275,6 +275,16 @@ class BusStatus:
     address_claim: dict[str, Any] = field(default_factory=dict)
 
 
+def dm1_quality(dm1: Dm1, status: BusStatus, now_ns: int, stale_after_s: float) -> Quality:
+    """The quality of a source's DM1 (or DM2) as plugins serve it: bad while its bus is not usable,
+    stale when none came for ``stale_after_s`` (an ECU sends DM1 once a second), else good."""
+    if not status.state.usable:
+        return Quality.BAD
+    if now_ns - dm1.timestamp_ns > stale_after_s * 1e9:
+        return Quality.STALE
+    return Quality.GOOD
+
+
 @dataclass(frozen=True, slots=True)
 class MessageStatus:
     """Reception statistics of one message."""

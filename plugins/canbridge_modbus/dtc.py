@@ -6,21 +6,10 @@ PLC reads fixed addresses; a source never heard reads as status 3 (waiting) and 
 
 from __future__ import annotations
 
-from canbridge import BusStatus, Dm1, Quality
+from canbridge import BusStatus, Dm1, Quality, dm1_quality
 from canbridge_modbus.registers import DTC_HEADER_SIZE, DTC_SIZE, DTC_SOURCES, DtcBlock
 
 _LAMP_CODES = {"off": 0, "on": 1, "reserved": 2, "not_available": 3}
-
-
-def dm1_quality(dm1: Dm1 | None, status: BusStatus, now_ns: int, stale_after_s: float) -> Quality:
-    """Waiting until heard; bad while the bus is not usable; stale when no DM1 came for ``stale_after_s``."""
-    if dm1 is None:
-        return Quality.WAITING
-    if not status.state.usable:
-        return Quality.BAD
-    if now_ns - dm1.timestamp_ns > stale_after_s * 1e9:
-        return Quality.STALE
-    return Quality.GOOD
 
 
 class DtcRegisters:

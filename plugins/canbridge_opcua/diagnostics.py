@@ -20,7 +20,7 @@ from asyncua.server.address_space import AddressSpace, NodeManagementService
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 
-from canbridge import Bridge, BusStatus, Dm1, Quality
+from canbridge import Bridge, BusStatus, Dm1, Quality, dm1_quality
 from canbridge_opcua.nodes import QUALITY_STATUS, _object, _variable, nodeid
 
 FOLDER = "_J1939"
@@ -42,15 +42,6 @@ DM1_VARS: tuple[tuple[str, ua.VariantType, bool, str], ...] = (
 )
 
 Notify = Callable[[Any, ua.DataValue], Awaitable[None]]
-
-
-def dm1_quality(dm1: Dm1, status: BusStatus, now_ns: int, stale_after_s: float) -> Quality:
-    """Bad while the bus is not usable; stale when no DM1 came for ``stale_after_s``; else good."""
-    if not status.state.usable:
-        return Quality.BAD
-    if now_ns - dm1.timestamp_ns > stale_after_s * 1e9:
-        return Quality.STALE
-    return Quality.GOOD
 
 
 def dm1_values(d: Dm1) -> dict[str, Any]:
