@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from asyncua import ua
-from asyncua.server.address_space import AddressSpace, NodeManagementService
+from asyncua.server.address_space import AddressSpace
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 
-from canbridge import Bridge, BusStatus, Dm1, Quality, dm1_quality
+from canbridge import Bridge, BusStatus, Dm1, Quality, dm1_quality, io_turn
+from canbridge_opcua.bulk import BulkAdder
 from canbridge_opcua.nodes import QUALITY_STATUS, _object, _variable, nodeid
 
 FOLDER = "_J1939"
@@ -78,11 +79,11 @@ class _Source:
 class Dm1Nodes:
     """The DM1 nodes of every bus, created as sources are heard and refreshed from the bus status."""
 
-    def __init__(self, bridge: Bridge, aspace: AddressSpace, mgt: NodeManagementService, ns: int,
-                 stale_after_s: float, notify: Notify) -> None:
+    def __init__(self, bridge: Bridge, aspace: AddressSpace, ns: int, stale_after_s: float, notify: Notify) -> None:
         self.bridge = bridge
         self.aspace = aspace
-        self.mgt = mgt
+        self._mutable: set[ua.NodeId] = set()
+        self._adder = BulkAdder(aspace, self._mutable)  # asyncua's add_nodes: 3 s for 254 sources
         self.ns = ns
         self.stale_after_s = stale_after_s
         self.notify = notify
@@ -93,9 +94,8 @@ class Dm1Nodes:
         return nodeid(s, self.ns)
 
     def _add(self, items: list[ua.AddNodesItem]) -> None:
-        for res in self.mgt.add_nodes(items):
-            if not res.StatusCode.is_good():
-                raise RuntimeError(f"opcua: adding J1939 diagnostics nodes failed: {res.StatusCode}")
+        self._mutable.update(i.RequestedNewNodeId for i in items if i.NodeClass == ua.NodeClass.Variable)
+        self._adder.add(items)
 
     def _folder(self, bus: str) -> tuple[Any, Any]:
         f = self._folders.get(bus)
@@ -150,6 +150,7 @@ class Dm1Nodes:
             if src is None:
                 src = self._create(bus, sa)
                 added = True
+                await io_turn()  # 254 new sources at once must not hold up client requests
             q = dm1_quality(dm1, status, now_ns, self.stale_after_s)
             if src.dm1 is dm1 and src.quality is q:
                 continue

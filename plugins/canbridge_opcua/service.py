@@ -648,8 +648,7 @@ class OpcUaService:
         for key, (diag_id, vt) in plan.diag.items():
             self._diag[key] = (aspace[diag_id].attributes[AttributeIds.Value], vt)
             self._fast.add(diag_id)
-        self.dm1_nodes = Dm1Nodes(b, aspace, self.server.iserver.node_mgt_service, self.ns_index,
-                                  self.cfg.dm1_stale_after_s, notify)
+        self.dm1_nodes = Dm1Nodes(b, aspace, self.ns_index, self.cfg.dm1_stale_after_s, notify)
         assert plan.root is not None
         root = self.server.get_node(plan.root)
         await root.add_method(

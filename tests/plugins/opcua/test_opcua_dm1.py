@@ -104,3 +104,13 @@ async def test_a_source_without_dm1_turns_uncertain_with_its_last_codes(opcua_co
         h.inject(dm1_frame(0x00, 0, [(110, 0, 1)]))  # it comes again: good again
         await eventually(lambda: node("0x00.DM1.Spn").read_data_value(raise_on_bad_status=False),
                          lambda dv: dv_status(dv).is_good())
+
+
+async def test_nodes_are_bounded_by_the_source_addresses(opcua_config: Cfg, pki_seed: Path) -> None:
+    async with bridge(opcua_config, pki_seed) as (h, _c, node):
+        for sa in range(256):  # every address sends a DM1, even the null and global ones
+            h.inject(dm1_frame(sa, 0, [(100 + sa, 1, 1)]))
+        await eventually(lambda: value(node("Sources")), lambda v: v == 254, timeout=10)
+        svc: Any = h.service("opcua")
+        assert len(svc.dm1_nodes.sources) == 254  # the core keeps DM1 of 254 sources at most
+        assert await value(node("0xFD.DM1.Spn")) == [100 + 0xFD]
