@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from canbridge_modbus.config import ModbusConfig
+from canbridge_modbus.listing import map_rows
 from canbridge_modbus.mapfile import load_map_file, save_map
 from canbridge_modbus.planner import plan_register_map
 from canbridge_modbus.service import ModbusService
@@ -132,3 +133,13 @@ def test_no_room_and_unknown_buses_are_config_errors(tmp_path: Path) -> None:
         plan_register_map({}, ["a", "b"], full, None, path)
     with pytest.raises(ConfigError, match="'x', which is not a configured bus"):
         plan_register_map({}, ["a"], ModbusConfig.model_validate({"dtc": {"buses": ["x"]}}), None, path)
+
+
+def test_the_printed_map_shows_the_dm1_layout(tmp_path: Path) -> None:
+    cfg = ModbusConfig.model_validate({"dtc": {"buses": ["a"], "count": 2}})
+    rows = {r["signal"]: r for r in map_rows(plan_register_map({}, ["a"], cfg, None, tmp_path / "m.yaml"))}
+    assert rows["a.dm1.0x00.status"]["address"] == "40000"
+    assert (rows["a.dm1.0x00.dtc1.spn"]["address"], rows["a.dm1.0x00.dtc1.spn"]["registers"]) == ("40012", "2")
+    assert rows["a.dm1.0x00.dtc1.occurrences"]["address"] == "40015"
+    rest = rows["a.dm1.0x01..0xFD (the same, every 16 registers)"]
+    assert (rest["address"], rest["registers"]) == ("40016", str(253 * 16))
