@@ -6,18 +6,22 @@ file across restarts."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import struct
+import time
 from pathlib import Path
 
 import pytest
 from canbridge_modbus.config import ModbusConfig
+from canbridge_modbus.engine import ModbusEngine
 from canbridge_modbus.listing import map_rows
 from canbridge_modbus.mapfile import load_map_file, save_map
 from canbridge_modbus.planner import plan_register_map
 from canbridge_modbus.service import ModbusService
 from pymodbus.client import AsyncModbusTcpClient
 
-from canbridge import ConfigError
-from canbridge.testing import BridgeHarness
+from canbridge import BusState, ConfigError, Dm1, Dtc
+from canbridge.testing import BridgeHarness, FakeBridge
 from tests.plugins.dm1frames import FIVE, dm1_bam, dm1_frame, j1939_config
 
 BASE = 40000
@@ -143,3 +147,26 @@ def test_the_printed_map_shows_the_dm1_layout(tmp_path: Path) -> None:
     assert rows["a.dm1.0x00.dtc1.occurrences"]["address"] == "40015"
     rest = rows["a.dm1.0x01..0xFD (the same, every 16 registers)"]
     assert (rest["address"], rest["registers"]) == ("40016", str(253 * 16))
+
+
+async def test_a_bus_that_goes_down_reads_bad_and_no_sender_writes_outside_its_block(tmp_path: Path) -> None:
+    bridge = FakeBridge([], state_dir=tmp_path, buses=["truck"])
+    cfg = ModbusConfig.model_validate({"dtc": {"buses": ["truck"], "count": N}})
+    engine = ModbusEngine(bridge, plan_register_map({}, ["truck"], cfg, None, tmp_path / "m.yaml"))
+    now = time.time_ns()
+    code = Dm1(0xFD, "on", "off", "off", "off", "none", "none", "none", "none", (Dtc(190, 2, 5, 1),), now, 7)
+    null = dataclasses.replace(code, source=0xFE)  # the null address cannot send: it has no block
+    st = bridge.set_bus_state("truck", BusState.ACTIVE, dm1={0xFD: code, 0xFE: null})
+    engine.apply_dm1(st, now, 3.0)
+
+    async def regs(source: int) -> list[int]:
+        r = engine.handle(1, struct.pack(">BHH", 4, block(source), STRIDE), "127.0.0.1:1")
+        data = r if isinstance(r, bytes) else await r
+        return list(struct.unpack(f">{STRIDE}H", data[2:]))
+
+    last = await regs(0xFD)
+    assert last[:3] == [0, 1, 1] and last[7] == 7 and last[8:12] == [0, 190, 2, 0x80 | 5]
+    assert len(engine.units[1].values["input_register"]) == block(0xFE)  # nothing past the last block
+    engine.apply_dm1(bridge.set_bus_state("truck", BusState.BUS_OFF), now, 3.0)
+    down = await regs(0xFD)
+    assert down[0] == 2 and down[8:12] == last[8:12]  # bad; the last codes stay for the record
