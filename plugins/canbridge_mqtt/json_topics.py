@@ -84,6 +84,10 @@ class JsonOutput(Output):
         self._settling: asyncio.Task[None] | None = None
         self.dm1 = Dm1Topics(bridge, self.prefix, self.cfg.dm1_stale_after_s) if self.cfg.dm1 else None
 
+    async def add_signals(self, signals: Sequence[SignalInfo]) -> None:
+        """New topics: they appear with their first value (the service keeps to ``max_topics``)."""
+        self.signals.update((s.name, s) for s in signals)
+
     def will(self) -> aiomqtt.Will:
         return aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True)
 
