@@ -4,6 +4,10 @@ answer is decoded like a DM1 into the bus status's ``dm2`` of that source, apart
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from canbridge import FrameFlags
+from canbridge.core.app import runtime_from_data
 from canbridge.testing import BridgeHarness
 from tests.core.test_j1939_transmit import CALLER, claimed, config
 
@@ -64,3 +68,31 @@ async def test_a_second_dm2_answer_replaces_the_first() -> None:
         h.inject("18FECB00#000000000000FFFF")  # previously active codes cleared (DM3 at the ECU)
         await h.until(lambda: h.bridge.bus_status("truck").dm2[0].messages == 2)
         assert h.bridge.bus_status("truck").dm2[0].dtcs == ()
+
+
+DM2_DBC = '''VERSION ""
+NS_ :
+BS_:
+BU_: Engine
+BO_ 2566834944 DM2: 8 Engine
+ SG_ AmberWarningLamp : 2|2@1+ (1,0) [0|3] "" Vector__XXX
+BA_DEF_ BO_  "VFrameFormat" ENUM  "StandardCAN","ExtendedCAN","reserved","J1939PG";
+BA_DEF_DEF_  "VFrameFormat" "J1939PG";
+BA_ "VFrameFormat" BO_ 2566834944 3;
+'''
+
+
+def test_a_mapped_dm2_from_a_sender_heard_at_run_time_is_decoded_every_time(tmp_path: Path) -> None:
+    """Regression: a heard sender's message was bound to the exact-id lookup, except DM1's; a DM2 that
+    a DBC maps then reached the DM2 decoding once only, and the second answer was lost from ``dm2``."""
+    dbc = tmp_path / "dm2.dbc"
+    dbc.write_text(DM2_DBC)
+    rt = runtime_from_data({"buses": [{"name": "truck", "interface": "virtual", "channel": "dm2heard"}],
+                            "mappings": [{"bus": "truck", "dbc": str(dbc), "sources": {0x00: "engine"}}],
+                            "state_dir": str(tmp_path)})
+    ext = int(FrameFlags.EXTENDED)
+    for n in (3, 4):
+        rt.runners["truck"].on_frames([(0x18FECB21, ext, bytes([0x04, 0xFF]) + dtc(190, 2, n) + b"\xff\xff", n)])
+    d = rt.bus_status("truck").dm2[0x21]
+    assert d.messages == 2 and [(c.spn, c.occurrences) for c in d.dtcs] == [(190, 4)]
+    assert rt.read("truck.sa0x21.DM2.AmberWarningLamp").value == 1  # and the heard sender's signal decodes
