@@ -48,6 +48,7 @@ from canbridge._model import (
     SubscriptionLoad,
     Value,
     WriteReceipt,
+    dm1_quality,
 )
 from canbridge._plugin import (
     BusDriver,
@@ -123,6 +124,7 @@ __all__ = [
     "WriteRefused",
     "__version__",
     "cache_key",
+    "dm1_quality",
     "format_cansend",
     "hookimpl",
     "io_turn",

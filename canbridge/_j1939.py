@@ -17,7 +17,8 @@ class Dtc:
 
 @dataclass(frozen=True, slots=True)
 class Dm1:
-    """The latest DM1 (PGN 65226, active diagnostic trouble codes) of one source address.
+    """The latest DM1 (PGN 65226, active diagnostic trouble codes) of one source address; also the
+    latest DM2 (PGN 65227, previously active codes: the same layout) in ``BusStatus.dm2``.
 
     Lamps are ``off``, ``on``, ``reserved`` or ``not_available``; their flash ``slow`` (1 Hz),
     ``fast`` (2 Hz), ``reserved`` or ``none``.

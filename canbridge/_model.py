@@ -267,10 +267,22 @@ class BusStatus:
     # J1939 transport protocol (multi-packet messages): "completed", broken ones by reason, "duplicates", ...
     transport: dict[str, int] = field(default_factory=dict)
     dm1: dict[int, Dm1] = field(default_factory=dict)  # J1939: source address -> its latest DM1
+    # J1939: source address -> its latest DM2 (previously active codes, answers to a request for PGN 65227)
+    dm2: dict[int, Dm1] = field(default_factory=dict)
     canopen: dict[str, CanopenNodeStatus] = field(default_factory=dict)  # CANopen: node name -> its state
     # J1939 address claim of the bridge (buses with ``j1939``): state (idle, claiming, claimed, lost),
     # address, name, claims_sent, contests, and the reason once lost
     address_claim: dict[str, Any] = field(default_factory=dict)
+
+
+def dm1_quality(dm1: Dm1, status: BusStatus, now_ns: int, stale_after_s: float) -> Quality:
+    """The quality of a source's DM1 (or DM2) as plugins serve it: bad while its bus is not usable,
+    stale when none came for ``stale_after_s`` (an ECU sends DM1 once a second), else good."""
+    if not status.state.usable:
+        return Quality.BAD
+    if now_ns - dm1.timestamp_ns > stale_after_s * 1e9:
+        return Quality.STALE
+    return Quality.GOOD
 
 
 @dataclass(frozen=True, slots=True)

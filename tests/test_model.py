@@ -1,9 +1,11 @@
-"""SignalInfo's ranges (canbridge/_model.py): the one place a signal's raw and physical range is computed."""
+"""SignalInfo's ranges (canbridge/_model.py): the one place a signal's raw and physical range is computed;
+the quality of a J1939 source's DM1 as every plugin serves it."""
 
 from __future__ import annotations
 
 import pytest
 
+from canbridge import BusState, BusStatus, Dm1, Quality, dm1_quality
 from canbridge.testing import signal_info
 
 
@@ -26,3 +28,13 @@ def test_an_ieee_float_carries_its_finite_range() -> None:
     assert f32.physical_range == (-3.4028234663852886e38, 3.4028234663852886e38)
     assert f32.raw_range == (0, 2**32 - 1)  # its bits as an unsigned integer
     assert signal_info(bit_length=64, is_float=True, value_type=float).physical_range[1] == 1.7976931348623157e308
+
+
+@pytest.mark.parametrize(("state", "age_s", "quality"), [
+    (BusState.ACTIVE, 0.5, Quality.GOOD), (BusState.PASSIVE, 2.9, Quality.GOOD), (BusState.ACTIVE, 3.1, Quality.STALE),
+    (BusState.BUS_OFF, 0.5, Quality.BAD), (BusState.DOWN, 10.0, Quality.BAD), (BusState.STOPPED, 0.0, Quality.BAD),
+])
+def test_dm1_quality_follows_the_bus_then_the_age(state: BusState, age_s: float, quality: Quality) -> None:
+    d = Dm1(0, "off", "off", "off", "off", "none", "none", "none", "none", (), 1_000_000_000_000, 1)
+    now = d.timestamp_ns + int(age_s * 1e9)
+    assert dm1_quality(d, BusStatus("truck", state), now, 3.0) is quality

@@ -508,6 +508,7 @@ class BusRunner:
             unconfigured_sources=self.j1939.unconfigured_summary() if self.j1939 is not None else {},
             transport=self.j1939.transport_counters() if self.j1939 is not None else {},
             dm1=dict(self.j1939.dm1) if self.j1939 is not None else {},
+            dm2=dict(self.j1939.dm2) if self.j1939 is not None else {},
             canopen=self.canopen.summary() if self.canopen is not None else {},
             address_claim=self._claim_summary(),
         )

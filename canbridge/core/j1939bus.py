@@ -1,7 +1,8 @@
 """The J1939 side of one bus's receive path: frames whose exact id is not in the bus's lookup are
 matched by (PGN, source address), counted per (PGN, source) when the PGN is mapped but the source is
 not, and handed to the transport-protocol reassembler when they are TP.CM / TP.DT frames; DM1 (active
-trouble codes) of every source is kept decoded.
+trouble codes) of every source is kept decoded, and so is DM2 (previously active codes), the answer to
+a request for PGN 65227.
 
 It runs only for frames the exact-id lookup missed, on buses with J1939 mappings, so plain DBC traffic
 never reaches it. A matched id is added to the exact-id lookup, so the next frame with that id is an
@@ -23,6 +24,7 @@ from canbridge.core.mapping.codec import Decoder
 from canbridge.core.mapping.j1939 import (
     NULL_ADDRESS,
     PGN_DM1,
+    PGN_DM2,
     PGN_TP_CM,
     PGN_TP_DT,
     decode_dm1,
@@ -33,7 +35,7 @@ from canbridge.core.mapping.table import EXT_KEY, MessageEntry
 
 log = logging.getLogger("canbridge.bus")
 
-MAX_DM1_SOURCES = 254  # every source address
+MAX_DM1_SOURCES = 254  # every source address (DM2 too)
 MAX_UNCONFIGURED = 1024  # distinct (PGN, source) pairs counted; more are counted together
 _ID_MASK = 0x1FFFFFFF
 _EXT = int(FrameFlags.EXTENDED)
@@ -77,6 +79,7 @@ class J1939Receiver:
         self.tp_frames = 0  # TP.CM and TP.DT frames consumed (they are not unmapped frames)
         self.completed: list[RawFrame] = []  # reassembled messages waiting to be decoded
         self.dm1: dict[int, Dm1] = {}  # source address -> its latest DM1 (any source, configured or not)
+        self.dm2: dict[int, Dm1] = {}  # source address -> its latest DM2 (answers to requests; same layout)
         self._tp_mono = 0.0  # monotonic time of the newest TP frame, to run the frames' clock on
         self.on_dm1: Callable[[Dm1 | None, Dm1], None] | None = None  # the diagnostic events' hook
         # The kernel's J1939 socket reassembles (core/can/j1939socket.py): TP frames of the raw socket
@@ -115,8 +118,11 @@ class J1939Receiver:
         mk = match_key(can_id)
         hit = self._index.get(mk)
         pgn = mk >> 8
-        if pgn == PGN_DM1:  # never bound to the exact-id lookup, so that every DM1 comes through here
-            self._dm1(mk & 0xFF, data, ts)
+        if pgn in (PGN_DM1, PGN_DM2):  # never bound to the exact-id lookup: each comes through here
+            if pgn == PGN_DM1:
+                self._dm1(mk & 0xFF, data, ts)
+            else:
+                self._dm2(mk & 0xFF, data, ts)
             if hit is not None:
                 self._last.pop(key, None)
                 return hit
@@ -136,7 +142,7 @@ class J1939Receiver:
             if self.grow is not None and mk not in self.unconfigured:
                 entry = self._heard(mk)
                 if entry is not None:
-                    if pgn == PGN_DM1:  # DM1 stays out of the exact-id lookup (above)
+                    if pgn in (PGN_DM1, PGN_DM2):  # DM1 and DM2 stay out of the exact-id lookup (above)
                         self._last.pop(key, None)
                         return entry.index, entry.decoder
                     return self._bind(key, entry.index)
@@ -169,18 +175,16 @@ class J1939Receiver:
         return entry
 
     def _dm1(self, source: int, data: bytes, ts: int) -> None:
-        old = self.dm1.get(source)
-        if old is None and len(self.dm1) >= MAX_DM1_SOURCES:
-            return
-        dm1 = decode_dm1(data, source, ts, 1 if old is None else old.messages + 1)
-        if dm1 is not None:
-            self.dm1[source] = dm1
-            if self.on_dm1 is not None:
-                self.on_dm1(old, dm1)
+        kept = _keep(self.dm1, source, data, ts)
+        if kept is not None and self.on_dm1 is not None:
+            self.on_dm1(*kept)
+
+    def _dm2(self, source: int, data: bytes, ts: int) -> None:
+        _keep(self.dm2, source, data, ts)  # on request only: no events (the DM1 says what is active)
 
     def socket_pgns(self) -> list[int]:
         """The PGNs the kernel's J1939 socket is filtered to: what can come multi-packet, and TP."""
-        return transport_pgns(self.long_pgns, (PGN_DM1,))
+        return transport_pgns(self.long_pgns, (PGN_DM1, PGN_DM2))
 
     def kernel_messages(self, messages: list[J1939Message]) -> None:
         """From the kernel's J1939 socket: reassembled messages are decoded after this batch; TP frames
@@ -238,6 +242,18 @@ class J1939Receiver:
         """Mapped PGNs heard from unconfigured sources, by PGN then source."""
         return [HeardSource(k >> 8, k & 0xFF, self._message_of_pgn[k >> 8], n)
                 for k, n in sorted(self.unconfigured.items())]
+
+
+def _keep(latest: dict[int, Dm1], source: int, data: bytes, ts: int) -> tuple[Dm1 | None, Dm1] | None:
+    """Decode a DM1 or DM2 into ``latest`` (bounded by MAX_DM1_SOURCES): (the previous one, the new one)."""
+    old = latest.get(source)
+    if old is None and len(latest) >= MAX_DM1_SOURCES:
+        return None
+    new = decode_dm1(data, source, ts, 1 if old is None else old.messages + 1)
+    if new is None:
+        return None
+    latest[source] = new
+    return old, new
 
 
 def _forgetting(dec: Decoder, key: int, holder: list[int], last: dict[int, bytes]) -> Decoder:

@@ -32,6 +32,17 @@ class SignalOptions(Strict):
         return v
 
 
+class DtcConfig(Strict):
+    """J1939 diagnostics (DM1) in registers: one fixed block per source address of each listed bus."""
+
+    buses: list[str] = Field(default_factory=list, description="J1939 buses whose DM1 of every source is served")
+    count: int = Field(8, ge=1, le=32, description="trouble codes per source in registers (the first N of its DM1)")
+    base: int = Field(40000, ge=0, le=65535, description="first register of the first bus's block")
+    stale_after_s: float = Field(
+        3.0, gt=0, description="a source with no DM1 for this long reads as stale (DM1 comes once a second)"
+    )
+
+
 class RtuConfig(Strict):
     """Modbus RTU on a serial line, serving the same register map as TCP."""
 
@@ -68,6 +79,7 @@ class ModbusConfig(Strict):
     )
     quality_base: int = Field(20000, ge=0, le=65535, description="first quality register")
     diagnostics_base: int = Field(30000, ge=0, le=65535, description="first bus diagnostics register")
+    dtc: DtcConfig = Field(default_factory=DtcConfig, description="J1939 DM1 trouble codes per source (docs/modbus.md)")
 
     bad_quality: Literal["exception", "last_value"] = Field(
         "exception",
@@ -132,4 +144,6 @@ class ModbusConfig(Strict):
             raise ValueError("tcp is false and no rtu is configured: nothing to serve")
         if self.quality_base == self.diagnostics_base:
             raise ValueError("quality_base and diagnostics_base must differ")
+        if self.dtc.buses and self.dtc.base in (self.quality_base, self.diagnostics_base):
+            raise ValueError("dtc.base must differ from quality_base and diagnostics_base")
         return self

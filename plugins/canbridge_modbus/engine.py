@@ -47,6 +47,7 @@ from canbridge import (
     WriteRefused,
 )
 from canbridge_modbus.codec import Codec, Encoder, encoder
+from canbridge_modbus.dtc import DtcRegisters
 from canbridge_modbus.registers import (
     BIT_TABLES,
     BRIDGE_DIAG_SIZE,
@@ -283,6 +284,13 @@ class ModbusEngine:
             self._unit(d.unit).mark(d.table, d.address, DIAG_SIZE, ("diagnostics", f"bus {d.bus}"))
         for b in rmap.bridge.values():
             self._unit(b.unit).mark(b.table, b.address, BRIDGE_DIAG_SIZE, ("diagnostics", "the bridge"))
+        self.dtc: dict[str, DtcRegisters] = {}
+        for blk in rmap.dtc.values():
+            space = self._unit(blk.unit)
+            space.mark(blk.table, blk.address, blk.size, ("J1939 DM1", f"bus {blk.bus}"))
+            self.dtc[blk.bus] = DtcRegisters(blk, space.values[blk.table])
+            self.dtc[blk.bus].waiting()
+            space.touched(blk.table, blk.address, blk.size)
         for p in rmap.placements.values():
             space = self.units[p.unit]
             bit = p.table in BIT_TABLES
@@ -371,6 +379,15 @@ class ModbusEngine:
             else:
                 regs[a] = min(max(v, 0), 0xFFFF)
         self.units[d.unit].touched(d.table, d.address, DIAG_SIZE)
+
+    def apply_dm1(self, status: BusStatus, now_ns: int, stale_after_s: float) -> None:
+        """Refresh one J1939 bus's DM1 registers (every source heard)."""
+        regs = self.dtc.get(status.name)
+        if regs is None:
+            return
+        regs.apply(status, now_ns, stale_after_s)
+        blk = regs.block
+        self.units[blk.unit].touched(blk.table, blk.address, blk.size)
 
     def apply_bridge_stats(self, stats: BridgeStats, connections: int, evicted: int, refused: int) -> None:
         """Refresh the bridge diagnostics registers of every unit id (the audit log alarm point)."""

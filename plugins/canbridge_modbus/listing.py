@@ -5,7 +5,17 @@ from __future__ import annotations
 import csv
 import io
 
-from canbridge_modbus.registers import BRIDGE_DIAGNOSTICS, DIAGNOSTICS, TABLES, RegisterMap
+from canbridge_modbus.registers import (
+    BRIDGE_DIAGNOSTICS,
+    DIAGNOSTICS,
+    DTC_FIELDS,
+    DTC_HEADER,
+    DTC_HEADER_SIZE,
+    DTC_SIZE,
+    TABLES,
+    DtcBlock,
+    RegisterMap,
+)
 
 COLUMNS = (
     "signal",
@@ -47,6 +57,21 @@ def map_rows(rmap: RegisterMap) -> list[dict[str, str]]:
         rows += _diagnostics_rows(f"{d.bus}.bus.", d.unit, d.table, d.address, d.word_order, DIAGNOSTICS)
     for b in sorted(rmap.bridge.values(), key=lambda b: b.unit):
         rows += _diagnostics_rows("bridge.", b.unit, b.table, b.address, b.word_order, BRIDGE_DIAGNOSTICS)
+    for blk in rmap.dtc.values():
+        rows += _dtc_rows(blk)
+    return rows
+
+
+def _dtc_rows(blk: DtcBlock) -> list[dict[str, str]]:
+    """Source 0x00's block field by field, then one row for the blocks of 0x01..0xFD (the same layout)."""
+    fields = [(offset, name, 1, text) for offset, name, text in DTC_HEADER]
+    for i in range(blk.count):
+        base = DTC_HEADER_SIZE + DTC_SIZE * i
+        fields += [(base + offset, f"dtc{i}.{name}", 2 if name == "spn" else 1, text)
+                   for offset, name, text in DTC_FIELDS]
+    rows = _diagnostics_rows(f"{blk.bus}.dm1.0x00.", blk.unit, blk.table, blk.address, "ABCD", tuple(fields))
+    rows.append({**rows[0], "signal": f"{blk.bus}.dm1.0x01..0xFD (the same, every {blk.stride} registers)",
+                 "address": str(blk.address + blk.stride), "registers": str(blk.size - blk.stride), "encoding": ""})
     return rows
 
 

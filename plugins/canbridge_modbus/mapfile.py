@@ -20,11 +20,13 @@ from canbridge_modbus.config import ENCODINGS, WORD_ORDERS, ModbusConfig
 from canbridge_modbus.registers import (
     BRIDGE_DIAG_SIZE,
     DIAG_SIZE,
+    DTC_SOURCES,
     MAP_VERSION,
     MAX_ADDRESS,
     TABLES,
     BridgeBlock,
     DiagBlock,
+    DtcBlock,
     RegisterMap,
     Reserved,
     Table,
@@ -83,6 +85,7 @@ class MapFile:
     diagnostics: dict[str, DiagBlock]
     quality_table: Table | None = None
     bridge: dict[int, BridgeBlock] = field(default_factory=dict)
+    dtc: dict[str, DtcBlock] = field(default_factory=dict)
 
 
 _SIGNAL_KEYS = {"unit", "table", "address", "count", "encoding", "word_order", "scale", "quality"}
@@ -102,7 +105,8 @@ def load_map_file(path: Path) -> MapFile | None:
         raise _problem(path, f"YAML syntax: {e}") from e
     if not isinstance(data, dict):
         raise _problem(path, "a register map must be a mapping with 'signals:'")
-    unknown = set(data) - {"version", "quality_table", "signals", "reserved", "diagnostics", "bridge_diagnostics"}
+    unknown = set(data) - {"version", "quality_table", "signals", "reserved", "diagnostics", "bridge_diagnostics",
+                         "dtc"}
     if unknown:
         raise _problem(path, f"unknown key(s): {', '.join(sorted(map(str, unknown)))}")
     version = data.get("version", MAP_VERSION)
@@ -187,10 +191,35 @@ def load_map_file(path: Path) -> MapFile | None:
             address=_int(d["address"], path, where + ".address", 0, MAX_ADDRESS - BRIDGE_DIAG_SIZE + 1),
             word_order=order,
         )
+    dtc = _dtc_blocks(data, path)
     quality_table = data.get("quality_table")
     if quality_table is not None and quality_table not in ("input_register", "holding_register"):
         raise _problem(path, "quality_table must be input_register or holding_register", "quality_table")
-    return MapFile(signals, reserved, diagnostics, quality_table, bridge)
+    return MapFile(signals, reserved, diagnostics, quality_table, bridge, dtc)
+
+
+def _dtc_blocks(data: dict[str, Any], path: Path) -> dict[str, DtcBlock]:
+    out: dict[str, DtcBlock] = {}
+    raw = _section(data, "dtc", dict, path, "map bus names to {unit, table, address, count}")
+    for bus, d in raw.items():
+        where = f"dtc.{bus}"
+        if not isinstance(d, dict) or "address" not in d or "count" not in d:
+            raise _problem(path, "needs at least 'address' and 'count'", where)
+        count = _int(d["count"], path, where + ".count", 1, 32)
+        block = DtcBlock(
+            bus=str(bus),
+            unit=_int(d.get("unit", 1), path, where + ".unit", 1, 247),
+            table=_table(d.get("table", "input_register"), path, where + ".table"),
+            address=_int(d["address"], path, where + ".address", 0, MAX_ADDRESS),
+            count=count,
+        )
+        if block.table not in ("input_register", "holding_register"):
+            raise _problem(path, "table must be input_register or holding_register", where + ".table")
+        if block.address + block.size > MAX_ADDRESS + 1:
+            raise _problem(path, f"{DTC_SOURCES} blocks of {block.stride} registers at {block.address} run past "
+                           "address 65535", where)
+        out[str(bus)] = block
+    return out
 
 
 def _num(v: float) -> float | int:
@@ -230,6 +259,10 @@ def dump_map(rmap: RegisterMap) -> str:
         b.unit: {"table": b.table, "address": b.address, "word_order": b.word_order}
         for b in sorted(rmap.bridge.values(), key=lambda b: b.unit)
     }
+    dtc = {
+        d.bus: {"unit": d.unit, "table": d.table, "address": d.address, "count": d.count}
+        for d in rmap.dtc.values()
+    }
     head = (
         "# canbridge Modbus register map (0-based protocol addresses).\n"
         "# Addresses here never move: new signals are added after the highest address, removed\n"
@@ -243,6 +276,7 @@ def dump_map(rmap: RegisterMap) -> str:
             "reserved": reserved,
             "diagnostics": diagnostics,
             "bridge_diagnostics": bridge,
+            **({"dtc": dtc} if dtc else {}),
         },
         Dumper=_Dumper,
         sort_keys=False,

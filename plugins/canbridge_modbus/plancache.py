@@ -17,7 +17,7 @@ from canbridge import SignalInfo, StartupCache, cache_key
 from canbridge_modbus.config import ModbusConfig
 from canbridge_modbus.mapfile import load_map_file
 from canbridge_modbus.planner import plan_register_map
-from canbridge_modbus.registers import BridgeBlock, DiagBlock, Placement, RegisterMap, Reserved
+from canbridge_modbus.registers import BridgeBlock, DiagBlock, DtcBlock, Placement, RegisterMap, Reserved
 
 log = logging.getLogger("canbridge.modbus")
 
@@ -47,6 +47,7 @@ def to_json(rmap: RegisterMap) -> dict[str, Any]:
         "quality_table": rmap.quality_table,
         "warnings": list(rmap.warnings),
         "bridge": [asdict(b) for b in rmap.bridge.values()],
+        "dtc": [asdict(d) for d in rmap.dtc.values()],
     }
 
 
@@ -60,6 +61,7 @@ def from_json(data: Any) -> RegisterMap:
             raise ValueError(f"{p.signal}: address, quality or scale of the wrong type")
     diagnostics = [DiagBlock(**d) for d in data["diagnostics"]]
     bridge = [BridgeBlock(**b) for b in data["bridge"]]
+    dtc = [DtcBlock(**d) for d in data["dtc"]]
     warnings = data["warnings"]
     if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
         raise ValueError("warnings must be a list of text")
@@ -73,6 +75,7 @@ def from_json(data: Any) -> RegisterMap:
         False,
         warnings,
         {b.unit: b for b in bridge},
+        {d.bus: d for d in dtc},
     )
 
 

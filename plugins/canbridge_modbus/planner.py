@@ -20,6 +20,7 @@ from canbridge_modbus.registers import (
     MAX_ADDRESS,
     BridgeBlock,
     DiagBlock,
+    DtcBlock,
     Placement,
     RegisterMap,
     Reserved,
@@ -314,6 +315,18 @@ def plan_register_map(
             claim(b.unit, b.table, b.address, BRIDGE_DIAG_SIZE, f"{label} (reserved)")
             changed = True
 
+    # 3b. J1939 DM1 blocks pinned in the file, also of buses no longer listed (kept, never reused)
+    dtc: dict[str, DtcBlock] = {}
+    for bus, blk in existing.dtc.items():
+        dtc[bus] = blk
+        claim(blk.unit, blk.table, blk.address, blk.size, f"J1939 DM1 registers of bus {bus}")
+        if bus in config.dtc.buses and blk.count != config.dtc.count:
+            warnings.append(f"the DM1 registers of bus {bus} keep {blk.count} trouble codes per source as the "
+                            f"register map pins them (dtc.count is {config.dtc.count}; delete the entry to re-plan)")
+    for bus in config.dtc.buses:
+        if bus not in bus_names:
+            problems.append(Problem(f"dtc.buses names {bus!r}, which is not a configured bus", file))
+
     if problems:
         raise ConfigError(problems)
 
@@ -323,7 +336,7 @@ def plan_register_map(
         # values stay below the quality and diagnostics regions of their table
         if table != quality_table:
             return None
-        return min(config.quality_base, config.diagnostics_base)
+        return min(config.quality_base, config.diagnostics_base, *_dtc_base(config))
 
     # 4. new signals: after the highest address of their table, in mapping table order
     reserved_by_name: dict[str, list[Reserved]] = {}
@@ -409,6 +422,23 @@ def plan_register_map(
         bridge[unit] = BridgeBlock(unit, quality_table, address, config.word_order)
         changed = True
 
+    # 6c. a J1939 DM1 block for each listed bus that has none yet, from dtc.base on
+    for bus in config.dtc.buses:
+        if bus in dtc:
+            continue
+        unit = unit_of(bus)
+        size = DtcBlock(bus, unit, quality_table, 0, config.dtc.count).size
+        above = _region_end(config, config.dtc.base)
+        floor = highest_end(unit, quality_table, config.dtc.base, above)
+        address = space.allocate(unit, quality_table, max(floor, config.dtc.base), size)
+        if address is None or (above is not None and address + size > above):
+            problems.append(Problem(f"no room for the {size} J1939 DM1 registers of bus {bus} on unit {unit} "
+                                    "(give the bus its own unit id in unit_ids, or lower dtc.count)", file))
+            continue
+        space.add(unit, quality_table, address, size, f"J1939 DM1 registers of bus {bus}")
+        dtc[bus] = DtcBlock(bus, unit, quality_table, address, config.dtc.count)
+        changed = True
+
     # 7. signals whose range cannot be carried by their encoding
     for p in placements.values():
         info = signals[p.signal]
@@ -426,13 +456,23 @@ def plan_register_map(
     if problems:
         raise ConfigError(problems)
     ordered = {n: placements[n] for n in signals if n in placements}
-    return RegisterMap(ordered, reserved, diagnostics, quality_table, changed, warnings, bridge)
+    return RegisterMap(ordered, reserved, diagnostics, quality_table, changed, warnings, bridge, dtc)
+
+
+def _dtc_base(config: ModbusConfig) -> tuple[int, ...]:
+    return (config.dtc.base,) if config.dtc.buses else ()
+
+
+def _region_end(config: ModbusConfig, start: int) -> int | None:
+    """Where the region beginning at ``start`` ends: the next base above it (quality, diagnostics, DM1)."""
+    above = [b for b in (config.quality_base, config.diagnostics_base, *_dtc_base(config)) if b > start]
+    return min(above) if above else None
 
 
 def _above(config: ModbusConfig) -> int | None:
-    # the quality region ends where the diagnostics region begins (if that lies above it)
-    return config.diagnostics_base if config.diagnostics_base > config.quality_base else None
+    # the quality region ends where the next region begins (if one lies above it)
+    return _region_end(config, config.quality_base)
 
 
 def _above_diag(config: ModbusConfig) -> int | None:
-    return config.quality_base if config.quality_base > config.diagnostics_base else None
+    return _region_end(config, config.diagnostics_base)

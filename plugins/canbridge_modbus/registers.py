@@ -46,6 +46,49 @@ BRIDGE_DIAGNOSTICS: tuple[tuple[int, str, int, str], ...] = (
 )
 BRIDGE_DIAG_SIZE = 10
 
+# J1939 DM1 block of one source address: this header, then ``count`` trouble codes of DTC_SIZE each.
+# Every source address 0..253 has its block at address + source * stride, heard or not.
+DTC_HEADER: tuple[tuple[int, str, str], ...] = (
+    (0, "status", "quality of this source's DM1: 0 good, 1 stale, 2 bad (bus down), 3 waiting (never heard)"),
+    (1, "dtc_count", "active trouble codes in the DM1 (all of them, also those beyond the registers' N)"),
+    (2, "mil", "malfunction indicator lamp: 0 off, 1 on, 2 reserved, 3 not available"),
+    (3, "red_stop", "red stop lamp: 0 off, 1 on, 2 reserved, 3 not available"),
+    (4, "amber_warning", "amber warning lamp: 0 off, 1 on, 2 reserved, 3 not available"),
+    (5, "protect", "protect lamp: 0 off, 1 on, 2 reserved, 3 not available"),
+    (6, "age", "seconds since the last DM1 (saturates at 65535; 65535 when never heard)"),
+    (7, "messages", "DM1 messages received from this source (low 16 bits, wraps)"),
+)
+DTC_HEADER_SIZE = 8
+DTC_FIELDS: tuple[tuple[int, str, str], ...] = (
+    (0, "spn", "suspect parameter number, uint32 high word first (2 registers); 0: no code in this slot"),
+    (2, "fmi", "failure mode identifier, 0 to 31"),
+    (3, "occurrences", "occurrence count (bits 0-6, 127: not available) | conversion method << 7 (the wire's byte)"),
+)
+DTC_SIZE = 4
+DTC_SOURCES = 254  # source addresses 0..253 (254 is the null address, 255 global)
+
+
+@dataclass(frozen=True)
+class DtcBlock:
+    """The DM1 registers of one J1939 bus: a block of ``stride`` registers per source address."""
+
+    bus: str
+    unit: int
+    table: Table
+    address: int
+    count: int  # trouble codes per source
+
+    @property
+    def stride(self) -> int:
+        return DTC_HEADER_SIZE + DTC_SIZE * self.count
+
+    @property
+    def size(self) -> int:
+        return DTC_SOURCES * self.stride
+
+    def source_address(self, source: int) -> int:
+        return self.address + source * self.stride
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -116,7 +159,9 @@ class RegisterMap:
     changed: bool = False  # the map file must be written
     warnings: list[str] = field(default_factory=list)
     bridge: dict[int, BridgeBlock] = field(default_factory=dict)  # by unit id
+    dtc: dict[str, DtcBlock] = field(default_factory=dict)  # J1939 DM1 blocks by bus (pinned ones of gone buses too)
 
     def units(self) -> list[int]:
         ids = {p.unit for p in self.placements.values()} | {d.unit for d in self.diagnostics.values()}
+        ids |= {d.unit for d in self.dtc.values()}
         return sorted(ids)

@@ -125,6 +125,12 @@ class ModbusService:
             except KeyError:
                 continue
             self.engine.apply_bus_status(status, now)
+        for bus in self.rmap.dtc:
+            try:
+                status = self.bridge.bus_status(bus)
+            except KeyError:  # a bus gone from the configuration keeps its block, waiting
+                continue
+            self.engine.apply_dm1(status, now, self.config.dtc.stale_after_s)
 
     async def _diagnostics(self) -> None:
         while True:

@@ -105,6 +105,9 @@ class JsonConfig(Strict):
     writes: bool = Field(False, description="accept writes on <topic>/set (through the write path)")
     frames: bool = Field(False, description="raw received frames on <prefix>/<bus>/frames (node-red shape)")
     frames_queue: int = Field(10000, ge=1, description="frames held for a slow broker before the oldest drop")
+    dm1: bool = Field(True, description="J1939 DM1 of each source heard, retained, on <prefix>/<bus>/dm1/0x<SA>")
+    dm1_interval_s: float = Field(0.5, gt=0, le=60, description="how often the DM1 topics are brought up to date")
+    dm1_stale_after_s: float = Field(3.0, gt=0, description="a source with no DM1 for this long is published stale")
     max_topics: int = Field(100_000, ge=1, description="refuse to start when more signals would be published")
     client_id: str | None = Field(None, description="MQTT client id (default canbridge-<prefix>)")
 

@@ -18,6 +18,7 @@ from canbridge import Bridge, Caller, Frame, Permission, RefusalReason, SignalIn
 from canbridge_mqtt.buffer import Buffer
 from canbridge_mqtt.config import MqttConfig
 from canbridge_mqtt.connection import Link, message_origin
+from canbridge_mqtt.dm1 import Dm1Topics
 from canbridge_mqtt.output import Output
 from canbridge_mqtt.rbe import Change, ReportFilter
 
@@ -81,6 +82,7 @@ class JsonOutput(Output):
         self._send_lock = asyncio.Lock()
         self._link_lost = asyncio.Event()  # set when a session ends: what is still in flight is undecided
         self._settling: asyncio.Task[None] | None = None
+        self.dm1 = Dm1Topics(bridge, self.prefix, self.cfg.dm1_stale_after_s) if self.cfg.dm1 else None
 
     async def add_signals(self, signals: Sequence[SignalInfo]) -> None:
         """New topics: they appear with their first value (the service keeps to ``max_topics``)."""
@@ -103,6 +105,8 @@ class JsonOutput(Output):
             if self.cfg.frames:
                 for bus in {s.bus for s in self.signals.values()}:
                     tasks.append(asyncio.create_task(self._frames(client, bus), name=f"mqtt-json-frames-{bus}"))
+            if self.dm1 is not None:
+                tasks.append(asyncio.create_task(self.dm1.run(client, self.cfg.dm1_interval_s), name="mqtt-json-dm1"))
             # the current state first (what a retained topic should hold), then the backlog, then live
             current = self.bridge.read_many(list(self.signals))
             self.online = True

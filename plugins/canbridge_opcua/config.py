@@ -187,6 +187,9 @@ class OpcUaConfig(Strict):
         50.0, ge=0, description="requested publishing intervals below this are revised up"
     )
     diagnostics_interval: float = Field(1.0, gt=0, description="seconds between bus diagnostics updates")
+    dm1_stale_after_s: float = Field(
+        3.0, gt=0, description="a J1939 source with no DM1 for this long: its trouble code values turn uncertain"
+    )
     max_monitored_item_queue: int = Field(100, ge=1, description="upper bound of a monitored item's queue")
     allow_cleartext_passwords: bool = Field(
         False,

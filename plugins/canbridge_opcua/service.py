@@ -79,6 +79,7 @@ from canbridge_opcua.asyncua_compat import (
 )
 from canbridge_opcua.bulk import BulkAdder
 from canbridge_opcua.config import OpcUaConfig
+from canbridge_opcua.diagnostics import Dm1Nodes
 from canbridge_opcua.nodes import QUALITY_STATUS, Plan, SignalNode, bridge_diag_key, generate, nodeid, status
 from canbridge_opcua.security import (
     PeerLog,
@@ -474,6 +475,7 @@ class OpcUaService:
         self._log_filter = False
         self.pki: Pki | None = None
         self.updates = 0  # signal values applied, for the benchmark and diagnostics
+        self.dm1_nodes: Dm1Nodes | None = None  # J1939 trouble codes, nodes made as sources are heard
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -641,6 +643,7 @@ class OpcUaService:
         )
         BulkAdder(aspace, plan.mutable).add(items)
         self._adopt(plan)
+        self.dm1_nodes = Dm1Nodes(b, aspace, self.ns_index, self.cfg.dm1_stale_after_s, notify)
         assert plan.root is not None
         root = self.server.get_node(plan.root)
         await root.add_method(
@@ -805,6 +808,8 @@ class OpcUaService:
             }
             for name, value in values.items():
                 await self._set_diag((bus, name), value, now)
+            if self.dm1_nodes is not None:
+                await self.dm1_nodes.update(bus, st, now)
         stats = self.bridge.stats()
         await self._set_diag(bridge_diag_key("AuditAvailable"), stats.audit_available, now)
         await self._set_diag(bridge_diag_key("AuditError"), stats.audit_error or "", now)

@@ -190,6 +190,8 @@ class Bus(_Out):
     transport: dict[str, int] = Field(
         default_factory=dict, description="J1939 transport protocol: completed and broken transfers by reason")
     dm1: dict[str, Dm1Out] = Field(default_factory=dict, description="J1939: active trouble codes by source, 0x<SA>")
+    dm2: dict[str, Dm1Out] = Field(
+        default_factory=dict, description="J1939: previously active trouble codes (DM2, on request) by source, 0x<SA>")
     canopen: dict[str, CanopenNodeOut] = Field(default_factory=dict, description="CANopen: node state by node name")
     address_claim: dict[str, Any] = Field(
         default_factory=dict, description="J1939: the bridge's address claim on this bus (state idle, claiming, "
@@ -463,6 +465,7 @@ def bus(info: canbridge.BusInfo | None, st: canbridge.BusStatus) -> dict[str, An
         "unconfigured_sources": dict(st.unconfigured_sources),
         "transport": dict(st.transport),
         "dm1": {f"0x{sa:02X}": dm1(d) for sa, d in sorted(st.dm1.items())},
+        "dm2": {f"0x{sa:02X}": dm1(d) for sa, d in sorted(st.dm2.items())},
         "canopen": {name: canopen_node(n) for name, n in st.canopen.items()},
         "address_claim": dict(st.address_claim),
     }

@@ -109,3 +109,15 @@ async def test_bam_and_rts_cts_from_j1939cat_decoded_once_broken_counted(bridge:
                         20, 0.05, what="the broken BAM counted",
                         detail=lambda: str(bridge.bus_status("truck").transport))
     assert 5 not in bridge.bus_status("truck").dm1
+
+
+async def test_a_dm2_by_bam_from_j1939cat_is_decoded_through_the_kernel_socket(bridge: Any, tmp_path: Path) -> None:
+    # DM2 (previously active codes) is one of the PGNs the kernel's J1939 socket is filtered to: with the
+    # socket in use the raw socket's TP frames are ignored, so without it this transfer would be lost
+    await testing.until(lambda: bridge.bus_status("truck").transport.get("kernel") is not None, 30, 0.05,
+                        what="the kernel's J1939 socket in use")
+    await j1939cat(tmp_path, dm1(FIVE), "-B", f"{PEER}:0x00", ":,0x0FECB")
+    await testing.until(lambda: 0 in bridge.bus_status("truck").dm2, 30, 0.05, what="the BAM DM2")
+    st = bridge.bus_status("truck")
+    assert [(d.spn, d.fmi, d.occurrences) for d in st.dm2[0].dtcs] == FIVE and st.dm2[0].messages == 1
+    assert 0 not in st.dm1 and st.transport["kernel"] >= 1

@@ -17,6 +17,7 @@ PGN_REQUEST = 0xEA00
 PGN_TP_CM = 0xEC00  # transport protocol, connection management (RTS, CTS, EoMA, BAM, abort)
 PGN_TP_DT = 0xEB00  # transport protocol, data transfer
 PGN_DM1 = 0xFECA
+PGN_DM2 = 0xFECB  # previously active trouble codes: sent on request only
 NULL_ADDRESS = 0xFE  # "cannot claim an address": never a configured source
 GLOBAL_ADDRESS = 0xFF  # broadcast destination
 
@@ -104,16 +105,17 @@ def has_special_ranges(signal: Any) -> bool:
     return not signal.is_signed and not signal.is_float and special_ranges(signal.length) is not None
 
 
-# --- DM1: active diagnostic trouble codes (J1939-73) ------------------------------------------------------
+# --- DM1 / DM2: active and previously active diagnostic trouble codes (J1939-73) --------------------
 
 _LAMP = ("off", "on", "reserved", "not_available")
 _FLASH = ("slow", "fast", "reserved", "none")
 
 
 def decode_dm1(data: bytes, source: int, ts: int, messages: int = 1) -> Dm1 | None:
-    """A DM1 payload (single frame or reassembled): lamp states (byte 1), their flash (byte 2), then 4 bytes
-    per DTC (SPN low 16 bits; SPN high 3 bits and FMI; conversion method and occurrence count). None if
-    shorter than 6 bytes. "No DTC" (all zeros) and padding (all ones) are not codes."""
+    """A DM1 or DM2 payload (single frame or reassembled; both have this layout): lamp states (byte 1),
+    their flash (byte 2), then 4 bytes per DTC (SPN low 16 bits; SPN high 3 bits and FMI; conversion
+    method and occurrence count). None if shorter than 6 bytes. "No DTC" (all zeros) and padding (all
+    ones) are not codes."""
     if len(data) < 6:
         return None
     lamps, flash = data[0], data[1]

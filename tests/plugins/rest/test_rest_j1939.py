@@ -44,6 +44,13 @@ async def test_not_available_is_bad_with_a_reason_and_the_bus_lists_unknown_send
         assert dm1["flash"]["amber_warning"] == "slow"
         assert dm1["dtcs"] == [{"spn": 190, "fmi": 2, "occurrences": 5, "conversion_method": 0}]
         assert dm1["source"] == 0 and dm1["messages"] == 1 and dm1["timestamp"].endswith("Z")
+        assert detail["dm2"] == {}  # nobody asked for previously active codes
+        api.h.inject("18FECB00#0000BE000203FFFF")  # a DM2 answer: SPN 190 FMI 2 was active 3 times
+        await api.h.until(lambda: 0 in api.h.bridge.bus_status("truck").dm2)
+        _, detail, _ = await api.get("/api/v1/buses/truck")
+        models.BusDetail.model_validate(detail)
+        assert detail["dm2"]["0x00"]["dtcs"] == [{"spn": 190, "fmi": 2, "occurrences": 3, "conversion_method": 0}]
+        assert detail["dm1"]["0x00"]["dtcs"][0]["occurrences"] == 5
 
 
 async def test_a_j1939_request_through_rest_is_answered_as_signals_and_refused_without_an_address() -> None:
