@@ -5,6 +5,7 @@ kernel J1939 stack, as two machines on one bus would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -121,3 +122,54 @@ async def test_a_dm2_by_bam_from_j1939cat_is_decoded_through_the_kernel_socket(b
     st = bridge.bus_status("truck")
     assert [(d.spn, d.fmi, d.occurrences) for d in st.dm2[0].dtcs] == FIVE and st.dm2[0].messages == 1
     assert 0 not in st.dm1 and st.transport["kernel"] >= 1
+
+
+@pytest.fixture
+async def claiming_bridge(vxcan: None, tmp_path: Path) -> AsyncIterator[Any]:
+    from canbridge.core.app import runtime_from_data
+    from canbridge.core.host import load_registry
+
+    _, registry = load_registry(load_entry_points=False)
+    cfg = {"buses": [{"name": "truck", "interface": "socketcan", "channel": BRIDGE,
+                      "j1939": {"name": 0x0000_1000_0000_0050, "address": 0x80}}],
+           "mappings": [{"bus": "truck", "dbc": str(DBC), "sources": {0x00: "engine"}}],
+           "state_dir": str(tmp_path), "gc_freeze": False}
+    rt = runtime_from_data(cfg, registry=registry)
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.stop()
+
+
+async def test_a_request_from_the_bridge_is_answered_by_can_utils_and_the_multi_packet_answer_decoded(
+        claiming_bridge: Any, tmp_path: Path) -> None:
+    from canbridge import Caller
+
+    bridge = claiming_bridge
+    await testing.until(lambda: bridge.bus_status("truck").address_claim["state"] == "claimed", 15, 0.05,
+                        what="the bridge's address claimed")
+    # the peer: candump waits for the bridge's Request to the engine (PGN 59904 from 0x80 to 0x00, any
+    # priority), then j1939cat answers from 0x00 with the 39-byte EC1 (PGN 65251) to 0x80: RTS/CTS, to which
+    # the bridge, holding 0x80, is the receiver (CTS, end of message)
+    ec1 = bytes([0x40, 0x1F, 0x9B, 0x80, 0x3E, 0xA0]) + bytes(13) + (1500).to_bytes(2, "little") + bytes(18)
+    (tmp_path / "ec1.bin").write_bytes(ec1)
+    peer = await asyncio.create_subprocess_exec(
+        "sh", "-c", f"candump -n 1 {PEER},00EA0080:03FFFFFF >/dev/null && "
+                    f"j1939cat -i {tmp_path / 'ec1.bin'} {PEER}:0x00 :0x80,0x0FEE3",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        for _ in range(10):  # candump gives no sign it is listening: the request is made again until answered
+            frame = await bridge.request_pgn("truck", 65251, Caller("test"), destination=0x00)
+            assert frame.can_id & 0x03FFFFFF == 0x00EA0080 and frame.data[:3] == bytes([0xE3, 0xFE, 0x00])
+            with contextlib.suppress(AssertionError):
+                await testing.until(lambda: bridge.read("truck.EC1.EngineReferenceTorque").value is not None,
+                                    1.5, 0.05, what="the answer")
+                break
+        await testing.until(lambda: bridge.read("truck.EC1.EngineReferenceTorque").value == 1500, 20, 0.05,
+                            what="the RTS/CTS answer decoded")
+        assert bridge.read("truck.EC1.EngineSpeedAtIdlePoint1").value == 0x1F40 * 0.125
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            peer.kill()
+        await peer.wait()
