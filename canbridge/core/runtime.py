@@ -195,7 +195,7 @@ class Runtime(Bridge):
             raise UnknownSignal(f"no signal named {name!r}")
         entry = self.table.message_list[self.table.signal_message[info.index]]
         if entry.sdo is not None and self.writes is not None:  # running: the bus is there to ask
-            await self.sdo_reads.read(entry)
+            await self.sdo_reads.refresh(entry)
         return self.store.value(info.index)
 
     def read_many(self, names: Iterable[str] | None = None) -> list[SignalValue]:
