@@ -74,6 +74,9 @@ class CanopenNodeConfig(Strict):
         None, ge=1, description="a value read by SDO turns stale when it is older than this; default: never")
     sdo_queue: int = Field(32, ge=1, le=1024, description="SDO transfers that may wait for the node (one is in "
                            "flight per node); more are refused")
+    pdo: Literal["file", "from_node"] = Field(
+        "file", description="where the TPDO layouts come from: the file's mapping parameters, or read from the "
+        "node by SDO at start and after every boot-up (its PDO values are bad until then)")
 
 
 J1939_NAME_LAYOUT = (("identity_number", 0), ("manufacturer_code", 21), ("ecu_instance", 32),

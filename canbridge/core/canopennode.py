@@ -53,6 +53,11 @@ class NodeMonitor:
         self.nodes: dict[int, WatchedNode] = {}  # heartbeat COB-ID -> node
         self.emcy_ids: dict[int, WatchedNode] = {}  # EMCY COB-ID -> node
         self.on_emcy: Callable[[int, Emcy], None] | None = None  # the diagnostic events' hook: node id, EMCY
+        self.on_boot_up: Callable[[int], None] | None = None  # pdo: from_node reads the layouts again: node id
+        self.on_heartbeat_of: Callable[[int], None] | None = None  # called for the heartbeats of ``unread`` nodes
+        self.unread: set[int] = set()  # node ids whose PDO layouts could not be read (pdo: from_node)
+        # TPDOs whose layout the node has not told yet (pdo: from_node): bad until then, whatever the heartbeat
+        self.pending: set[int] = set()
         for cfg, desc in table.canopen.get(bus, []):
             produced = desc.heartbeat_ms
             ms = cfg.heartbeat_timeout_ms if cfg.heartbeat_timeout_ms is not None else (
@@ -89,6 +94,10 @@ class NodeMonitor:
             if state == BOOT_UP:
                 node.boot_ups += 1
                 self._restarted(node, batch[pos + 1:])
+                if self.on_boot_up is not None:
+                    self.on_boot_up(node.node_id)
+            elif node.node_id in self.unread and self.on_heartbeat_of is not None:
+                self.on_heartbeat_of(node.node_id)
 
     def _restarted(self, node: WatchedNode, after: list[RawFrame]) -> None:
         """TPDOs received before the boot-up are bad until their next frame; ``after``: the rest of the batch
@@ -113,7 +122,7 @@ class NodeMonitor:
         self.store.held.discard(node.emcy)  # the last EMCY is an event record: good once there is one
         self.store.set_message_quality(node.emcy, Quality.GOOD if self.store.msg_count[node.emcy] else Quality.WAITING)
         for mi in node.tpdos:
-            if mi in node.restarted:
+            if mi in node.restarted or mi in self.pending:
                 continue
             self.store.held.discard(mi)
             if self.store.msg_count[mi] > node.counts_at_loss.get(mi, 0):
@@ -128,7 +137,7 @@ class NodeMonitor:
             for mi, before in list(node.restarted.items()):  # a TPDO seen since the boot-up is current
                 if store.msg_count[mi] > before:
                     del node.restarted[mi]
-                    if not node.lost:
+                    if not node.lost and mi not in self.pending:
                         store.held.discard(mi)
                         store.set_message_quality(mi, Quality.GOOD)
             if node.timeout_s is None:

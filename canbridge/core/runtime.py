@@ -446,6 +446,9 @@ class Runtime(Bridge):
                 self.runners[e.info.bus].set_cyclic(e.index, _frame(e, e.initial), t.period_ms / 1000)
                 if not self.runners[e.info.bus].usable:
                     self.store.set_message_quality(e.index, Quality.BAD)
+        for r in self.runners.values():
+            if r.pdo_from_node is not None:
+                r.pdo_from_node.start()
         self._spawn(self._supervise(), "supervisor")
         if self.sdo_reads.polls:
             self._spawn(self.sdo_reads.poll(), "sdo-poll")
@@ -486,6 +489,8 @@ class Runtime(Bridge):
         self.store.close()
         for r in self.runners.values():
             r.stop()
+            if r.pdo_from_node is not None:
+                r.pdo_from_node.stop()
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             if t.get_name() in ("supervisor", "sdo-poll"):
