@@ -27,6 +27,7 @@ from canbridge.core.pdofromnode import PdoFromNode
 from canbridge.core.store import SignalStore
 
 log = logging.getLogger("canbridge.bus")
+SYNC_CYCLIC = -1  # the CANopen SYNC producer's key in BusRunner.cyclic (message indices are >= 0)
 
 # Bits on the wire besides the data field, interframe space included (no stuffing): 47 standard, 67 extended.
 _OVERHEAD_STD = 47

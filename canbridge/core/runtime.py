@@ -447,6 +447,7 @@ class Runtime(Bridge):
                 if not self.runners[e.info.bus].usable:
                     self.store.set_message_quality(e.index, Quality.BAD)
         for r in self.runners.values():
+            self.writes.start_sync(r)
             if r.pdo_from_node is not None:
                 r.pdo_from_node.start()
         self._spawn(self._supervise(), "supervisor")
@@ -488,6 +489,8 @@ class Runtime(Bridge):
         self._lag.stop()
         self.store.close()
         for r in self.runners.values():
+            if self.writes is not None:
+                self.writes.stop_sync(r)
             r.stop()
             if r.pdo_from_node is not None:
                 r.pdo_from_node.stop()
