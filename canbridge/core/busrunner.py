@@ -524,7 +524,8 @@ class BusRunner:
             unconfigured_sources=self.j1939.unconfigured_summary() if self.j1939 is not None else {},
             transport=self.j1939.transport_counters() if self.j1939 is not None else {},
             dm1=dict(self.j1939.dm1) if self.j1939 is not None else {},
-            canopen=self.canopen.summary() if self.canopen is not None else {},
+            canopen=self.canopen.summary(self.sdo.counters if self.sdo is not None else None)
+            if self.canopen is not None else {},
             address_claim=self._claim_summary(),
         )
 

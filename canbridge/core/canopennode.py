@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from canbridge._canopen import CanopenNodeStatus, Emcy
 from canbridge._model import FrameFlags, Quality, RawFrame
+from canbridge.core.can.sdo import SdoCounters
 from canbridge.core.mapping.canopen import BOOT_UP, EMCY_BASE, HEARTBEAT_BASE, NMT_STATES
 from canbridge.core.mapping.table import MappingTable
 from canbridge.core.store import SignalStore
@@ -153,11 +154,16 @@ class NodeMonitor:
                 store.held.add(mi)
                 store.set_message_quality(mi, Quality.BAD, reason)
 
-    def summary(self) -> dict[str, CanopenNodeStatus]:
-        """Per node: NMT state, heartbeats, boot-ups, lost, last EMCY (the bus status)."""
-        return {n.name: CanopenNodeStatus(
-            n.node_id, None if n.state is None else NMT_STATES.get(n.state, f"0x{n.state:02X}"), n.heartbeats,
-            n.boot_ups, n.lost, n.emcy_count, n.last_emcy) for n in self.nodes.values()}
+    def summary(self, sdo: Callable[[int], SdoCounters] | None = None) -> dict[str, CanopenNodeStatus]:
+        """Per node: NMT state, heartbeats, boot-ups, lost, last EMCY, and with ``sdo`` (the bus's SDO
+        client's counters by node id) its SDO transfers, aborts and timeouts (the bus status)."""
+        out = {}
+        for n in self.nodes.values():
+            c = sdo(n.node_id) if sdo is not None else None
+            out[n.name] = CanopenNodeStatus(
+                n.node_id, None if n.state is None else NMT_STATES.get(n.state, f"0x{n.state:02X}"), n.heartbeats,
+                n.boot_ups, n.lost, n.emcy_count, n.last_emcy, *((c.transfers, c.aborts, c.timeouts) if c else ()))
+        return out
 
 
 # CiA 301 emergency error code classes: (mask, value) -> name, the most specific first

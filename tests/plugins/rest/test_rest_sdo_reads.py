@@ -51,6 +51,29 @@ async def test_a_fresh_value_is_answered_from_the_cache_and_a_silent_node_is_bad
             _, body, _ = await api.get(URL)
             assert body["value"] == 0x65
             assert uploads(peer) == 1
+            _, bus, _ = await api.get("/api/v1/buses/line")
+            counters = {k: bus["canopen"]["servo"][k] for k in ("sdo_transfers", "sdo_aborts", "sdo_timeouts")}
+            assert counters == {"sdo_transfers": 2, "sdo_aborts": 0, "sdo_timeouts": 1}
+        finally:
+            peer.close()
+
+
+async def test_an_abort_of_the_node_is_bad_with_its_code_and_counted_in_the_node_status() -> None:
+    from canopen.sdo.exceptions import SdoAbortedError
+
+    channel = unique_channel("sdo-rest")
+    async with running(config=node_config(channel)) as api:
+        peer = Peer(channel)
+        try:
+            def refuse(index: int, subindex: int, od: object) -> None:
+                raise SdoAbortedError(0x08000024)
+
+            peer.node.add_read_callback(refuse)  # type: ignore[no-untyped-call]
+            _, body, _ = await api.get(URL)
+            assert body["quality"] == "bad"
+            assert "SDO abort 0x08000024 (no data available) from the node" in body["reason"], body
+            _, bus, _ = await api.get("/api/v1/buses/line")
+            assert (bus["canopen"]["servo"]["sdo_aborts"], bus["canopen"]["servo"]["sdo_transfers"]) == (1, 1)
         finally:
             peer.close()
 
