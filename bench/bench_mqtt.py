@@ -11,9 +11,10 @@ port, and a host in its own process decodes every DDATA and counts metrics. CPU 
 minus a run of the same driver without any publisher. The naive baseline is one aiomqtt publish per change
 with a JSON payload, as a paho-style bridge does. The drain run queues ``--backlog`` changes (60 s at
 1,000 changes/s by default; ``--backlog 3000000`` is a 60 s outage at a full bus's 50,000 changes/s),
-connects, and times the queue to empty, twice: the path before queued metric bytes (decode each row,
-build its metric) as the baseline, then the plugin's (concatenate the queued bytes); it prints the rate
-as a multiple of ``--rate`` (the live rate) and the bridge's own CPU per drained change. Needs mosquitto
+connects, and times the queue to empty, three times: as the first version queued changes (a row each,
+decoded and re-encoded when read back), as the second did (a row each with its metric's bytes), as the
+plugin does now (a row per chunk: a message's worth of framed metrics, sent as they are); it prints the
+rate as a multiple of ``--rate`` (the live rate) and the bridge's own CPU per drained change. Needs mosquitto
 (tier mqtt-interop); skipped with a message when it is missing.
 """
 
@@ -151,16 +152,24 @@ async def run_naive(port: int, n: int, rate: int, seconds: float, host: Host) ->
     return made, host.count - start, cpu
 
 
-async def run_drain(port: int, backlog: int, batch: int, legacy: bool) -> tuple[float, int, float, float]:
+DRAIN_PATHS = {
+    "plain": "rows without bytes (decode, re-encode)",
+    "per-change": "a metric's bytes a row",
+    "chunks": "chunks: a message's bytes a row",
+}
+
+
+async def run_drain(port: int, backlog: int, batch: int, path: str) -> tuple[float, int, float, float]:
     """Queue ``backlog`` changes, connect, time the queue to empty; returns (drain s, replayed, queueing s,
     the bridge process's CPU s during the drain: its own share, whatever the broker and host cost).
-    ``legacy``: the path before queued metric bytes (rows without bytes, read back, decoded and re-encoded
-    by ``Output.replay``), as the baseline in the same run."""
+    ``path`` (DRAIN_PATHS): how the changes are queued. ``plain`` and ``per-change`` are how earlier versions
+    queued them (one change a row, without bytes or with its metric's bytes), the baselines in the same run;
+    ``chunks`` is what the plugin does now (``SparkplugOutput.store``)."""
     from canbridge_mqtt.buffer import Buffer
     from canbridge_mqtt.config import MqttConfig
     from canbridge_mqtt.service import MqttService
     from canbridge_mqtt.session import EdgeNode
-    from canbridge_mqtt.sparkplug_output import SparkplugOutput, node_metric_list
+    from canbridge_mqtt.sparkplug_output import node_metric_list
 
     sigs = [signal_info(f"b.M{i // 8}.S{i % 8}", index=i, frame_id=0x100 + i // 8) for i in range(1000)]
     fake = FakeBridge(sigs, state_dir=Path(tempfile.mkdtemp()))
@@ -172,7 +181,10 @@ async def run_drain(port: int, backlog: int, batch: int, legacy: bool) -> tuple[
     for k in range(0, backlog, 10_000):
         chunk = [(names[i % len(names)], i % 60000, Quality.GOOD, now_ms - backlog + i)
                  for i in range(k, min(backlog, k + 10_000))]
-        buf.append("sparkplug", chunk, None if legacy else [node.queued_metric(c) for c in chunk])
+        if path == "chunks":
+            buf.append_chunks("sparkplug", node.queued_chunks(chunk, batch)[0])
+        else:
+            buf.append("sparkplug", chunk, None if path == "plain" else [node.queued_metric(c) for c in chunk])
         await buf.flush()  # as during an outage: the writer keeps up with the changes arriving
     queueing = time.perf_counter() - q0
     await buf.close()
@@ -180,9 +192,6 @@ async def run_drain(port: int, backlog: int, batch: int, legacy: bool) -> tuple[
                                      "sparkplug": {"group_id": "bench", "edge_node_id": "drain"},
                                      "buffer": {"drain_rate": 10_000_000, "batch": batch}})
     svc = MqttService(fake, cfg)
-    saved = SparkplugOutput.replay
-    if legacy:
-        pass  # rows queued without bytes are encoded when read back (Buffer.peek_encoded)
     try:
         await svc.start()
         assert svc.sparkplug is not None
@@ -192,9 +201,9 @@ async def run_drain(port: int, backlog: int, batch: int, legacy: bool) -> tuple[
         await until(lambda: out.backlog() == 0, 300, what="drained")
         dt, cpu = time.monotonic() - t0, time.process_time() - c0
         replayed = svc.sparkplug.replayed
-        await svc.stop()
     finally:
-        SparkplugOutput.replay = saved  # type: ignore[method-assign]
+        await svc.stop()
+    assert svc.buffer is not None and svc.buffer.dropped == 0, "the drain dropped changes"
     return dt, replayed, queueing, cpu
 
 
@@ -236,13 +245,13 @@ async def main() -> int:
                 print(f"{n:>8} {label:<26} {made / args.seconds:>10.0f} {got / args.seconds:>10.0f} "
                       f"{max(0.0, cpu / args.seconds - baseline_cpu):>8.2f}")
         start = host.count
-        for label, legacy in (("before (decode, re-encode)", True), ("queued metric bytes", False)):
-            dt, replayed, queueing, cpu = await run_drain(broker.port, args.backlog, args.batch, legacy)
-            print(f"drain, {label:<27}: {replayed} changes in {dt:.2f} s = {replayed / dt:>7.0f} changes/s "
+        for path, label in DRAIN_PATHS.items():
+            dt, replayed, queueing, cpu = await run_drain(broker.port, args.backlog, args.batch, path)
+            print(f"drain, {label:<38}: {replayed} changes in {dt:.2f} s = {replayed / dt:>7.0f} changes/s "
                   f"= {replayed / dt / args.rate:.1f}x the live rate; bridge CPU {cpu / replayed * 1e6:.2f} us/change "
                   f"(queueing them took {queueing / replayed * 1e6:.1f} us/change)")
         await asyncio.sleep(0.5)
-        print(f"host decoded {host.count - start} historical metrics of {2 * args.backlog} queued")
+        print(f"host decoded {host.count - start} historical metrics of {len(DRAIN_PATHS) * args.backlog} queued")
         host.proc.kill()
     finally:
         broker.stop()

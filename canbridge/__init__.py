@@ -3,7 +3,7 @@
 This package's top level is the public API for plugins; :mod:`canbridge.core` is internal.
 """
 
-from canbridge._bridge import Bridge, EventSubscription, FrameSubscription, Subscription
+from canbridge._bridge import Bridge, EventSubscription, FrameSubscription, SignalsAddedSubscription, Subscription
 from canbridge._cache import StartupCache, cache_key
 from canbridge._canopen import CanopenNodeStatus, Emcy
 from canbridge._errors import (
@@ -111,6 +111,7 @@ __all__ = [
     "Service",
     "SignalInfo",
     "SignalValue",
+    "SignalsAddedSubscription",
     "StartupCache",
     "Strict",
     "Subscription",

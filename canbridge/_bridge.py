@@ -6,6 +6,7 @@ they never import :mod:`canbridge.core`. A test enforces that layering.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -105,6 +106,51 @@ class EventSubscription(ABC):
         self.close()
 
 
+class SignalsAddedSubscription(ABC):
+    """Signals the mapping table gains while the bridge runs (a J1939 sender heard but not configured,
+    docs/j1939.md "Senders nobody configured"), in batches: each batch holds the :class:`SignalInfo` of
+    the signals added since the previous batch (or since the subscription was made), in table order, each
+    once. Nothing is dropped: the table only grows, and only as far as its bounds allow
+    (``buses[].j1939_max_unknown_sources``). When a batch arrives the signals are already in
+    :attr:`Bridge.signals` and :attr:`Bridge.messages` and can be read and subscribed to.
+
+    A plugin that builds from :attr:`Bridge.signals` at start should subscribe *before* it reads the
+    table and skip names it already has: a signal added in between is then in both.
+    """
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[list[SignalInfo]]:
+        """Iterate over batches of added signals until the subscription or the bridge is closed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the subscription; a waiting iteration ends."""
+
+    async def __aenter__(self) -> SignalsAddedSubscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _NeverAdded(SignalsAddedSubscription):
+    """The table of a bridge that never grows: the iteration waits until closed."""
+
+    def __init__(self) -> None:
+        self._closed = asyncio.Event()
+
+    def __aiter__(self) -> AsyncIterator[list[SignalInfo]]:
+        return self._wait()
+
+    async def _wait(self) -> AsyncIterator[list[SignalInfo]]:
+        await self._closed.wait()
+        return
+        yield  # an async generator that yields nothing
+
+    def close(self) -> None:
+        self._closed.set()
+
+
 class Bridge(ABC):
     """What a plugin may use: the mapping table, latest values, bus health and the write path."""
 
@@ -175,6 +221,14 @@ class Bridge(ABC):
         Not abstract, so that test doubles written against earlier versions keep working.
         """
         raise PluginError(f"{type(self).__name__} does not implement subscribe_events")
+
+    def subscribe_signals_added(self) -> SignalsAddedSubscription:
+        """Subscribe to signals added to the table at run time (:class:`SignalsAddedSubscription`).
+
+        Not abstract, so that test doubles written against earlier versions keep working: this default
+        is a table that never grows.
+        """
+        return _NeverAdded()
 
     @abstractmethod
     def bus_status(self, name: str) -> BusStatus:

@@ -203,6 +203,7 @@ def _mapping_warnings(i: int, mc: MappingConfig, table: MappingTable, file: str 
                       lines: dict[Any, int]) -> list[Problem]:
     """It runs, but: received messages that never turn stale, DBC limits the raw bits cannot reach."""
     from canbridge._model import physical_range
+    from canbridge.core.mapping.j1939rules import message_warnings
 
     key = "dbc" if mc.dbc is not None else "signals"
     where = (file, lines.get(("mappings", i, key)), f"mappings[{i}].{key}") if file else (str(mc.file), None, None)
@@ -232,6 +233,10 @@ def _mapping_warnings(i: int, mc: MappingConfig, table: MappingTable, file: str 
             f"the limits of {len(clipped)} signals lie outside what their raw bits can carry and are clipped to "
             f"the raw range: {_names(clipped)}; check the signals' length, scale and offset in {mc.file.name}",
             *where))
+    dbc_messages = list({id(e.db_message): e.db_message for e in table.message_list}.values())
+    sent = {e.db_message.name for e in table.message_list if e.j1939_tx}
+    out += [Problem(w, *where) for w in message_warnings(mc.file.name, dbc_messages, mc.protocol, sent,
+                                                         bool(mc.sources))]
     return out
 
 
@@ -541,7 +546,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"canbridge demo: {e}", file=sys.stderr)
         return 1
-    data = demo_config(plugins=plugins, state_dir=state)
+    data = demo_config(plugins=plugins, state_dir=state, truck=True)
     try:
         runtime = build_runtime(parse_config(data), registry, base_dir=Path.cwd())
     except ConfigError as e:
@@ -556,8 +561,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t = runtime.table
     writable = ", ".join(s.signal for s in t.signal_list if s.writable)
     print(f"canbridge {__version__} demo: simulated motor controller, battery and vehicle ECUs on a virtual CAN bus")
-    print(f"  {len(t.message_list)} messages, {len(t.signal_list)} signals from {DEMO_DBC_NAME}; "
+    demo_messages = t.messages_of("demo")
+    print(f"  {len(demo_messages)} messages, {sum(len(e.info.signals) for e in demo_messages)} signals from "
+          f"{DEMO_DBC_NAME}; "
           f"writable: demo.MotorCommand.{{{writable}}}")
+    truck = [e for e in t.message_list if e.info.bus == "truck"]
+    if truck:
+        print(f"  and a J1939 bus 'truck': an engine (0x00) and a transmission (0x03) sending "
+              f"{len({e.db_message.name for e in truck})} parameter groups and DM1s (BAM)")
     print(f"  state (certificates, register map, audit log): {state}")
     if not plugins:
         print("  no northbound plugins (--no-plugins): the core runs alone")

@@ -176,6 +176,9 @@ class BusConfig(Strict):
         None, description="CANopen network services of the bridge on this bus: the SYNC producer (docs/canopen.md)")
     j1939: J1939Settings | None = Field(
         None, description="J1939 address claiming: the bridge's NAME and address; needed to write or request")
+    j1939_max_unknown_sources: int = Field(
+        32, ge=0, le=253, description="J1939 source addresses heard but not configured that get signals at run "
+        "time (<bus>.sa0x<SA>.<message>.<signal>); frames of further ones are only counted; 0: none")
 
     @model_validator(mode="after")
     def _replay_needs_file(self) -> BusConfig:

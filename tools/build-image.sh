@@ -171,10 +171,11 @@ for name in ("index.html", "app.js", "style.css"):
     print(f, f.stat().st_size if f.is_file() else "MISSING")
     if not (f.is_file() and f.stat().st_size > 0):
         problems.append(f"REST dashboard file {f} missing or empty")
-dbc = pathlib.Path(canbridge.__file__).parent / "demo" / "demo.dbc"
-print(dbc, dbc.stat().st_size if dbc.is_file() else "MISSING")
-if not dbc.is_file():
-    problems.append(f"demo DBC {dbc} missing")
+for name in ("demo.dbc", "j1939.dbc"):  # the demo's two buses
+    dbc = pathlib.Path(canbridge.__file__).parent / "demo" / name
+    print(dbc, dbc.stat().st_size if dbc.is_file() else "MISSING")
+    if not dbc.is_file():
+        problems.append(f"demo DBC {dbc} missing")
 if os.getuid() == 0:
     problems.append("runs as root; the image should run as user canbridge")
 for leftover in ("/src", "/run/secrets/pip_cert"):

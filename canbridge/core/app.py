@@ -23,6 +23,7 @@ from canbridge.core.simulator import Simulator
 log = logging.getLogger("canbridge.simulator")
 
 DEMO_DBC = Path(__file__).resolve().parent.parent / "demo" / "demo.dbc"
+DEMO_J1939_DBC = DEMO_DBC.with_name("j1939.dbc")  # the example of docs/j1939.md; mappings/examples/ links to it
 
 
 DEMO_WAVES: dict[str, dict[str, float]] = {
@@ -39,10 +40,42 @@ DEMO_WAVES: dict[str, dict[str, float]] = {
 }
 
 
-def demo_config(channel: str | None = None, plugins: dict[str, Any] | None = None,
-                state_dir: Path | None = None) -> dict[str, Any]:
-    """The demo: a virtual bus with the demo DBC, MotorCommand writable and sent every 100 ms."""
+DEMO_TRUCK_WAVES: dict[str, dict[str, float]] = {
+    "engine.EEC1.EngineSpeed": {"low": 650, "high": 1900, "period_s": 40},
+    "engine.EEC1.ActualEngineTorque": {"low": 10, "high": 70, "period_s": 30},
+    "engine.ET1.EngineCoolantTemperature": {"low": 82, "high": 94, "period_s": 120},
+    "transmission.EEC1.EngineSpeed": {"low": 600, "high": 1200, "period_s": 50},
+    "transmission.ET1.EngineCoolantTemperature": {"low": 70, "high": 80, "period_s": 150},
+    "engine.CCVS.WheelBasedVehicleSpeed": {"low": 0, "high": 88, "period_s": 45},
+    "transmission.CCVS.WheelBasedVehicleSpeed": {"low": 0, "high": 88, "period_s": 45},
+}
+
+# States held still: a wave through their whole raw range would keep hitting J1939's reserved top values
+# ("error", "not available": quality bad), which the demo should show only when asked to.
+DEMO_TRUCK_STATES: dict[str, float] = {
+    **{f"{source}.{signal}": 0 for source in ("engine", "transmission") for signal in (
+        "EEC1.EngineTorqueMode", "CCVS.ParkingBrakeSwitch", "CCVS.CruiseControlActive", "CCVS.BrakeSwitch")},
+    "engine.EEC1.SourceAddressOfController": 0x00, "transmission.EEC1.SourceAddressOfController": 0x03,
+}
+
+
+def demo_truck(channel: str) -> dict[str, Any]:
+    """The demo's second bus: J1939 traffic of an engine (0x00) and a transmission (0x03), with DM1s."""
     return {
+        "bus": {"name": "truck", "interface": "virtual", "channel": channel, "bitrate": 250000},
+        "mapping": {"bus": "truck", "dbc": str(DEMO_J1939_DBC), "messages": ["EEC1", "ET1", "CCVS", "EC1"],
+                    "sources": {0x00: "engine", 0x03: "transmission"},
+                    "stale_after_ms": {"EEC1": 250}},  # 20 ms cycle: 60 ms would flicker on a busy machine
+        "simulator": {"bus": "truck", "waves": DEMO_TRUCK_WAVES, "constants": DEMO_TRUCK_STATES,
+                      "counters": {"engine.CCVS.OdometerRaw": 0.02, "transmission.CCVS.OdometerRaw": 0.02}},
+    }
+
+
+def demo_config(channel: str | None = None, plugins: dict[str, Any] | None = None,
+                state_dir: Path | None = None, truck: bool = False) -> dict[str, Any]:
+    """The demo: a virtual bus with the demo DBC, MotorCommand writable and sent every 100 ms; with
+    ``truck``, a second virtual bus of J1939 traffic (``canbridge demo``; tests leave it out)."""
+    data: dict[str, Any] = {
         "buses": [{"name": "demo", "interface": "virtual", "channel": channel or "canbridge-demo",
                    "bitrate": 500000}],
         "mappings": [{
@@ -62,6 +95,12 @@ def demo_config(channel: str | None = None, plugins: dict[str, Any] | None = Non
         "plugins": plugins or {},
         **({"state_dir": str(state_dir)} if state_dir else {}),
     }
+    if truck:
+        t = demo_truck(f"{channel or 'canbridge-demo'}-truck")
+        data["buses"].append(t["bus"])
+        data["mappings"].append(t["mapping"])
+        data["simulators"].append(t["simulator"])
+    return data
 
 
 def demo_state_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -22,7 +22,7 @@ from canbridge.core.canopennode import NodeMonitor
 from canbridge.core.j1939bus import J1939Receiver
 from canbridge.core.mapping.canopen import HEARTBEAT_BASE
 from canbridge.core.mapping.j1939 import PGN_REQUEST, with_source
-from canbridge.core.mapping.table import MappingTable
+from canbridge.core.mapping.table import MappingTable, MessageEntry
 from canbridge.core.pdofromnode import PdoFromNode
 from canbridge.core.store import SignalStore
 
@@ -68,7 +68,8 @@ class BusRunner:
         self.last_payload: dict[int, bytes] = {}
         pgn_index = table.j1939.get(cfg.name)
         # PGN matching needs every priority and source address: no exact-id kernel filters on such a bus
-        self.j1939 = J1939Receiver(pgn_index, self._lookup, self.last_payload) if pgn_index else None
+        self.j1939 = J1939Receiver(pgn_index, self._lookup, self.last_payload, cfg.name,
+                                   cfg.j1939_max_unknown_sources) if pgn_index else None
         self.canopen = NodeMonitor(cfg.name, table, store, time.monotonic()) if table.canopen.get(cfg.name) else None
         if self.canopen is not None:
             store.watchers.append(self.canopen.expire)
@@ -119,6 +120,10 @@ class BusRunner:
         self._stopping = asyncio.Event()
         self._opened_once = asyncio.Event()
         self._last_logged: str | None = None
+
+    def message_added(self, entry: MessageEntry) -> None:
+        """A message the table gained at run time (a J1939 source heard): its signals revive with it."""
+        self._msg_signals[entry.index] = entry.signal_indices
 
     # --- state ---
     def set_state(self, state: BusState, error: str | None = None) -> None:

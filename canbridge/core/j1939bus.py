@@ -10,6 +10,7 @@ exact hit again: the per-frame cost of PGN matching is paid once per distinct id
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,8 +20,18 @@ from canbridge._model import FrameFlags, RawFrame
 from canbridge.core.can.j1939socket import J1939Message, transport_pgns
 from canbridge.core.can.j1939tp import Reassembler
 from canbridge.core.mapping.codec import Decoder
-from canbridge.core.mapping.j1939 import PGN_DM1, PGN_TP_CM, PGN_TP_DT, decode_dm1, make_id, match_key
+from canbridge.core.mapping.j1939 import (
+    NULL_ADDRESS,
+    PGN_DM1,
+    PGN_TP_CM,
+    PGN_TP_DT,
+    decode_dm1,
+    make_id,
+    match_key,
+)
 from canbridge.core.mapping.table import EXT_KEY, MessageEntry
+
+log = logging.getLogger("canbridge.bus")
 
 MAX_DM1_SOURCES = 254  # every source address
 MAX_UNCONFIGURED = 1024  # distinct (PGN, source) pairs counted; more are counted together
@@ -42,9 +53,19 @@ class J1939Receiver:
     """PGN matching, unconfigured sources and the transport protocol of one bus."""
 
     def __init__(self, index: Mapping[int, MessageEntry], lookup: dict[int, tuple[int, Decoder]],
-                 last: dict[int, bytes]) -> None:
+                 last: dict[int, bytes], bus: str = "", max_heard: int = 0) -> None:
+        self.bus = bus
         self._index = {k: (e.index, e.decoder) for k, e in index.items()}
         self._message_of_pgn = {k >> 8: str(e.db_message.name) for k, e in index.items()}
+        self._template: dict[int, MessageEntry] = {}  # PGN -> an entry of it, for heard sources' signals
+        for k, e in index.items():
+            self._template.setdefault(k >> 8, e)
+        # Sources heard but not configured get signals at run time through ``grow`` (core/heard.py), at
+        # most ``max_heard`` addresses per bus: a flood of forged source addresses must not grow the table.
+        self.grow: Callable[[MessageEntry, int], MessageEntry | None] | None = None
+        self.max_heard = max_heard
+        self.heard_sources: set[int] = set()
+        self._limit_logged = False
         self._lookup = lookup
         self._last = last
         self._keys: dict[int, list[int]] = {}  # message index -> its frame keys in the lookup
@@ -112,12 +133,40 @@ class J1939Receiver:
                     (make_id(done.priority, done.pgn, done.source, done.destination), _EXT, done.data, ts))
             return None
         if pgn in self._message_of_pgn:
+            if self.grow is not None and mk not in self.unconfigured:
+                entry = self._heard(mk)
+                if entry is not None:
+                    if pgn == PGN_DM1:  # DM1 stays out of the exact-id lookup (above)
+                        self._last.pop(key, None)
+                        return entry.index, entry.decoder
+                    return self._bind(key, entry.index)
             n = self.unconfigured.get(mk)
             if n is None and len(self.unconfigured) >= MAX_UNCONFIGURED:
                 self.unconfigured_other += 1
             else:
                 self.unconfigured[mk] = (n or 0) + 1
         return None
+
+    def _heard(self, mk: int) -> MessageEntry | None:
+        """Signals for a mapped PGN from a source nobody configured, within the bound of sources."""
+        assert self.grow is not None
+        source = mk & 0xFF
+        if source >= NULL_ADDRESS:  # 254 (cannot claim) and 255 are not senders of parameter groups
+            return None
+        if source not in self.heard_sources and len(self.heard_sources) >= self.max_heard:
+            if not self._limit_logged and self.max_heard:
+                self._limit_logged = True
+                log.warning("bus %s: more than %d J1939 source addresses heard that no mapping configures "
+                            "(j1939_max_unknown_sources): frames of further ones (first 0x%02X) are only "
+                            "counted in unconfigured_sources", self.bus, self.max_heard, source)
+            return None
+        entry = self.grow(self._template[mk >> 8], source)
+        if entry is None:
+            return None
+        self.heard_sources.add(source)
+        self._index[mk] = (entry.index, entry.decoder)
+        self._decoders[entry.index] = entry.decoder
+        return entry
 
     def _dm1(self, source: int, data: bytes, ts: int) -> None:
         old = self.dm1.get(source)

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from canbridge._bridge import Bridge, FrameSubscription, Subscription
+from canbridge._bridge import Bridge, FrameSubscription, SignalsAddedSubscription, Subscription
 from canbridge._errors import (
     ConfigError,
     PluginError,
@@ -56,9 +56,10 @@ from canbridge.core.busrunner import BusRunner
 from canbridge.core.cpuaccount import CpuMeter
 from canbridge.core.events import EventHub, EventSubscription
 from canbridge.core.gcpause import gc_paused
+from canbridge.core.heard import HeardSources
 from canbridge.core.host import Registry
 from canbridge.core.looplag import LoopLagSampler
-from canbridge.core.mapping.table import MappingTable, build_table
+from canbridge.core.mapping.table import MappingTable, MessageEntry, build_table
 from canbridge.core.sdoreads import SdoReads
 from canbridge.core.store import SignalStore
 from canbridge.core.writepath import WritePath
@@ -133,6 +134,12 @@ class Runtime(Bridge):
             kind = registry.bus_kind(b.interface)
             assert kind is not None
             self.runners[b.name] = BusRunner(b, kind, self.table, self.store, self._bus_state_changed)
+        # J1939 senders heard but not configured: the table grows at run time (core/heard.py)
+        self.heard = HeardSources(self.table, self.store)
+        self.heard.listeners.append(self._message_added)
+        for r in self.runners.values():
+            if r.j1939 is not None:
+                r.j1939.grow = functools.partial(self.heard.add, r.cfg.name)
         self._bus_info = {b.name: BusInfo(b.name, b.interface, b.channel, b.fd, b.bitrate) for b in config.buses}
         self._msg_infos = {name: e.info for name, e in self.table.messages.items()}
         self.audit: AuditLog | None = None
@@ -224,6 +231,13 @@ class Runtime(Bridge):
 
     def subscribe_events(self, maxlen: int = 1000) -> EventSubscription:
         return self.events.subscribe(maxlen)
+
+    def subscribe_signals_added(self) -> SignalsAddedSubscription:
+        return self.heard.subscribe()
+
+    def _message_added(self, entry: MessageEntry) -> None:
+        self._msg_infos[entry.info.name] = entry.info
+        self.runners[entry.info.bus].message_added(entry)
 
     def bus_status(self, name: str) -> BusStatus:
         runner = self.runners.get(name)
@@ -488,6 +502,7 @@ class Runtime(Bridge):
         self._started.clear()
         self._lag.stop()
         self.store.close()
+        self.heard.close()
         for r in self.runners.values():
             if self.writes is not None:
                 self.writes.stop_sync(r)

@@ -14,6 +14,7 @@ from typing import Any
 import can
 
 from canbridge.core.mapping.table import MappingTable, MessageEntry, frame_key
+from canbridge.core.simulator_j1939 import J1939Ecus
 
 log = logging.getLogger("canbridge.simulator")
 
@@ -44,6 +45,9 @@ class Simulator:
         self.frames_sent = 0
         self._stop = asyncio.Event()
         self._mux_page: dict[str, int] = {}
+        self._t0 = time.monotonic()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.j1939 = J1939Ecus.for_bus(table, bus_name, bus, self._payload)  # None: no J1939 groups received
         for target in [*self.follow, *self.ramp, *self.waves, *self.constants, *self.counters]:
             if "." not in target:
                 raise ValueError(f"simulator rule {target!r}: use Message.Signal")
@@ -104,6 +108,8 @@ class Simulator:
         return data
 
     def _on_message(self, msg: can.Message) -> None:
+        if self.j1939 is not None and self._loop is not None:  # the notifier's thread: hand over to the loop
+            self._loop.call_soon_threadsafe(self.j1939.on_message, msg, time.monotonic() - self._t0)
         e = self.heard.get(frame_key(msg.arbitration_id, msg.is_extended_id))
         if e is None:
             return
@@ -116,9 +122,12 @@ class Simulator:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         notifier = can.Notifier(self.bus, [self._on_message], loop=loop)
-        t0 = time.monotonic()
+        t0 = self._t0 = time.monotonic()
         next_due = {e.info.name: 0.0 for e in self.played}
+        j1939 = self.j1939
+        ecus = asyncio.create_task(j1939.run(lambda: time.monotonic() - t0)) if j1939 is not None else None
         try:
             while not self._stop.is_set():
                 now = time.monotonic() - t0
@@ -126,19 +135,29 @@ class Simulator:
                     if now >= next_due[e.info.name]:
                         period = (e.info.cycle_time_ms or DEFAULT_PERIOD_S * 1000) / 1000
                         next_due[e.info.name] = now + period
+                        cyclic = j1939.cyclic(e) if j1939 is not None else None
+                        if cyclic is False:  # a J1939 group sent on request only
+                            next_due[e.info.name] = math.inf
+                            continue
                         try:
                             data = self._payload(e, now)
-                            self.bus.send(can.Message(arbitration_id=e.info.frame_id, data=data,
-                                                      is_extended_id=e.info.extended, is_fd=e.info.fd))
+                            if j1939 is not None and cyclic:
+                                j1939.send(e, data)
+                            else:
+                                self.bus.send(can.Message(arbitration_id=e.info.frame_id, data=data,
+                                                          is_extended_id=e.info.extended, is_fd=e.info.fd))
                             self.frames_sent += 1
                         except Exception as ex:  # a bus hiccup must not end the simulation
                             log.debug("simulator: %s: %s", e.info.name, ex)
                 wake = min(next_due.values(), default=now + 1) - (time.monotonic() - t0)
                 try:
-                    await asyncio.wait_for(self._stop.wait(), max(0.005, wake))
+                    await asyncio.wait_for(self._stop.wait(), min(1.0, max(0.005, wake)))
                 except TimeoutError:
                     pass
         finally:
+            if j1939 is not None and ecus is not None:
+                j1939.stop()
+                await asyncio.gather(ecus, return_exceptions=True)
             notifier.stop(timeout=1)
 
     def stop(self) -> None:

@@ -74,6 +74,19 @@ class SignalStore:
         self.coalesced_closed: dict[str | None, int] = {}
         self.frames_dropped_closed = 0
 
+    def grow(self) -> None:
+        """Slots for the signals and messages the table gained at run time (J1939 senders heard, not
+        configured). The lists grow in place: the receive path holds them while it runs."""
+        t = self.table
+        self.values.extend([None] * (len(t.signal_list) - len(self.values)))
+        self._names.extend(s.name for s in t.signal_list[len(self._names):])
+        n = len(t.message_list) - len(self.msg_ts)
+        self.msg_ts.extend([None] * n)
+        self.msg_mono.extend([0.0] * n)
+        self.msg_count.extend([0] * n)
+        self.msg_quality.extend([Quality.WAITING] * n)
+        self.msg_reason.extend([None] * n)
+
     # --- reading ---
     def value(self, index: int) -> SignalValue:
         mi = self.signal_message[index]

@@ -9,11 +9,17 @@ The file is bounded by ``max_page_count``, so a full queue and a full disk look 
 (SQLITE_FULL): the oldest rows are dropped and counted, and when even that does not make room the new
 changes are refused and counted. Each write is one transaction: on disk whole or not at all. Nothing here
 raises into the bridge: a broken disk costs history, never the service.
+
+A row is one change (``append``), or a **chunk** of up to a message's worth of changes of one device kept
+ready to send (``append_chunks``: the Sparkplug output's framed metrics, with the ``epoch`` of the mapping
+that framed them). A chunk is replayed, delivered, deleted and dropped whole; every count is in changes
+(column ``n``), so the bounds mean the same for both kinds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -22,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from canbridge import Quality
 from canbridge_mqtt.rbe import Change
@@ -30,7 +36,27 @@ from canbridge_mqtt.rbe import Change
 log = logging.getLogger("canbridge.mqtt")
 
 T = TypeVar("T")
-Row = tuple[str, str, str, str, int | None, int, bytes | None]
+Row = tuple[str, str, str, str, int | None, int, bytes | None, int, str | None]
+
+
+class Chunk(NamedTuple):
+    """Changes of one device kept as the bytes of their message, in order (``Buffer.append_chunks``)."""
+
+    names: Sequence[str]  # the signals, one per change
+    blob: bytes  # what the output sends for them
+    epoch: str  # what the blob depends on (the output's mapping): another epoch must rebuild it
+
+
+class QueuedRow(NamedTuple):
+    """A row read back by ``Buffer.peek_rows``: a change (``n`` 1, ``epoch`` None, ``names`` its signal,
+    ``blob`` its bytes) or a chunk (``names`` joined by newlines)."""
+
+    id: int
+    n: int
+    names: str
+    blob: bytes
+    epoch: str | None
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -41,12 +67,16 @@ CREATE TABLE IF NOT EXISTS queue (
     quality TEXT NOT NULL,
     ts_ms INTEGER,
     queued_ms INTEGER NOT NULL,
-    blob BLOB
+    blob BLOB,
+    n INTEGER NOT NULL DEFAULT 1,
+    epoch TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_sink ON queue (sink, id);
 """
-_INSERT = "INSERT INTO queue (sink, name, value, quality, ts_ms, queued_ms, blob) VALUES (?,?,?,?,?,?,?)"
-_INSERT_AT = "INSERT INTO queue (id, sink, name, value, quality, ts_ms, queued_ms, blob) VALUES (?,?,?,?,?,?,?,?)"
+_COLUMNS = "sink, name, value, quality, ts_ms, queued_ms, blob, n, epoch"
+_INSERT = f"INSERT INTO queue ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+_INSERT_AT = f"INSERT INTO queue (id, {_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+_IDS_PER_STATEMENT = 500  # below SQLite's oldest limit of host parameters (999)
 _PAGE = 4096
 _LOG_EVERY_S = 60.0
 CLOSE_TIMEOUT_S = 10.0
@@ -145,10 +175,31 @@ class Buffer:
         what is queued now, and were not confirmed)."""
         self._submit(sink, changes, blobs, front=True)
 
+    def append_chunks(self, sink: str, chunks: Sequence[Chunk], front: bool = False) -> None:
+        """Queue chunks for ``sink``: behind everything queued, or (``front``) before it. Never waits."""
+        if not chunks:
+            return
+
+        def rows(now: int) -> list[Row]:
+            return [(sink, "\n".join(c.names), "", "", None, now, c.blob, len(c.names), c.epoch) for c in chunks]
+
+        self._accept(sink, sum(len(c.names) for c in chunks), rows, front)
+
     def _submit(self, sink: str, changes: Sequence[Change], blobs: Sequence[bytes] | None, front: bool) -> None:
         if not changes:
             return
-        n = len(changes)
+
+        def rows(now: int) -> list[Row]:
+            if blobs is None:
+                return [(sink, name, json.dumps(value), str(q), ts, now, None, 1, None)
+                        for name, value, q, ts in changes]
+            return [(sink, name, json.dumps(value), str(q), ts, now, blob, 1, None)
+                    for (name, value, q, ts), blob in zip(changes, blobs, strict=True)]
+
+        self._accept(sink, len(changes), rows, front)
+
+    def _accept(self, sink: str, n: int, make_rows: Callable[[int], list[Row]], front: bool) -> None:
+        """Hand ``n`` changes (as the rows ``make_rows`` builds) to the writer, or refuse and count them."""
         if self._closing:
             self.note_dropped(n, "the queue is closed (shutdown)")
             return
@@ -160,14 +211,7 @@ class Buffer:
         if over:  # the disk is slower than the changes arrive: refuse rather than grow memory or wait
             self.note_dropped(n, f"the disk is behind by more than {self.max_pending} changes")
             return
-        now = int(time.time() * 1000)
-        rows: list[Row]
-        if blobs is None:
-            rows = [(sink, name, json.dumps(value), str(q), ts, now, None) for name, value, q, ts in changes]
-        else:
-            rows = [(sink, name, json.dumps(value), str(q), ts, now, blob)
-                    for (name, value, q, ts), blob in zip(changes, blobs, strict=True)]
-        self._executor.submit(self._write, sink, rows, front)
+        self._executor.submit(self._write, sink, n, make_rows(int(time.time() * 1000)), front)
 
     async def peek(self, sink: str, limit: int) -> list[tuple[int, Change]]:
         """The oldest ``limit`` changes of ``sink`` with their row ids (delete them once delivered)."""
@@ -180,29 +224,32 @@ class Buffer:
             out.append((rid, _change(name, value, quality, ts)))
         return out
 
-    async def peek_encoded(self, sink: str, limit: int,
-                           encode: Callable[[Change], bytes]) -> list[tuple[int, str, bytes]]:
-        """The oldest ``limit`` rows of ``sink`` as ``(id, name, blob)``, in one SELECT and without decoding
-        them; a row queued without a blob (by an earlier version) is encoded now with ``encode``."""
+    async def peek_rows(self, sink: str, limit: int, encode: Callable[[Change], bytes]) -> list[QueuedRow]:
+        """The oldest rows of ``sink`` holding up to ``limit`` changes (at least one row), in one SELECT and
+        without decoding them; a change queued without bytes (by an earlier version) is encoded now."""
         if self._opened.done() and not self.count(sink):  # before the open: the count is not known yet
             return []
-        rows = await self._run(lambda: self._select(
+        rows = await self._run(lambda: self._select_changes(
             # the plain columns only where there are no bytes: a page of bytes moves nothing else
-            "SELECT id, name, blob, IIF(blob IS NULL, value, NULL), IIF(blob IS NULL, quality, NULL), ts_ms "
-            "FROM queue WHERE sink = ? ORDER BY id LIMIT ?", sink, limit))
-        out: list[tuple[int, str, bytes]] = []
-        for rid, name, blob, value, quality, ts in rows:
-            out.append((rid, name, encode(_change(name, value, quality, ts)) if blob is None else blob))
+            "SELECT id, n, name, blob, epoch, IIF(blob IS NULL, value, NULL), IIF(blob IS NULL, quality, NULL), "
+            "ts_ms FROM queue WHERE sink = ? ORDER BY id LIMIT ?", sink, limit))
+        out: list[QueuedRow] = []
+        for rid, n, names, blob, epoch, value, quality, ts in rows:
+            if blob is None:
+                blob = encode(_change(names, value, quality, ts))
+            out.append(QueuedRow(rid, n, names, blob, epoch))
         return out
 
     async def delete(self, sink: str, last_id: int) -> None:
         """Forget the changes of ``sink`` up to row ``last_id`` (they were delivered)."""
-        await self._run(lambda: self._delete(sink, "id <= ?", [(last_id,)]))
+        await self._run(lambda: self._delete(sink, "id <= ?", [last_id]))
 
     async def delete_ids(self, sink: str, ids: Sequence[int]) -> None:
         """Forget the rows ``ids`` of ``sink`` (they were delivered, not necessarily a prefix)."""
-        if ids:
-            await self._run(lambda: self._delete(sink, "id = ?", [(i,) for i in ids]))
+        ids = list(ids)
+        for k in range(0, len(ids), _IDS_PER_STATEMENT):
+            part = ids[k:k + _IDS_PER_STATEMENT]
+            await self._run(functools.partial(self._delete, sink, f"id IN ({','.join('?' * len(part))})", part))
 
     async def expire(self) -> None:
         """Drop the changes older than the age bound."""
@@ -237,18 +284,19 @@ class Buffer:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
-            if "blob" not in {r[1] for r in db.execute("PRAGMA table_info(queue)")}:
-                db.execute("ALTER TABLE queue ADD COLUMN blob BLOB")  # a queue file of an earlier version
+            have = {r[1] for r in db.execute("PRAGMA table_info(queue)")}
+            for column, decl in (("blob", "BLOB"), ("n", "INTEGER NOT NULL DEFAULT 1"), ("epoch", "TEXT")):
+                if column not in have:  # a queue file of an earlier version
+                    db.execute(f"ALTER TABLE queue ADD COLUMN {column} {decl}")
             db.execute(f"PRAGMA max_page_count={self.max_pages}")
             self.db = db
-            for sink, k in db.execute("SELECT sink, COUNT(*) FROM queue GROUP BY sink").fetchall():
+            for sink, k in db.execute("SELECT sink, SUM(n) FROM queue GROUP BY sink").fetchall():
                 self._count(sink, k)
         except (sqlite3.Error, OSError) as e:
             self._failed("cannot open the store-and-forward queue", e)
             self.db = None
 
-    def _write(self, sink: str, rows: list[Row], front: bool) -> None:
-        n = len(rows)
+    def _write(self, sink: str, n: int, rows: list[Row], front: bool) -> None:
         try:
             if self._abandon:
                 self._lost(sink, n, "not written before the shutdown")
@@ -299,22 +347,53 @@ class Buffer:
             self._failed("cannot read the store-and-forward queue", e)
             return []
 
-    def _delete(self, sink: str, where: str, params: list[tuple[int]]) -> None:
+    def _select_changes(self, sql: str, sink: str, limit: int) -> list[Any]:
+        """The rows of ``sql`` (column 1: their ``n``) until they hold ``limit`` changes, at least one."""
+        if self.db is None:
+            return []
+        out: list[Any] = []
+        held = 0
+        try:
+            for row in self.db.execute(sql, (sink, limit)):
+                out.append(row)
+                held += row[1]
+                if held >= limit:
+                    break
+        except sqlite3.Error as e:
+            self._failed("cannot read the store-and-forward queue", e)
+            return []
+        return out
+
+    def _delete(self, sink: str, where: str, params: list[int]) -> None:
         if self.db is None:
             return
         try:
             with self.db:
                 self.db.execute("BEGIN")
-                before = self.db.total_changes
-                self.db.executemany(f"DELETE FROM queue WHERE sink = ? AND {where}", [(sink, *p) for p in params])
-                n = self.db.total_changes - before
+                # changes, not rows: a chunk holds many (the (sink, id) index keeps this to the rows deleted)
+                n = self.db.execute(f"SELECT COALESCE(SUM(n), 0) FROM queue WHERE sink = ? AND {where}",
+                                    (sink, *params)).fetchone()[0]
+                self.db.execute(f"DELETE FROM queue WHERE sink = ? AND {where}", (sink, *params))
         except sqlite3.Error as e:
             self._failed("cannot delete from the store-and-forward queue", e)
             return
-        self._count(sink, -n)
+        self._count(sink, -int(n))
 
     def _drop_oldest(self, n: int, why: str) -> bool:
-        return self._delete_counted("id IN (SELECT id FROM queue ORDER BY id LIMIT ?)", (n,), why)
+        """Drop the oldest rows (of any sink) holding at least ``n`` changes."""
+        if self.db is None:
+            return False
+        last: int | None = None
+        held = 0
+        try:
+            for rid, k in self.db.execute("SELECT id, n FROM queue ORDER BY id"):
+                last, held = rid, held + k
+                if held >= n:
+                    break
+        except sqlite3.Error as e:
+            self._failed("cannot read the store-and-forward queue", e)
+            return False
+        return last is not None and self._delete_counted("id <= ?", (last,), why)
 
     def _delete_counted(self, where: str, params: tuple[int, ...], why: str) -> bool:
         """Delete the rows ``where`` selects, keep the per-sink counts right and count them as dropped;
@@ -325,7 +404,7 @@ class Buffer:
             with self.db:
                 self.db.execute("BEGIN")
                 gone = self.db.execute(
-                    f"SELECT sink, COUNT(*) FROM queue WHERE {where} GROUP BY sink", params).fetchall()
+                    f"SELECT sink, SUM(n) FROM queue WHERE {where} GROUP BY sink", params).fetchall()
                 self.db.execute(f"DELETE FROM queue WHERE {where}", params)
         except sqlite3.Error as e:
             self._failed("cannot drop from the store-and-forward queue", e)

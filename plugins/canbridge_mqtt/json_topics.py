@@ -82,6 +82,10 @@ class JsonOutput(Output):
         self._link_lost = asyncio.Event()  # set when a session ends: what is still in flight is undecided
         self._settling: asyncio.Task[None] | None = None
 
+    async def add_signals(self, signals: Sequence[SignalInfo]) -> None:
+        """New topics: they appear with their first value (the service keeps to ``max_topics``)."""
+        self.signals.update((s.name, s) for s in signals)
+
     def will(self) -> aiomqtt.Will:
         return aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True)
 

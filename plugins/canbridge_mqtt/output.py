@@ -7,6 +7,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from canbridge import SignalInfo
 from canbridge_mqtt.buffer import Buffer
 from canbridge_mqtt.config import BufferConfig
 from canbridge_mqtt.rbe import Change, ReportFilter
@@ -35,15 +36,23 @@ class Output(ABC):
         """Publish live ``changes`` (counting ``published``); return those that did not go out, in order, to
         be queued: the link broke. Changes still awaiting their acknowledgement are the output's business."""
 
+    async def add_signals(self, signals: Sequence[SignalInfo]) -> None:  # noqa: B027 - most outputs need nothing
+        """Get ready to publish these signals too (added to the bridge's table at run time); their changes
+        are offered once this returns. By default there is nothing to prepare."""
+
     @abstractmethod
     async def replay(self, buf: Buffer, limit: int) -> tuple[int, int]:
         """Send the oldest ``limit`` queued changes as history and delete from the queue what was delivered:
         ``(rows read, rows delivered)``; fewer delivered than read stops the drain (the link broke, or the
         rest still awaits its acknowledgement)."""
 
-    def encode_queued(self, changes: Sequence[Change]) -> list[bytes] | None:
-        """What to keep with queued changes so that the replay is cheap (None: nothing)."""
-        return None
+    def store(self, buf: Buffer, changes: Sequence[Change], front: bool) -> None:
+        """Queue ``changes`` in ``buf`` (``front``: before what is queued); an output may keep them in the form
+        that is cheapest to replay."""
+        if front:
+            buf.prepend(self.sink, changes)
+        else:
+            buf.append(self.sink, changes)
 
     def interrupted(self) -> bool:
         """Whether the drain should pause for something more urgent (a rebirth)."""
@@ -59,10 +68,8 @@ class Output(ABC):
             return
         if self.buffer is None:
             self.lost += len(changes)
-        elif front:
-            self.buffer.prepend(self.sink, changes, self.encode_queued(changes))
         else:
-            self.buffer.append(self.sink, changes, self.encode_queued(changes))
+            self.store(self.buffer, changes, front)
 
     async def offer(self, changes: Sequence[Change]) -> None:
         """Report changes: live, or queued behind a backlog so that the order is kept."""

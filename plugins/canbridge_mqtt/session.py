@@ -4,6 +4,7 @@ data, deaths and the parsing of commands. ``sparkplug_output.py`` puts these on 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from canbridge import Quality, SignalInfo, SignalValue
 from canbridge_mqtt import sparkplug as sp
+from canbridge_mqtt.buffer import Chunk, QueuedRow
 from canbridge_mqtt.rbe import Change
 from canbridge_mqtt.sparkplug import DataType, MetricDef
 from canbridge_mqtt.sparkplug_b_pb2 import Payload
@@ -81,16 +83,43 @@ class EdgeNode:
         # aliases are unique per node: node metrics first, then every device metric in table order
         self.node_metrics = [NodeMetric(n, dt, i + 1) for i, (n, dt) in enumerate(node_metrics)]
         self._node_by_name = {m.name: m for m in self.node_metrics}
-        defs = sp.metric_defs(signals, len(self.node_metrics) + 1, choices_as_text)
+        self.choices_as_text = choices_as_text
         self.devices: dict[str, list[MetricDef]] = {}
-        for d in defs:
-            self.devices.setdefault(d.info.bus, []).append(d)
-        self.by_signal = {d.signal: d for d in defs}
-        self.by_alias = {d.alias: d for d in defs}
-        self._by_device_name = {(d.info.bus, d.name): d for d in defs}
+        self.by_signal: dict[str, MetricDef] = {}
+        self.by_alias: dict[int, MetricDef] = {}
+        self._by_device_name: dict[tuple[str, str], MetricDef] = {}
+        self._next_alias = len(self.node_metrics) + 1
+        self.add_signals(signals)
         self.bdseq = 0
         self._seq = 0
         self._queued_prefixes: dict[str, tuple[bytes, bytes]] = {}  # signal -> (alias, datatype) fields
+        self._alias_fields: dict[int, bytes] = {}  # alias -> its encoded field
+        self._epoch = ""
+        self._epoch_of = -1  # how many metrics ``_epoch`` was computed for
+
+    @property
+    def epoch(self) -> str:
+        """What queued chunks depend on: every metric's signal, alias and datatype. The same mapping, after a
+        restart too, sends its chunks as they are; metrics added at run time make a new epoch."""
+        if self._epoch_of != len(self.by_signal):
+            key = sorted((d.signal, d.alias, int(d.datatype)) for d in self.by_signal.values())
+            self._epoch = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
+            self._epoch_of = len(self.by_signal)
+        return self._epoch
+
+    def add_signals(self, signals: Sequence[SignalInfo]) -> list[str]:
+        """Device metrics for ``signals`` (those not yet metrics), with aliases after every alias given so
+        far: the aliases of existing metrics never change. Returns the devices that gained metrics (a device's
+        metrics are fixed by its DBIRTH: each needs a new one before DATA of them)."""
+        new = [s for s in signals if s.name not in self.by_signal]
+        defs = sp.metric_defs(new, self._next_alias, self.choices_as_text)
+        self._next_alias += len(defs)
+        for d in defs:
+            self.devices.setdefault(d.info.bus, []).append(d)
+            self.by_signal[d.signal] = d
+            self.by_alias[d.alias] = d
+            self._by_device_name[(d.info.bus, d.name)] = d
+        return list(dict.fromkeys(d.info.bus for d in defs))
 
     # --- sequence numbers ------------------------------------------------------------------------------
     def next_seq(self) -> int:
@@ -168,24 +197,85 @@ class EdgeNode:
         """Historical DDATA from queued metrics (``queued_metric``), without decoding them: each gets the
         alias of the running mapping in front. Returns the payload (None when no metric is left) and how many
         rows were skipped: a signal no longer published, or one whose datatype changed since it was queued."""
-        bodies: list[bytes] = []
+        return self.ddata_chunks(device, [QueuedRow(0, 1, name, blob, None) for name, blob in rows])
+
+    def _reframe(self, device: str, name: str, body: bytes) -> bytes | None:
+        """A queued metric body framed with this mapping's alias; None if the signal is not published on
+        ``device`` any more or its datatype changed since it was queued."""
+        pre = self._queued_prefixes.get(name)
+        if pre is None:
+            d = self.by_signal.get(name)
+            if d is None or d.info.bus != device:
+                return None
+            pre = self._queued_prefixes[name] = (sp.alias_field(d.alias), sp.datatype_field(d.datatype))
+        if not body.startswith(pre[1]):
+            return None
+        return sp.frame_metric(pre[0] + body)
+
+    def queued_chunks(self, changes: Sequence[Change], batch: int) -> tuple[list[Chunk], int]:
+        """Changes as the queue keeps them for later historical DDATA: runs of one device, at most ``batch``
+        changes each, every metric encoded and framed with its alias, so the replay only concatenates
+        (``ddata_chunks``). Returns the chunks and how many changes were left out (signals not published)."""
+        chunks: list[Chunk] = []
         skipped = 0
-        prefixes = self._queued_prefixes
-        for name, blob in rows:
-            pre = prefixes.get(name)
-            if pre is None:
-                d = self.by_signal.get(name)
-                if d is None or d.info.bus != device:
-                    skipped += 1
-                    continue
-                pre = prefixes[name] = (sp.alias_field(d.alias), sp.datatype_field(d.datatype))
-            if not blob.startswith(pre[1]):
+        names: list[str] = []
+        parts: list[bytes] = []
+        device = ""
+        by_signal = self.by_signal
+        alias_fields = self._alias_fields
+        epoch = self.epoch
+        for change in changes:
+            name = change[0]
+            d = by_signal.get(name)
+            if d is None:
                 skipped += 1
                 continue
-            bodies.append(pre[0] + blob)
-        if not bodies:
+            if names and (d.info.bus != device or len(names) >= batch):
+                chunks.append(Chunk(names, b"".join(parts), epoch))
+                names, parts = [], []
+            device = d.info.bus
+            body = sp.queued_metric(d.datatype, self.shown(d, change[1]), change[2], change[3])
+            af = alias_fields.get(d.alias)
+            if af is None:
+                af = alias_fields[d.alias] = sp.alias_field(d.alias)
+            names.append(name)
+            parts.append(sp.frame_metric(af + body))
+        if names:
+            chunks.append(Chunk(names, b"".join(parts), epoch))
+        return chunks, skipped
+
+    def ddata_chunks(self, device: str, rows: Iterable[QueuedRow]) -> tuple[bytes | None, int]:
+        """Historical DDATA from queued rows of ``device``: a chunk of this mapping's epoch as it is, a chunk of
+        another epoch (queued before a restart with another mapping) and a single queued change re-framed
+        with the running aliases. Returns the payload (None when nothing is left) and the changes skipped
+        (no longer published, datatype changed, or bytes that cannot be read)."""
+        framed: list[bytes] = []
+        skipped = 0
+        for row in rows:
+            if row.epoch == self.epoch:
+                framed.append(row.blob)
+                continue
+            if row.epoch is None:  # one change, its metric without an alias
+                pairs: Iterable[tuple[str, bytes]] = ((row.names, row.blob),)
+            else:
+                names = row.names.split("\n")
+                try:
+                    bodies = sp.unframe_metrics(row.blob)
+                except ValueError:
+                    bodies = []
+                if len(bodies) != len(names):
+                    skipped += row.n
+                    continue
+                pairs = zip(names, bodies, strict=True)
+            for name, body in pairs:
+                f = self._reframe(device, name, body)
+                if f is None:
+                    skipped += 1
+                else:
+                    framed.append(f)
+        if not framed:
             return None, skipped
-        return sp.concat_payload(now_ms(), self.next_seq(), bodies), skipped
+        return sp.framed_payload(now_ms(), self.next_seq(), framed), skipped
 
     def ddeath(self) -> bytes:
         """DDEATH: seq and timestamp, no metrics."""

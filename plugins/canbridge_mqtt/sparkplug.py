@@ -268,8 +268,50 @@ def _quality_field(quality: Quality) -> bytes:
 def concat_payload(timestamp: int, seq: int, metric_bodies: Iterable[bytes]) -> bytes:
     """A payload from already encoded ``Metric`` bodies: protobuf parses a repeated message field written as
     one length-delimited record per element, in any place of the message, exactly like ``metrics.add()``."""
-    head = bytes(Payload(timestamp=timestamp, seq=seq).SerializeToString())
-    return head + b"".join([_METRICS_KEY + varint(len(b)) + b for b in metric_bodies])
+    return framed_payload(timestamp, seq, [frame_metric(b) for b in metric_bodies])
+
+
+def frame_metric(body: bytes) -> bytes:
+    """One element of the payload's repeated ``metrics`` field: key, length, the encoded ``Metric``."""
+    return _METRICS_KEY + varint(len(body)) + body
+
+
+def framed_payload(timestamp: int, seq: int, framed: Iterable[bytes]) -> bytes:
+    """A payload from ``frame_metric`` records (or runs of them, concatenated)."""
+    return bytes(Payload(timestamp=timestamp, seq=seq).SerializeToString()) + b"".join(framed)
+
+
+def unframe_metrics(blob: bytes) -> list[bytes]:
+    """The ``Metric`` bodies of concatenated ``frame_metric`` records, each without its leading ``alias``
+    field (as ``queued_metric`` made them); raises ValueError for bytes that are not such records."""
+    out: list[bytes] = []
+    i, end = 0, len(blob)
+    while i < end:
+        if blob[i] != _METRICS_KEY[0]:
+            raise ValueError(f"not a metrics record at byte {i}")
+        size, i = _read_varint(blob, i + 1)
+        body = blob[i:i + size]
+        if len(body) != size:
+            raise ValueError("a metrics record runs past the end")
+        i += size
+        if body[:1] == _ALIAS_KEY:
+            _, start = _read_varint(body, 1)
+            body = body[start:]
+        out.append(body)
+    return out
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("a truncated varint")
+        b = data[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
 
 
 def node_metric(payload: Payload, name: str, datatype: DataType, value: object, alias: int | None,

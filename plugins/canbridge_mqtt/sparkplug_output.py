@@ -195,6 +195,29 @@ class SparkplugOutput(Output):
                     await client.publish(self.node.topic("DDEATH", bus), self.node.ddeath(), qos=0)
                     self.dead.add(bus)
 
+    async def add_signals(self, signals: Sequence[SignalInfo]) -> None:
+        """New device metrics (new aliases, the others unchanged): a device's metrics are fixed by its birth,
+        so a living device gets DDEATH and a new DBIRTH with them before any DDATA uses them (the only way to
+        add metrics to a device, eclipse-sparkplug/sparkplug#540). Offline, the next births carry them."""
+        ours = [s for s in signals if s.bus in self.buses]  # a new device would need an NBIRTH: not yet
+        for s in signals:
+            if s.bus not in self.buses:
+                log.warning("mqtt: %s is not published: bus %s was not a Sparkplug device at birth", s.name, s.bus)
+        for bus in self.node.add_signals(ours):
+            client = self.client
+            if client is None or not self.online:
+                continue
+            try:
+                async with self._lock:
+                    if bus in self.dead:  # its next DBIRTH (the bus coming back) carries them
+                        continue
+                    await client.publish(self.node.topic("DDEATH", bus), self.node.ddeath(), qos=0)
+                    await self._dbirth(client, bus)
+            except aiomqtt.MqttError:
+                self.online = False  # the session reconnects and births everything anew
+                return
+            log.info("mqtt: DBIRTH of %s again with %d new metrics", bus, sum(s.bus == bus for s in ours))
+
     def _node_values(self) -> dict[str, object]:
         out: dict[str, object] = {"Properties/Software": "canbridge", "Properties/Version": canbridge.__version__}
         for bus in self.buses:
@@ -256,51 +279,63 @@ class SparkplugOutput(Output):
             sent += len(group)
         return sent
 
-    def encode_queued(self, changes: Sequence[Change]) -> list[bytes]:
-        return [self.node.queued_metric(c) for c in changes]
+    def store(self, buf: Buffer, changes: Sequence[Change], front: bool) -> None:
+        chunks, skipped = self.node.queued_chunks(changes, self.buffer_cfg.batch)
+        buf.note_dropped(skipped, "not published")
+        buf.append_chunks(self.sink, chunks, front)
 
     async def replay(self, buf: Buffer, limit: int) -> tuple[int, int]:
-        """Historical DDATA straight from the queued metric bytes: one SELECT per page of ``limit`` rows, no
-        decoding, each message's payload concatenated (``EdgeNode.ddata_queued``), ``buffer.batch`` changes
-        a message, the page's messages published together (their PUBACKs awaited at once, not one round
-        trip each) and one DELETE for what went out."""
-        rows = await buf.peek_encoded(self.sink, limit, self.node.queued_metric)
+        """Historical DDATA straight from the queued bytes: one SELECT per page of about ``limit`` changes,
+        no decoding. A chunk (``EdgeNode.queued_chunks``: a run of one device's metrics, framed with their
+        aliases) goes out as it is; consecutive rows of one device are joined up to ``buffer.batch`` changes
+        a message; the page's messages are published together (their PUBACKs awaited at once, not one round
+        trip each) and one DELETE forgets what went out. Counts are in changes."""
+        rows = await buf.peek_rows(self.sink, limit, self.node.queued_metric)
+        read = sum(r.n for r in rows)
         client = self.client
         if not rows or client is None or not self.online:
-            return len(rows), 0
+            return read, 0
         step = self.buffer_cfg.batch
-        # (rows up to and including this message, its publish or None for rows that are not sent)
-        parts: list[tuple[int, asyncio.Future[None] | None]] = []
+        # (rows up to and including this message, changes in them, its publish or None for rows not sent)
+        parts: list[tuple[int, int, asyncio.Future[None] | None]] = []
         dropped = skipped_all = 0
         async with self._lock:  # births never interleave with the page's DDATA; seq in publish order
-            end = 0
-            for bus, run in itertools.groupby(rows, key=lambda r: r[1].split(".", 1)[0]):
+            end = changes = 0
+            for bus, run in itertools.groupby(rows, key=lambda r: r.names.split(".", 1)[0]):
                 group = list(run)
                 if bus in self.dead or bus not in self.node.devices:
                     end += len(group)  # no DDATA for a dead device (its DDEATH said so): dropped, counted
-                    dropped += len(group)
-                    parts.append((end, None))
+                    k = sum(r.n for r in group)
+                    changes += k
+                    dropped += k
+                    parts.append((end, changes, None))
                     continue
                 topic = self.node.topic("DDATA", bus)
-                for i in range(0, len(group), step):
-                    chunk = group[i:i + step]
-                    end += len(chunk)
-                    payload, skipped = self.node.ddata_queued(bus, [(name, blob) for _, name, blob in chunk])
+                i = 0
+                while i < len(group):
+                    j, held = i + 1, group[i].n  # a message: at least one row, more while they fit
+                    while j < len(group) and held + group[j].n <= step:
+                        held += group[j].n
+                        j += 1
+                    payload, skipped = self.node.ddata_chunks(bus, group[i:j])
+                    end += j - i
+                    changes += held
                     skipped_all += skipped  # no longer published, or its datatype changed: not sent wrong
-                    parts.append((end, None if payload is None else
+                    parts.append((end, changes, None if payload is None else
                                   asyncio.ensure_future(self._confirmed(client.publish(topic, payload, qos=1)))))
-            await asyncio.gather(*(f for _, f in parts if f is not None), return_exceptions=True)
-        sent = 0
-        for end, f in parts:  # what went out: the prefix up to the first publish that failed
+                    i = j
+            await asyncio.gather(*(f for _, _, f in parts if f is not None), return_exceptions=True)
+        sent_rows = sent = 0
+        for end, changes, f in parts:  # what went out: the prefix up to the first publish that failed
             if f is not None and f.exception() is not None:
                 self.online = False
                 break
-            sent = end
+            sent_rows, sent = end, changes
         buf.note_dropped(dropped, "history of a bus that is down")
         buf.note_dropped(skipped_all, "no longer published with that datatype")
-        if sent:
-            await buf.delete(self.sink, rows[sent - 1][0])
-        return len(rows), sent
+        if sent_rows:
+            await buf.delete(self.sink, rows[sent_rows - 1].id)
+        return read, sent
 
     async def _confirmed(self, publish: Awaitable[None]) -> None:
         """``publish``, failing as soon as the connection is lost: aiomqtt would wait for a PUBACK that

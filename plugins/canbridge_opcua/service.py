@@ -52,11 +52,14 @@ from canbridge import (
     Permission,
     Quality,
     RefusalReason,
+    SignalInfo,
+    SignalsAddedSubscription,
     SignalValue,
     UnknownSignal,
     WriteRefused,
     io_turn,
 )
+from canbridge_opcua.added import added_items
 from canbridge_opcua.asyncua_compat import (
     MONITORED_ITEM_CALLBACK,
     MONITORED_ITEM_SERVICE,
@@ -533,6 +536,7 @@ class OpcUaService:
         server.set_certificate_validator(self.validator)
 
         self.ns_index = await server.register_namespace(cfg.namespace_uri)
+        added = self.bridge.subscribe_signals_added()  # before the table is read: nothing added is missed
         await self._build_address_space()
         self._install_session_factory()
 
@@ -547,6 +551,7 @@ class OpcUaService:
             raise ListenError("opcua", cfg.listen, e.strerror or str(e), "plugins.opcua.listen") from e
         self._fix_endpoint_urls()
         self._tasks.append(asyncio.create_task(self._pump(), name="opcua-values"))
+        self._tasks.append(asyncio.create_task(self._follow_added(added), name="opcua-added"))
         self._tasks.append(asyncio.create_task(self._diagnostics_loop(), name="opcua-diagnostics"))
         log.info("opcua: serving %d signals on %s", len(self._signals), ", ".join(self._endpoints))
         if secure:
@@ -641,17 +646,7 @@ class OpcUaService:
             plan, self.ns_index, dict(b.buses), dict(b.messages), dict(b.signals), self.cfg.update_interval * 1000
         )
         BulkAdder(aspace, plan.mutable).add(items)
-        for node in plan.signals.values():
-            node.attval = aspace[node.nodeid].attributes[AttributeIds.Value]
-            if node.choice_text_nodeid is not None:
-                node.text_attval = aspace[node.choice_text_nodeid].attributes[AttributeIds.Value]
-                self._fast.add(node.choice_text_nodeid)
-            self._by_nodeid[node.nodeid] = node
-            self._fast.add(node.nodeid)
-        self._signals = plan.signals
-        for key, (diag_id, vt) in plan.diag.items():
-            self._diag[key] = (aspace[diag_id].attributes[AttributeIds.Value], vt)
-            self._fast.add(diag_id)
+        self._adopt(plan)
         assert plan.root is not None
         root = self.server.get_node(plan.root)
         await root.add_method(
@@ -670,6 +665,47 @@ class OpcUaService:
         # initial state: quality and value of everything before the first batch arrives
         await self.apply(b.read_many())
         await self.update_diagnostics()
+
+    def _adopt(self, plan: Plan) -> None:
+        """Take the variables of nodes just added into the update path (their Value attributes)."""
+        assert self.server is not None
+        aspace = self.server.iserver.aspace
+        for node in plan.signals.values():
+            node.attval = aspace[node.nodeid].attributes[AttributeIds.Value]
+            if node.choice_text_nodeid is not None:
+                node.text_attval = aspace[node.choice_text_nodeid].attributes[AttributeIds.Value]
+                self._fast.add(node.choice_text_nodeid)
+            self._by_nodeid[node.nodeid] = node
+            self._fast.add(node.nodeid)
+            self._signals[node.info.name] = node
+        for key, (diag_id, vt) in plan.diag.items():
+            self._diag[key] = (aspace[diag_id].attributes[AttributeIds.Value], vt)
+            self._fast.add(diag_id)
+
+    async def _follow_added(self, added: SignalsAddedSubscription) -> None:
+        """Nodes for signals added at run time (J1939 senders heard), as soon as the bridge has them."""
+        async with added:
+            async for batch in added:
+                try:
+                    await self.add_signals(batch)
+                except Exception:  # one batch that cannot be added must not end the others
+                    log.exception("opcua: adding nodes for %d new signals failed", len(batch))
+
+    async def add_signals(self, signals: Sequence[SignalInfo]) -> None:
+        """Add the nodes of ``signals`` (those not in the address space yet) and give them their values."""
+        assert self.server is not None
+        new = [s for s in signals if s.name not in self._signals]
+        if not new:
+            return
+        aspace = self.server.iserver.aspace
+        plan = Plan()
+        items = added_items(plan, self.ns_index, dict(self.bridge.messages), new, aspace.__contains__,
+                            self.cfg.update_interval * 1000)
+        BulkAdder(aspace, plan.mutable).add(items)
+        self._adopt(plan)
+        log.info("opcua: %d nodes added for new signals (%s, ...)", len(new), new[0].name)
+        # values that came before the nodes: later ones arrive through the pump's subscription of all
+        await self.apply(self.bridge.read_many([s.name for s in new]))
 
     # --- lookups -----------------------------------------------------------------------------
 

@@ -55,6 +55,15 @@ def _refused(e: canbridge.WriteRefused, bridge: canbridge.Bridge) -> ApiError:
                     abort_code=e.abort_code)
 
 
+def _static(state: RestState, info: canbridge.SignalInfo) -> dict[str, Any]:
+    """The fixed part of a signal's answer, made once; signals added at run time (J1939 sources heard)
+    get theirs when first asked for."""
+    static = state.statics.get(info.name)
+    if static is None:
+        static = state.statics[info.name] = models.static_signal(info)
+    return static
+
+
 def _signal_info(state: RestState, name: str) -> canbridge.SignalInfo:
     info = state.bridge.signals.get(name)
     if info is None:
@@ -93,7 +102,7 @@ async def list_signals(request: web.Request) -> web.StreamResponse:
         await asyncio.gather(*(state.bridge.refresh(n) for n in demanded))
     now = time.time_ns()
     out = [
-        models.signal(state.statics[sv.name], infos[sv.name], sv, now)
+        models.signal(_static(state, infos[sv.name]), infos[sv.name], sv, now)
         for sv in state.bridge.read_many(names)
         if quality is None or sv.quality.value == quality
     ]
@@ -106,7 +115,7 @@ async def get_signal(request: web.Request) -> web.StreamResponse:
     info = _signal_info(state, name)
     # an on-demand signal (a CANopen object by SDO): the device is asked unless the cached value is fresh
     value = await state.bridge.refresh(name) if info.on_demand else state.bridge.read(name)
-    return json_response(models.signal(state.statics[name], info, value))
+    return json_response(models.signal(_static(state, info), info, value))
 
 
 def _receipt(receipt: canbridge.WriteReceipt) -> dict[str, Any]:

@@ -243,6 +243,7 @@ def test_demo_starts_and_stops_on_sigint(tmp_path: Path) -> None:
     try:
         out = _wait_for_line(proc, "Connect to", 60)
         assert "25 signals" in out
+        assert "a J1939 bus 'truck': an engine (0x00) and a transmission (0x03)" in out
         # serving: the bus came up (logged once the signal handlers are installed and the bridge started)
         started = _wait_for_line(proc, "-> active", 60, stderr=True)
         proc.send_signal(signal.SIGINT)

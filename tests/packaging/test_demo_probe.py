@@ -21,6 +21,7 @@ def test_the_image_probe_passes_against_the_demo(tmp_path: Path) -> None:
     assert "stopped cleanly on SIGINT" in r.stdout
     if "without plugins" not in r.stdout:  # the demo's fixed ports were free: every endpoint was probed
         assert "ready (GET /readyz 200)" in r.stdout and "REST ok" in r.stdout, r.stdout
+        assert "J1939 ok" in r.stdout, r.stdout  # the second bus: both ECUs' DM1s by BAM
 
 
 def test_the_probe_does_not_wait_for_words_meant_for_people() -> None:

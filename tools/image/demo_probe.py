@@ -61,6 +61,12 @@ def ready() -> bool:
     return status == 200
 
 
+def truck_dm1() -> bool:
+    """The demo's J1939 bus: both simulated ECUs' DM1s (multi-packet, by BAM) decoded."""
+    status, body = http_get("/api/v1/buses/truck")
+    return status == 200 and {"0x00", "0x03"} <= set(json.loads(body).get("dm1", {}))
+
+
 def probe_plugins(proc: subprocess.Popen[bytes], deadline: float) -> None:
     # Readiness, not a start-up banner: the banner's wording is for people and changes.
     wait_for("GET /readyz = 200", ready, proc, deadline)
@@ -77,6 +83,8 @@ def probe_plugins(proc: subprocess.Popen[bytes], deadline: float) -> None:
     if status != 200 or name not in json.dumps(doc):
         raise SystemExit(f"GET signal: HTTP {status}, {body[:200]!r}")
     print(f"demo_probe: REST ok (dashboard, static, {name})")
+    wait_for("the J1939 bus truck: DM1 of the engine and the transmission", truck_dm1, proc, deadline)
+    print("demo_probe: J1939 ok (bus truck: DM1 of 0x00 and 0x03 by BAM)")
     for plugin in ("opcua", "modbus"):
         port = PORTS[plugin]
         wait_for(f"{plugin} port {port}", functools.partial(port_busy, port), proc, deadline)

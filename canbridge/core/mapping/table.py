@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from canbridge.core.mapping.j1939 import (
     source_of,
     with_source,
 )
+from canbridge.core.mapping.j1939rules import destination_problem, message_problems, source_name_problems
 
 log = logging.getLogger("canbridge.mapping")
 
@@ -158,6 +159,7 @@ def _build_table(
     signal_message: list[int] = []
     j1939: dict[str, dict[int, MessageEntry]] = {}
     canopen: dict[str, list[tuple[CanopenNodeConfig, NodeDescription]]] = {}
+    source_names: dict[str, tuple[dict[int, str], dict[str, int]]] = {}  # bus -> J1939 names by address, by name
 
     jobs: list[tuple[int, MappingConfig, CanopenNodeConfig | None]] = [
         (mi, mc, None) for mi, mc in enumerate(config.mappings)]
@@ -217,6 +219,16 @@ def _build_table(
         instances, why = _instances(mc, selected, claiming.get(mc.bus, False))
         if why:
             problems.append(Problem(why, file, *where(mi, "protocol")))
+        fname = mc.file.name
+        file_key = "dbc" if mc.dbc is not None else "signals"
+        problems += [Problem(p, file, *where(mi, file_key)) for p in message_problems(fname, selected, mc.protocol,
+                                                                                   mc.strict)]
+        sent = [m for m, _, _, k in instances if k is None and _is_j1939(mc, m)]
+        if (dp := destination_problem(fname, mc.destination, sent)) is not None:
+            problems.append(Problem(dp, file, *where(mi, "destination")))
+        seen, by_name = source_names.setdefault(mc.bus, ({}, {}))
+        problems += [Problem(p, file, *where(mi, "sources"))
+                     for p in source_name_problems(mc.bus, seen, by_name, fname, mc.sources)]
         for m, mname, frame_id, pgn_key in instances:
             j1939_tx = pgn_key is None and _is_j1939(mc, m)
             key = frame_key(frame_id, m.is_extended_frame)
@@ -234,8 +246,9 @@ def _build_table(
                 continue
             if pgn_key is not None and pgn_key in j1939.get(mc.bus, {}):
                 other = j1939[mc.bus][pgn_key].info.name
-                problems.append(Problem(f"PGN 0x{pgn_key >> 8:X} from source 0x{pgn_key & 0xFF:02X} of {m.name} "
-                                        f"is already mapped by {other}", file, *where(mi)))
+                problems.append(Problem(f"{mc.file.name}: PGN 0x{pgn_key >> 8:X} from source 0x{pgn_key & 0xFF:02X} "
+                                        f"of {m.name} (id 0x{m.frame_id:X}) is already mapped by {other}: one "
+                                        "(PGN, source) decodes into one message", file, *where(mi)))
                 continue
             writable_sigs = {s.name for s in m.signals if _match(mc.writable, f"{m.name}.{s.name}")}
             if sdo is not None:
@@ -313,6 +326,46 @@ def _build_table(
     if problems:
         raise ConfigError(problems)
     return MappingTable(signals, signal_list, messages, message_list, signal_message, by_bus, j1939, canopen)
+
+
+def heard_source_name(address: int) -> str:
+    """The name of a J1939 source heard but not configured, in its signals' names: ``sa0x21``."""
+    return f"sa0x{address:02X}"
+
+
+def add_heard_source(table: MappingTable, bus: str, template: MessageEntry, address: int) -> MessageEntry | None:
+    """Map a J1939 message received from a source address no mapping of the bus decodes, at run time:
+    ``<bus>.sa0x<SA>.<message>`` with the signals of ``template`` (an entry of the same PGN), appended to
+    the table (indices after every existing one, nothing moves). None when that name is taken (a
+    configured source of that name)."""
+    m = template.db_message
+    label = f"{heard_source_name(address)}.{m.name}"
+    mname = f"{bus}.{label}"
+    if mname in table.messages:
+        return None
+    fid = with_source(template.info.frame_id, address)
+    base = len(table.signal_list)
+    infos = [replace(table.signal_list[i], name=f"{mname}.{table.signal_list[i].signal}", message=label,
+                     index=base + k, frame_id=fid, direction="rx", writable=False, max_write_rate=None)
+             for k, i in enumerate(template.signal_indices)]
+    if any(i.name in table.signals for i in infos):
+        return None
+    decoder = compile_decoder(m, {i.signal: i.index for i in infos},
+                              {i.signal for i in infos if i.value_type is bool}, j1939=True)
+    idx = len(table.message_list)
+    info_m = replace(template.info, name=mname, message=label, frame_id=fid, direction="rx",
+                     signals=tuple(i.name for i in infos), period_ms=None)
+    entry = MessageEntry(info_m, idx, frame_key(fid, True), m, [i.index for i in infos], decoder,
+                         template.timeout_s, None)
+    for i in infos:
+        table.signals[i.name] = i
+        table.signal_list.append(i)
+        table.signal_message.append(idx)
+    table.message_list.append(entry)
+    table.messages[mname] = entry
+    table.by_bus.setdefault(bus, {})[entry.key] = entry
+    table.j1939.setdefault(bus, {})[match_key(fid)] = entry
+    return entry
 
 
 def _instances(mc: MappingConfig, selected: Sequence[Any],

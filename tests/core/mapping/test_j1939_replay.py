@@ -1,5 +1,6 @@
 """A J1939 truck log (candump -L) replayed through a J1939 mapping end to end: several sources of one PGN,
-an unconfigured sender, a not-available value, a BAM and an RTS/CTS multi-packet message, a broken BAM."""
+an unconfigured sender (signals of its own, heard at run time), a not-available value, a BAM and an
+RTS/CTS multi-packet message, a broken BAM."""
 
 from __future__ import annotations
 
@@ -42,9 +43,11 @@ async def test_a_truck_log_replays_into_per_source_signals(tmp_path: Path, speed
         assert rt.read("truck.retarder.EC1.EngineSpeedAtIdlePoint1").value == 700.0
         assert rt.read("truck.retarder.EC1.EngineReferenceTorque").value == 2070
         st = rt.bus_status("truck")
-        assert st.unconfigured_sources == {"EEC1@0x21": 1}
+        # the sender nobody configured got signals of its own when it was heard
+        assert rt.read("truck.sa0x21.EEC1.EngineSpeed").value == 0x1F38 * 0.125
+        assert st.unconfigured_sources == {}
         assert st.transport == {"completed": 2, "sequence": 1, "ignored": 3}  # 2 packets after the gap, 1 EoMA
-        assert st.unmapped_frames == 1 and st.decode_errors == 0
+        assert st.unmapped_frames == 0 and st.decode_errors == 0
         assert st.rx_frames == 29
         [ec1] = [m for m in rt.message_status() if m.name == "truck.retarder.EC1"]
         assert ec1.frames == 1  # the broken BAM from the retarder was never decoded
