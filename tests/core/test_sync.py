@@ -48,7 +48,7 @@ async def test_sync_frames_arrive_at_the_period_and_start_and_stop_are_audited(t
     assert len(started) == 1 and len(stopped) == 1, records
     assert (started[0]["target"], started[0]["frame"], started[0]["value"], started[0]["result"]) == (
         "line.SYNC", f"{cob_id:03X}#", 20, "accepted")
-    assert stopped[0]["frames"] >= 16
+    assert stopped[0]["frames"] >= 15  # counted from the period since the start: about the 16 seen
 
 
 @pytest.mark.parametrize(("sync", "where"), [
