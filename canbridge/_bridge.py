@@ -192,9 +192,11 @@ class Bridge(ABC):
         """The latest value of one signal; raises :class:`UnknownSignal`."""
 
     async def refresh(self, name: str) -> SignalValue:
-        """Ask the device for the signal now where there is a way to (a CANopen object served by SDO:
-        one upload through the node's queue), then return it as :meth:`read` does; a read that fails
-        makes the value ``bad`` with the reason. Other signals: their latest value, at once.
+        """Ask the device for the signal now where there is a way to (a CANopen object served by SDO,
+        :attr:`SignalInfo.on_demand`: one upload through the node's queue, shared by the readers that
+        ask while it is in flight), then return it as :meth:`read` does; a read that fails makes the
+        value ``bad`` with the reason. A value uploaded less than the node's ``max_age_ms`` ago and good
+        is returned at once. Other signals: their latest value, at once.
 
         Not abstract, so that test doubles written against earlier versions keep working.
         """

@@ -28,6 +28,9 @@ class CanopenNodeStatus:
     lost: bool  # no heartbeat within the consumer time: the node's signals are bad
     emcy_count: int
     last_emcy: Emcy | None
+    sdo_transfers: int = 0  # SDO uploads and downloads begun with the node (reads, writes, PDO layouts)
+    sdo_aborts: int = 0  # transfers the node aborted
+    sdo_timeouts: int = 0  # transfers the node did not answer within sdo_timeout_ms (the bridge aborted them)
 
 
 # CiA 301 SDO abort codes (table 22) with their meaning; a code not listed is shown as its number only.

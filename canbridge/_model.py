@@ -170,6 +170,9 @@ class SignalInfo:
     multiplexer_ids: tuple[int, ...] | None = None
     is_multiplexer: bool = False
     max_write_rate: float | None = None  # writes per second allowed; None: unbounded
+    # read from the device when a client asks (a CANopen object served by SDO): plugins call
+    # Bridge.refresh for it before answering a read; its value is otherwise only as new as the last read
+    on_demand: bool = False
 
     @property
     def raw_range(self) -> tuple[int, int]:

@@ -74,6 +74,9 @@ class CanopenNodeConfig(Strict):
         None, ge=1, description="a value read by SDO turns stale when it is older than this; default: never")
     sdo_queue: int = Field(32, ge=1, le=1024, description="SDO transfers that may wait for the node (one is in "
                            "flight per node); more are refused")
+    pdo: Literal["file", "from_node"] = Field(
+        "file", description="where the TPDO layouts come from: the file's mapping parameters, or read from the "
+        "node by SDO at start and after every boot-up (its PDO values are bad until then)")
 
 
 J1939_NAME_LAYOUT = (("identity_number", 0), ("manufacturer_code", 21), ("ecu_instance", 32),
@@ -136,6 +139,20 @@ class J1939Settings(Strict):
         return sum(int(getattr(self.name, attr)) << shift for attr, shift in J1939_NAME_LAYOUT)
 
 
+class SyncConfig(Strict):
+    """The bridge as the bus's CANopen SYNC producer (CiA 301)."""
+
+    period_ms: int = Field(ge=1, le=60000, description="communication cycle period: one SYNC every this many ms "
+                           "(the kernel's broadcast manager on SocketCAN)")
+    cob_id: int = Field(0x80, ge=0x001, le=0x7FF, description="the SYNC COB-ID (11 bit), CiA 301 default 0x80")
+
+
+class CanopenBusConfig(Strict):
+    """What the bridge does for the CANopen network of one bus, beside its nodes."""
+
+    sync: SyncConfig | None = Field(None, description="send SYNC cyclically (the bridge is the SYNC producer)")
+
+
 class BusConfig(Strict):
     """One CAN bus."""
 
@@ -155,6 +172,8 @@ class BusConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for python-can")
     nodes: list[CanopenNodeConfig] = Field(
         default_factory=list, description="CANopen nodes: their TPDOs become signals (docs/canopen.md)")
+    canopen: CanopenBusConfig | None = Field(
+        None, description="CANopen network services of the bridge on this bus: the SYNC producer (docs/canopen.md)")
     j1939: J1939Settings | None = Field(
         None, description="J1939 address claiming: the bridge's NAME and address; needed to write or request")
     j1939_max_unknown_sources: int = Field(

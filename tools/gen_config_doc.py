@@ -60,6 +60,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`buses[].netlink`", c.NetlinkSettings),
     ("`buses[].j1939`", c.J1939Settings),
     ("`buses[].j1939.name` (as its fields)", c.J1939NameFields),
+    ("`buses[].canopen`", c.CanopenBusConfig),
+    ("`buses[].canopen.sync`", c.SyncConfig),
     ("`mappings[]`", c.MappingConfig),
     ("`mappings[].transmit.<Message>`", c.TransmitConfig),
     ("`audit`", c.AuditConfig),

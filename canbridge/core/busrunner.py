@@ -20,11 +20,14 @@ from canbridge.core.can.j1939socket import J1939Message, J1939Socket, open_j1939
 from canbridge.core.can.sdo import SdoClient
 from canbridge.core.canopennode import NodeMonitor
 from canbridge.core.j1939bus import J1939Receiver
+from canbridge.core.mapping.canopen import HEARTBEAT_BASE
 from canbridge.core.mapping.j1939 import PGN_REQUEST, with_source
 from canbridge.core.mapping.table import MappingTable, MessageEntry
+from canbridge.core.pdofromnode import PdoFromNode
 from canbridge.core.store import SignalStore
 
 log = logging.getLogger("canbridge.bus")
+SYNC_CYCLIC = -1  # the CANopen SYNC producer's key in BusRunner.cyclic (message indices are >= 0)
 
 # Bits on the wire besides the data field, interframe space included (no stuffing): 47 standard, 67 extended.
 _OVERHEAD_STD = 47
@@ -77,6 +80,14 @@ class BusRunner:
             self.sdo.add_node(node.id, node.name, node.sdo_timeout_ms / 1000, node.sdo_queue)
         if self.sdo is not None:
             self._filter_ids += [(cob, False) for cob in self.sdo.answer_ids]
+        # TPDO layouts read from the nodes (pdo: from_node): they edit the lookup and the kernel filters
+        self.pdo_from_node = PdoFromNode(cfg.name, table, store, self.sdo, self._lookup, self.move_filter) if (
+            self.sdo is not None and any(n.pdo == "from_node" for n, _ in table.canopen.get(cfg.name, []))) else None
+        if self.pdo_from_node is not None and self.canopen is not None:
+            monitor, pdo = self.canopen, self.pdo_from_node
+            monitor.pending, monitor.unread = pdo.pending, pdo.unread
+            monitor.on_boot_up, monitor.on_heartbeat_of = pdo.read_again, pdo.retry
+            pdo.is_lost = lambda node_id: monitor.nodes[HEARTBEAT_BASE + node_id].lost
         j = cfg.j1939
         # J1939-81: with a NAME configured, nothing leaves the bridge on this bus without a claimed address
         self.claim = AddressClaimer(j.name_value, j.address, j.address_range, j.retry_s) if j else None
@@ -315,6 +326,16 @@ class BusRunner:
         self.tx_frames += 1
         self._bits += _OVERHEAD_STD + (20 if frame.extended else 0) + len(frame.data) * 8
 
+    def move_filter(self, old: tuple[int, bool], new: tuple[int, bool]) -> None:
+        """A received id moved (a TPDO's COB-ID as the node says it): the kernel filter follows."""
+        if old in self._filter_ids:
+            self._filter_ids.remove(old)
+        if new not in self._filter_ids:
+            self._filter_ids.append(new)
+        driver = self.driver
+        if driver is not None and self.cfg.kernel_filters and self.j1939 is None and self.claim is None:
+            driver.set_filters(self._filter_ids)
+
     def set_cyclic(self, msg_index: int, frame: Frame, period_s: float) -> None:
         """Start or update the cyclic transmission of a message (atomic data update)."""
         cyc = self.cyclic.get(msg_index)
@@ -509,7 +530,8 @@ class BusRunner:
             transport=self.j1939.transport_counters() if self.j1939 is not None else {},
             dm1=dict(self.j1939.dm1) if self.j1939 is not None else {},
             dm2=dict(self.j1939.dm2) if self.j1939 is not None else {},
-            canopen=self.canopen.summary() if self.canopen is not None else {},
+            canopen=self.canopen.summary(self.sdo.counters if self.sdo is not None else None)
+            if self.canopen is not None else {},
             address_claim=self._claim_summary(),
         )
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from canbridge._canopen import CanopenNodeStatus, Emcy
 from canbridge._model import FrameFlags, Quality, RawFrame
+from canbridge.core.can.sdo import SdoCounters
 from canbridge.core.mapping.canopen import BOOT_UP, EMCY_BASE, HEARTBEAT_BASE, NMT_STATES
 from canbridge.core.mapping.table import MappingTable
 from canbridge.core.store import SignalStore
@@ -53,6 +54,11 @@ class NodeMonitor:
         self.nodes: dict[int, WatchedNode] = {}  # heartbeat COB-ID -> node
         self.emcy_ids: dict[int, WatchedNode] = {}  # EMCY COB-ID -> node
         self.on_emcy: Callable[[int, Emcy], None] | None = None  # the diagnostic events' hook: node id, EMCY
+        self.on_boot_up: Callable[[int], None] | None = None  # pdo: from_node reads the layouts again: node id
+        self.on_heartbeat_of: Callable[[int], None] | None = None  # called for the heartbeats of ``unread`` nodes
+        self.unread: set[int] = set()  # node ids whose PDO layouts could not be read (pdo: from_node)
+        # TPDOs whose layout the node has not told yet (pdo: from_node): bad until then, whatever the heartbeat
+        self.pending: set[int] = set()
         for cfg, desc in table.canopen.get(bus, []):
             produced = desc.heartbeat_ms
             ms = cfg.heartbeat_timeout_ms if cfg.heartbeat_timeout_ms is not None else (
@@ -89,6 +95,10 @@ class NodeMonitor:
             if state == BOOT_UP:
                 node.boot_ups += 1
                 self._restarted(node, batch[pos + 1:])
+                if self.on_boot_up is not None:
+                    self.on_boot_up(node.node_id)
+            elif node.node_id in self.unread and self.on_heartbeat_of is not None:
+                self.on_heartbeat_of(node.node_id)
 
     def _restarted(self, node: WatchedNode, after: list[RawFrame]) -> None:
         """TPDOs received before the boot-up are bad until their next frame; ``after``: the rest of the batch
@@ -113,7 +123,7 @@ class NodeMonitor:
         self.store.held.discard(node.emcy)  # the last EMCY is an event record: good once there is one
         self.store.set_message_quality(node.emcy, Quality.GOOD if self.store.msg_count[node.emcy] else Quality.WAITING)
         for mi in node.tpdos:
-            if mi in node.restarted:
+            if mi in node.restarted or mi in self.pending:
                 continue
             self.store.held.discard(mi)
             if self.store.msg_count[mi] > node.counts_at_loss.get(mi, 0):
@@ -128,7 +138,7 @@ class NodeMonitor:
             for mi, before in list(node.restarted.items()):  # a TPDO seen since the boot-up is current
                 if store.msg_count[mi] > before:
                     del node.restarted[mi]
-                    if not node.lost:
+                    if not node.lost and mi not in self.pending:
                         store.held.discard(mi)
                         store.set_message_quality(mi, Quality.GOOD)
             if node.timeout_s is None:
@@ -144,11 +154,16 @@ class NodeMonitor:
                 store.held.add(mi)
                 store.set_message_quality(mi, Quality.BAD, reason)
 
-    def summary(self) -> dict[str, CanopenNodeStatus]:
-        """Per node: NMT state, heartbeats, boot-ups, lost, last EMCY (the bus status)."""
-        return {n.name: CanopenNodeStatus(
-            n.node_id, None if n.state is None else NMT_STATES.get(n.state, f"0x{n.state:02X}"), n.heartbeats,
-            n.boot_ups, n.lost, n.emcy_count, n.last_emcy) for n in self.nodes.values()}
+    def summary(self, sdo: Callable[[int], SdoCounters] | None = None) -> dict[str, CanopenNodeStatus]:
+        """Per node: NMT state, heartbeats, boot-ups, lost, last EMCY, and with ``sdo`` (the bus's SDO
+        client's counters by node id) its SDO transfers, aborts and timeouts (the bus status)."""
+        out = {}
+        for n in self.nodes.values():
+            c = sdo(n.node_id) if sdo is not None else None
+            out[n.name] = CanopenNodeStatus(
+                n.node_id, None if n.state is None else NMT_STATES.get(n.state, f"0x{n.state:02X}"), n.heartbeats,
+                n.boot_ups, n.lost, n.emcy_count, n.last_emcy, *((c.transfers, c.aborts, c.timeouts) if c else ()))
+        return out
 
 
 # CiA 301 emergency error code classes: (mask, value) -> name, the most specific first

@@ -202,7 +202,7 @@ class Runtime(Bridge):
             raise UnknownSignal(f"no signal named {name!r}")
         entry = self.table.message_list[self.table.signal_message[info.index]]
         if entry.sdo is not None and self.writes is not None:  # running: the bus is there to ask
-            await self.sdo_reads.read(entry)
+            await self.sdo_reads.refresh(entry)
         return self.store.value(info.index)
 
     def read_many(self, names: Iterable[str] | None = None) -> list[SignalValue]:
@@ -460,6 +460,10 @@ class Runtime(Bridge):
                 self.runners[e.info.bus].set_cyclic(e.index, _frame(e, e.initial), t.period_ms / 1000)
                 if not self.runners[e.info.bus].usable:
                     self.store.set_message_quality(e.index, Quality.BAD)
+        for r in self.runners.values():
+            self.writes.start_sync(r)
+            if r.pdo_from_node is not None:
+                r.pdo_from_node.start()
         self._spawn(self._supervise(), "supervisor")
         if self.sdo_reads.polls:
             self._spawn(self.sdo_reads.poll(), "sdo-poll")
@@ -500,7 +504,11 @@ class Runtime(Bridge):
         self.store.close()
         self.heard.close()
         for r in self.runners.values():
+            if self.writes is not None:
+                self.writes.stop_sync(r)
             r.stop()
+            if r.pdo_from_node is not None:
+                r.pdo_from_node.stop()
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             if t.get_name() in ("supervisor", "sdo-poll"):

@@ -2,6 +2,10 @@
 (``Bridge.refresh``) or polled at a configured interval, the answer decoded into the store by the
 object's generated decoder. A read that fails (the node's abort, no answer within the node's SDO
 timeout, the bus down) makes the value ``bad`` with the reason; the last value stays readable.
+
+A client's read (:meth:`SdoReads.refresh`, what the plugins call through ``Bridge.refresh``) answers from
+the cache while the last upload is younger than the node's ``max_age_ms`` and good; otherwise it uploads,
+and readers that ask while that upload is in flight share it rather than queue one each.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ class SdoReads:
         self.runners = runners
         self.reads = 0
         self.failed = 0
+        self.answered_from_cache = 0
+        self.last_read: dict[int, float] = {}  # message index -> loop time of its last good upload
+        self._inflight: dict[int, asyncio.Task[None]] = {}  # message index -> the upload readers share
         # (entry, interval s) of every polled object, from each node's poll_ms globs (the first that matches)
         self.polls: list[tuple[MessageEntry, float]] = []
         for bus, nodes in table.canopen.items():
@@ -63,9 +70,32 @@ class SdoReads:
             self._bad(entry, why + f"the node answered {len(data)} bytes for a {obj.size}-byte object")
             return
         self.reads += 1
+        self.last_read[entry.index] = asyncio.get_running_loop().time()
         if entry.index in self.store.held:  # a lost node's values stay bad until its heartbeat
             return
         self.store.transmitted(entry.index, entry.decoder, data[:obj.size], entry.signal_indices)
+
+    async def refresh(self, entry: MessageEntry) -> None:
+        """A client's read: nothing to do while the cached value is fresh (good, and uploaded less than
+        ``max_age_ms`` ago; without ``max_age_ms`` every read uploads), else the upload in flight for the
+        object or a new one. Shielded: a reader that gives up does not cancel the others' upload."""
+        obj = entry.sdo
+        assert obj is not None
+        if not obj.readable:
+            return
+        index = entry.index
+        loop = asyncio.get_running_loop()
+        done = self.last_read.get(index)
+        if (entry.timeout_s is not None and done is not None and loop.time() - done <= entry.timeout_s
+                and self.store.msg_quality[index] is Quality.GOOD):
+            self.answered_from_cache += 1
+            return
+        task = self._inflight.get(index)
+        if task is None:
+            task = loop.create_task(self.read(entry), name=f"sdo-read {entry.info.name}")
+            self._inflight[index] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(index, None))
+        await asyncio.shield(task)
 
     def _bad(self, entry: MessageEntry, reason: str) -> None:
         self.failed += 1

@@ -24,7 +24,7 @@ from canbridge._errors import BusError, FrameFormatError, RefusalReason, WriteRe
 from canbridge._frames import parse_frame
 from canbridge._model import Caller, Frame, Permission, Quality, SignalInfo, Value, WriteReceipt
 from canbridge.core.audit import AuditLog, AuditUnavailable
-from canbridge.core.busrunner import BusRunner
+from canbridge.core.busrunner import SYNC_CYCLIC, BusRunner
 from canbridge.core.can.j1939claim import request_frame
 from canbridge.core.can.sdo import TIMEOUT, SdoBusy, SdoError
 from canbridge.core.mapping.table import MappingTable, MessageEntry
@@ -392,6 +392,38 @@ class WritePath:
                     # the bus is down: the runner restarts the (initial) cyclic frame when it returns;
                     # this must not end supervision (it did: staleness stopped for every bus)
                     log.warning("%s: initial values not transmitted now: %s", e.info.name, err)
+
+    # --- the CANopen SYNC producer ---
+    def start_sync(self, runner: BusRunner) -> None:
+        """Send SYNC cyclically on the bus (``canopen.sync``), audited before its first frame; the runner
+        keeps it across reconnects. Without an audit record there is no SYNC (logged)."""
+        sync = runner.cfg.canopen.sync if runner.cfg.canopen is not None else None
+        if sync is None:
+            return
+        frame = Frame(sync.cob_id, b"", bus=runner.cfg.name)
+        target = f"{runner.cfg.name}.SYNC"
+        try:
+            seq = self.audit.record(who="bridge", plugin="core", user=None, address=None, target=target,
+                                    value=sync.period_ms, result="accepted", frame=frame.to_cansend(), cyclic=True,
+                                    event="sync_started", detail=f"SYNC producer every {sync.period_ms} ms")
+        except AuditUnavailable as e:
+            log.error("%s: SYNC not started: the audit log cannot be written (%s)", target, e)
+            return
+        try:
+            runner.set_cyclic(SYNC_CYCLIC, frame, sync.period_ms / 1000)
+        except BusError as e:  # remembered by the runner only when the driver took it: not sending
+            self.audit.record_event(event="send_failed", of=seq, target=target, result=RefusalReason.BUS_DOWN.value,
+                                    detail=str(e))
+            log.warning("%s: SYNC not started: %s", target, e)
+
+    def stop_sync(self, runner: BusRunner) -> None:
+        """End the SYNC transmission (the bridge stops), audited with the frames it sent."""
+        if SYNC_CYCLIC not in runner.cyclic:
+            return
+        sent = runner.cyclic[SYNC_CYCLIC].sent(time.monotonic())
+        runner.stop_cyclic(SYNC_CYCLIC)
+        self.audit.record_event(event="sync_stopped", target=f"{runner.cfg.name}.SYNC", frames=sent,
+                                detail=f"SYNC producer stopped after about {sent} frames")
 
     # --- raw frames ---
     async def send_frame(self, bus: str, frame: Any, caller: Caller) -> Frame:

@@ -1,8 +1,12 @@
 """Modbus request handling on register arrays, independent of the transport (TCP or RTU).
 
-Reads are answered synchronously from plain lists that the subscription updates in batches;
-writes are decided asynchronously by the bridge's write path before the response is built, so a
-refused write reaches the client as an exception response.
+Reads are answered synchronously from plain lists that the subscription updates in batches, except
+a read that covers a signal the device answers on demand (``SignalInfo.on_demand``, a CANopen object
+by SDO): its response is a coroutine, like a write's, that awaits ``Bridge.refresh`` of those signals
+(the cache answers at once while fresh) before the registers are answered, so the client waits for the
+upload, bounded by the node's SDO timeout and ``write_timeout_s``. Writes are decided asynchronously
+by the bridge's write path before the response is built, so a refused write reaches the client as an
+exception response.
 
 The protocol layer is pymodbus's (3.16): its request classes decode every request PDU, its
 response classes and ``ExceptionResponse`` build the answers (register reads excepted, see
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,6 +199,7 @@ class UnitSpace:
         self.stale: dict[str, bytearray] = {}
         self.known: dict[str, bytearray] = {}  # 1: a signal, quality, diagnostics or reserved address
         self.bad: dict[str, bytearray] = {}  # 1: the owning signal's value must not be served
+        self.demand: dict[str, bytearray] = {}  # 1: the owning signal is read from the device on demand
         self.owner: dict[str, dict[int, Placement]] = {}  # every address a signal covers
         # what the other known addresses hold: (kind, name), e.g. ("quality", signal)
         self.label: dict[str, dict[int, tuple[str, str]]] = {}
@@ -210,6 +215,7 @@ class UnitSpace:
                 stale.extend(b"\x01" * (((end + BLOCK - 1) >> BLOCK_BITS) - len(stale)))
             self.known.setdefault(table, bytearray()).extend(bytes(grow))
             self.bad.setdefault(table, bytearray()).extend(bytes(grow))
+            self.demand.setdefault(table, bytearray()).extend(bytes(grow))
             self.owner.setdefault(table, {})
 
     def touched(self, table: str, address: int, count: int) -> None:
@@ -269,13 +275,19 @@ class ModbusEngine:
         self.requests = 0
         self.exceptions = 0
         self.writes = 0
+        self.refreshes = 0  # reads that waited for on-demand signals
         signals = bridge.signals
+        self.on_demand = False  # any signal of the map read from the device on demand
         for p in rmap.placements.values():
             space = self._unit(p.unit)
             space.mark(p.table, p.address, p.count)
             space.mark(rmap.quality_table, p.quality_address, 1, ("quality", p.signal))
             for a in range(p.address, p.address + p.count):
                 space.owner[p.table][a] = p
+            info = signals.get(p.signal)
+            if info is not None and info.on_demand:
+                space.demand[p.table][p.address : p.address + p.count] = b"\x01" * p.count
+                self.on_demand = True
         for r in rmap.reserved:
             self._unit(r.unit).mark(r.table, r.address, r.count, ("reserved", r.signal))
             if r.quality_address is not None:
@@ -433,6 +445,11 @@ class ModbusEngine:
             address, count = _ADDRESS_COUNT(pdu, 1)
             if not 1 <= count <= MAX_READ_REGISTERS:  # what pymodbus's decode refuses
                 return self._exc(function, ExcCodes.ILLEGAL_VALUE)
+            if self.on_demand:
+                names = self._demanded(self.units[unit], READ_TABLES[function], address, address + count)
+                if names:
+                    return self._refresh_then(names, function, lambda: self._read_registers(
+                        self.units[unit], function, address, count))
             return self._read_registers(self.units[unit], function, address, count)
         if function not in FUNCTIONS:
             if function in UNSERVED_WRITES:
@@ -452,6 +469,12 @@ class ModbusEngine:
         space = self.units[unit]
         table = READ_TABLES.get(function)
         if table is not None:
+            if self.on_demand:
+                names = self._demanded(space, table, request.address, request.address + request.count)
+                if names:
+                    where = table
+                    return self._refresh_then(names, function, lambda: self._read(
+                        space, function, where, request.address, request.count))
             return self._read(space, function, table, request.address, request.count)
         if values is None:
             self._refuse_request(unit, function, pdu, peer, RefusalReason.UNSUPPORTED,
@@ -476,6 +499,32 @@ class ModbusEngine:
         else:  # 15, 16: address and quantity
             done = FUNCTIONS[function][1](address=request.address, count=len(values))
         return self._write(function, items, caller, single=function in (5, 6), done=pdu_bytes(done))
+
+    @staticmethod
+    def _demanded(space: UnitSpace, table: str, address: int, end: int) -> list[str]:
+        """The on-demand signals whose registers the range covers (none: answer from the arrays)."""
+        demand = space.demand.get(table)
+        if demand is None or demand.find(1, address, min(end, len(demand))) == -1:
+            return []
+        owners = space.owner[table]
+        return list(dict.fromkeys(owners[a].signal for a in range(address, min(end, len(demand))) if demand[a]))
+
+    async def _refresh_then(self, names: list[str], function: int, answer: Callable[[], bytes]) -> bytes:
+        """Ask the device for ``names`` (``Bridge.refresh``), store what it said, then ``answer()``: the
+        value, or the exception (0B) of a value the upload made bad, as for any bad value."""
+        self.refreshes += 1
+        try:
+            values = await asyncio.wait_for(asyncio.gather(*(self.bridge.refresh(n) for n in names)),
+                                            timeout=self.write_timeout_s)
+        except TimeoutError:
+            log.warning("modbus read of %s: no answer of the device within %ss", ", ".join(names), self.write_timeout_s)
+            return self._exc(function, ExcCodes.GATEWAY_NO_RESPONSE)
+        except Exception:
+            log.exception("modbus read of %s failed", ", ".join(names))
+            return self._exc(function, ExcCodes.DEVICE_FAILURE)
+        for sv in values:
+            self._store(self.slots[sv.name], sv.value, sv.quality)
+        return answer()
 
     def _exc(self, function: int, code: ExcCodes) -> bytes:
         self.exceptions += 1

@@ -298,6 +298,12 @@ class _Session(InternalSession):
         return [r if r is not None else status(StatusCodes.BadInternalError) for r in results]
 
     async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
+        svc = self.service
+        demanded = [sig.info.name for rv in params.NodesToRead
+                    if rv.AttributeId == AttributeIds.Value and (sig := svc.signal_for(rv.NodeId)) is not None
+                    and sig.info.on_demand]
+        if demanded:  # objects the device answers on demand (CANopen SDO): ask it before answering
+            await svc.refresh(demanded)
         results: list[ua.DataValue] = await super().read(params)
         if role_of(self.user) != "operator":
             # A read-only login sees no CurrentWrite bit in UserAccessLevel (the attribute is per user).
@@ -730,6 +736,17 @@ class OpcUaService:
             except Exception:
                 log.exception("opcua: value updates failed; resubscribing in 1 s")
                 await asyncio.sleep(1.0)
+
+    async def refresh(self, names: list[str]) -> None:
+        """``Bridge.refresh`` of on-demand signals (the cache answers at once while fresh, else one upload
+        each, waited for up to the node's SDO timeout), their values put into the address space, so the
+        Read that asked answers with what the device said, or Bad with the reason's status."""
+        try:
+            values = await asyncio.gather(*(self.bridge.refresh(n) for n in dict.fromkeys(names)))
+        except CanbridgeError as e:
+            log.warning("opcua: reading %s from the device failed: %s", ", ".join(names), e)
+            return
+        await self.apply(values)
 
     async def apply(self, batch: Iterable[SignalValue]) -> None:
         """Put a batch of signal values into the address space and notify monitored items.

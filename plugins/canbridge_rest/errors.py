@@ -43,6 +43,7 @@ class ApiError(Exception):
 
 
 MAX_WRITE_ITEMS = 256
+MAX_REFRESH = 64  # on-demand signals one GET /signals?refresh=true reads from the devices (SDO queues, bus)
 
 REFUSAL_STATUS = {
     canbridge.RefusalReason.UNKNOWN_SIGNAL: 404,

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import canbridge
 from canbridge_rest import models
 from canbridge_rest.config import Role
-from canbridge_rest.errors import API, MAX_WRITE_ITEMS, REFUSAL_STATUS, STATIC, ApiError, json_response
+from canbridge_rest.errors import API, MAX_REFRESH, MAX_WRITE_ITEMS, REFUSAL_STATUS, STATIC, ApiError, json_response
 from canbridge_rest.guard import (
     BodyError,
     loads,
@@ -78,7 +78,9 @@ async def list_signals(request: web.Request) -> web.StreamResponse:
     state = rest_state(request)
     q = request.query
     bus, message, pattern, quality = q.get("bus"), q.get("message"), q.get("name"), q.get("quality")
-    writable = q.get("writable")
+    writable, refresh = q.get("writable"), q.get("refresh")
+    if refresh is not None and refresh not in ("true", "false"):
+        raise ApiError(400, "bad_request", f"'refresh' must be true or false, got {refresh!r}")
     if quality is not None and quality not in {m.value for m in canbridge.Quality}:
         raise ApiError(400, "bad_request", f"'quality' must be good, stale, bad or waiting, got {quality!r}")
     if writable is not None and writable not in ("true", "false"):
@@ -92,6 +94,12 @@ async def list_signals(request: web.Request) -> web.StreamResponse:
         and (pattern is None or fnmatch.fnmatchcase(n, pattern))
         and (writable is None or info.writable == (writable == "true"))
     ]
+    if refresh == "true":
+        demanded = [n for n in names if infos[n].on_demand]
+        if len(demanded) > MAX_REFRESH:
+            raise ApiError(400, "bad_request", f"refresh=true covers {len(demanded)} on-demand signals, at most "
+                           f"{MAX_REFRESH} are read from the devices per request; narrow the filters")
+        await asyncio.gather(*(state.bridge.refresh(n) for n in demanded))
     now = time.time_ns()
     out = [
         models.signal(_static(state, infos[sv.name]), infos[sv.name], sv, now)
@@ -105,7 +113,9 @@ async def get_signal(request: web.Request) -> web.StreamResponse:
     state = rest_state(request)
     name = request.match_info["name"]
     info = _signal_info(state, name)
-    return json_response(models.signal(_static(state, info), info, state.bridge.read(name)))
+    # an on-demand signal (a CANopen object by SDO): the device is asked unless the cached value is fresh
+    value = await state.bridge.refresh(name) if info.on_demand else state.bridge.read(name)
+    return json_response(models.signal(_static(state, info), info, value))
 
 
 def _receipt(receipt: canbridge.WriteReceipt) -> dict[str, Any]:

@@ -219,6 +219,9 @@ class CanopenNodeOut(_Out):
     lost: bool = Field(description="no heartbeat within the consumer time: its signals are bad")
     emcy_count: int
     last_emcy: EmcyOut | None
+    sdo_transfers: int = Field(description="SDO uploads and downloads begun with the node")
+    sdo_aborts: int = Field(description="SDO transfers the node aborted")
+    sdo_timeouts: int = Field(description="SDO transfers the node did not answer in time (aborted by the bridge)")
 
 
 class DtcOut(_Out):
@@ -475,7 +478,8 @@ def canopen_node(n: canbridge.CanopenNodeStatus) -> dict[str, Any]:
     e = n.last_emcy
     return {
         "node_id": n.node_id, "nmt_state": n.nmt_state, "heartbeats": n.heartbeats, "boot_ups": n.boot_ups,
-        "lost": n.lost, "emcy_count": n.emcy_count,
+        "lost": n.lost, "emcy_count": n.emcy_count, "sdo_transfers": n.sdo_transfers, "sdo_aborts": n.sdo_aborts,
+        "sdo_timeouts": n.sdo_timeouts,
         "last_emcy": None if e is None else {
             "code": e.code, "error_class": e.error_class, "error_register": e.error_register,
             "register_bits": list(e.register_bits), "manufacturer": e.manufacturer.hex(),

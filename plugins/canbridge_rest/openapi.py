@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 import canbridge
 from canbridge_rest import models
 from canbridge_rest.config import RestConfig
+from canbridge_rest.errors import MAX_REFRESH
 
 if TYPE_CHECKING:
     from canbridge_rest.state import Route
@@ -121,10 +122,12 @@ _OPS: dict[str, dict[str, Any]] = {
             _q("name", "only signals whose full name matches this glob pattern, e.g. demo.Motor*"),
             _q("quality", "only signals of this quality", _QUALITY),
             _q("writable", "only writable (true) or read-only (false) signals", _BOOL_Q),
+            _q("refresh", "true: ask the devices for the on-demand signals of the answer first (CANopen "
+               f"objects by SDO; at most {MAX_REFRESH}, else 400); default: their cached values", _BOOL_Q),
         ],
         "responses": {
             "200": _json(_ref("SignalList"), "the signals, in mapping-table order"),
-            "400": _err("a filter is invalid"),
+            "400": _err("a filter is invalid, or refresh=true covers too many on-demand signals"),
         },
     },
     "getSignal": {

@@ -294,6 +294,7 @@ def _build_table(
                     multiplexer_ids=tuple(s.multiplexer_ids) if s.multiplexer_ids else None,
                     is_multiplexer=bool(s.is_multiplexer),
                     max_write_rate=mc.write_rate if s.name in writable_sigs else None,
+                    on_demand=sdo is not None and sdo.readable,
                 )
                 signals[sname] = info
                 signal_list.append(info)

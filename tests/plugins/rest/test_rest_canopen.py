@@ -35,7 +35,7 @@ async def test_tpdo_signals_and_node_state_on_rest() -> None:
         models.BusDetail.model_validate(detail)
         assert detail["canopen"]["drive1"] == {
             "node_id": 5, "nmt_state": "operational", "heartbeats": 2, "boot_ups": 1, "lost": False,
-            "emcy_count": 1, "last_emcy": {
+            "emcy_count": 1, "sdo_transfers": 0, "sdo_aborts": 0, "sdo_timeouts": 0, "last_emcy": {
                 "code": 0x4210, "error_class": "temperature / device", "error_register": 9,
                 "register_bits": ["generic", "temperature"], "manufacturer": "aabbccddee",
                 "timestamp": detail["canopen"]["drive1"]["last_emcy"]["timestamp"]}}
