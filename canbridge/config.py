@@ -164,7 +164,8 @@ class BusConfig(Strict):
             seen = [getattr(n, attr) for n in self.nodes]
             dup = sorted({str(v) for v in seen if seen.count(v) > 1})
             if dup:
-                raise ValueError(f"nodes: duplicate node {attr} {', '.join(dup)}")
+                who = ", ".join(f"{n.name} ({n.eds})" for n in self.nodes if str(getattr(n, attr)) in dup)
+                raise ValueError(f"nodes: duplicate node {attr} {', '.join(dup)} on bus {self.name}: {who}")
         if self.interface == "replay" and self.replay is None:
             raise ValueError("interface 'replay' needs a 'replay: {file: ...}' section")
         if self.replay is not None and self.interface != "replay":
