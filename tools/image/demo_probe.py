@@ -61,6 +61,15 @@ def ready() -> bool:
     return status == 200
 
 
+CANOPEN_SIGNAL = "canopen.io1.Read_analogue_input_16_bit.Analogue_input_1"
+
+
+def canopen_live() -> bool:
+    """The demo's CANopen node is operational (heartbeat) and its TPDO value good."""
+    values = [json.loads(http_get(f"/api/v1/signals/{n}")[1]) for n in ("canopen.io1.NMT_state", CANOPEN_SIGNAL)]
+    return all(v.get("quality") == "good" for v in values) and values[0].get("value") in (5, "operational")
+
+
 def probe_plugins(proc: subprocess.Popen[bytes], deadline: float) -> None:
     # Readiness, not a start-up banner: the banner's wording is for people and changes.
     wait_for("GET /readyz = 200", ready, proc, deadline)
@@ -77,6 +86,9 @@ def probe_plugins(proc: subprocess.Popen[bytes], deadline: float) -> None:
     if status != 200 or name not in json.dumps(doc):
         raise SystemExit(f"GET signal: HTTP {status}, {body[:200]!r}")
     print(f"demo_probe: REST ok (dashboard, static, {name})")
+    # the CANopen bus: the simulated I/O module boots, sends its heartbeat and TPDO1 (canbridge/demo/io_module.eds)
+    wait_for(f"{CANOPEN_SIGNAL} good", canopen_live, proc, deadline)
+    print(f"demo_probe: CANopen ok ({CANOPEN_SIGNAL} good, node operational)")
     for plugin in ("opcua", "modbus"):
         port = PORTS[plugin]
         wait_for(f"{plugin} port {port}", functools.partial(port_busy, port), proc, deadline)

@@ -137,6 +137,7 @@ class NodeDescription:
     sdo: dict[str, SdoObject] = field(default_factory=dict)  # message name (<node>.SDO.<object>) -> object
     nmt: str | None = None  # the message name of the node's NMT commands (<node>.NMT), when enabled
     rpdo: dict[str, frozenset[str]] = field(default_factory=dict)  # RPDO message name -> its writable signals
+    file: Path | None = None  # the EDS/DCF it was read from (the simulator plays the node from it)
 
 
 def _value(var: Any) -> Any:
@@ -228,7 +229,8 @@ def describe_node(path: Path, node_id: int, node: str, sdo: list[str] | None = N
         messages.append(nmt_message(node_id, node))
     hb = _sub(od, PRODUCER_HEARTBEAT, 0)
     heartbeat = int(_value(hb) or 0) if hb is not None else None
-    return NodeDescription(messages, objects, heartbeat or None, sdo_objects, f"{node}.NMT" if nmt else None, rpdo)
+    return NodeDescription(messages, objects, heartbeat or None, sdo_objects, f"{node}.NMT" if nmt else None, rpdo,
+                           path)
 
 
 def _pdo(od: Any, path: Path, comm: int, mapping: int, pdo: str, owner: dict[str, str],

@@ -165,3 +165,18 @@ def test_check_command_prints_them_and_fails(tmp_path: Path, capsys: pytest.Capt
     assert main(["check", "--no-interfaces", str(config)]) == 1
     err = capsys.readouterr().err
     assert "1 problem found:" in err and "reserved by CiA 301 for heartbeat / boot-up" in err
+
+
+def test_check_warned_about_canopen_messages_as_the_dbcs(tmp_path: Path) -> None:
+    """Regression: the staleness warning of a DBC mapping counted the CANopen nodes' heartbeat, EMCY and SDO
+    messages as the DBC's own ("demo.dbc gives them no cycle time")."""
+    dbc = tmp_path / "plain.dbc"
+    dbc.write_text('VERSION ""\n\nBU_: ECU\n\nBO_ 256 Plain: 1 ECU\n SG_ Value : 0|8@1+ (1,0) [0|0] "" ECU\n')
+    config = tmp_path / "bridge.yaml"
+    node = f"{{id: 5, name: d, eds: {EDS}}}"
+    config.write_text(f"buses: [{{name: line, interface: virtual, channel: x, nodes: [{node}]}}]\n"
+                      f"mappings: [{{bus: line, dbc: {dbc}}}]\n")
+    report = check_file(config, REGISTRY, interfaces=False, ports=False)
+    assert report.problems == []
+    (warning,) = [str(w) for w in report.warnings]
+    assert "staleness is off for 1 of 1 received messages (Plain)" in warning
