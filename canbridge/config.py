@@ -272,7 +272,8 @@ class WaveProfile(Strict):
 class SimulatorConfig(Strict):
     """An in-process ECU simulator (used by the demo)."""
 
-    bus: str = Field(description="name of a configured bus whose received messages it plays")
+    bus: str = Field(description="name of a configured bus whose received messages it plays; the bus's CANopen "
+                     "nodes play themselves from their EDS/DCF (heartbeat, TPDOs, SDO server; docs/canopen.md)")
     follow: dict[str, str] = Field(
         default_factory=dict, description="status signal -> command signal whose value it shows (Message.Signal)"
     )
