@@ -208,7 +208,10 @@ def _mapping_warnings(i: int, mc: MappingConfig, table: MappingTable, file: str 
     key = "dbc" if mc.dbc is not None else "signals"
     where = (file, lines.get(("mappings", i, key)), f"mappings[{i}].{key}") if file else (str(mc.file), None, None)
     out = []
-    rx = [e for e in table.message_list if e.info.direction == "rx"]
+    # the table is built with every bus's CANopen nodes: their messages are not this mapping file's
+    nodes = {f"{bus}.{m.name}" for bus, described in table.canopen.items() for _, d in described for m in d.messages}
+    own = [e for e in table.message_list if e.info.name not in nodes]
+    rx = [e for e in own if e.info.direction == "rx"]
     never_stale = [e.info.message for e in rx if e.timeout_s is None]
     if never_stale:
         out.append(Problem(
@@ -216,7 +219,7 @@ def _mapping_warnings(i: int, mc: MappingConfig, table: MappingTable, file: str 
             f"{mc.file.name} gives them no cycle time (GenMsgCycleTime), so their values stay 'good' when "
             "the sender stops; give them a timeout with stale_after_ms", *where))
     clipped = []
-    for e in table.message_list:
+    for e in own:
         for sig in e.db_message.signals:
             mn, mx = sig.minimum, sig.maximum
             if sig.is_float or (mn is None and mx is None) or (mn == 0 and mx == 0):
@@ -535,7 +538,7 @@ def demo_plugins(northbound: Mapping[str, NorthboundPlugin]) -> tuple[dict[str, 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from canbridge.core.app import build_runtime, demo_config, demo_state_dir, private_dir
+    from canbridge.core.app import DEMO_CANOPEN_BUS, build_runtime, demo_config, demo_state_dir, private_dir
     from canbridge.core.host import load_registry
 
     _setup_logging(args.log_level or "WARNING")
@@ -546,7 +549,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"canbridge demo: {e}", file=sys.stderr)
         return 1
-    data = demo_config(plugins=plugins, state_dir=state, truck=True)
+    data = demo_config(plugins=plugins, state_dir=state, truck=True, canopen=True)
     try:
         runtime = build_runtime(parse_config(data), registry, base_dir=Path.cwd())
     except ConfigError as e:
@@ -559,7 +562,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     t = runtime.table
-    writable = ", ".join(s.signal for s in t.signal_list if s.writable)
+    writable = ", ".join(s.signal for s in t.signal_list if s.writable and s.bus == "demo")
     print(f"canbridge {__version__} demo: simulated motor controller, battery and vehicle ECUs on a virtual CAN bus")
     demo_messages = t.messages_of("demo")
     print(f"  {len(demo_messages)} messages, {sum(len(e.info.signals) for e in demo_messages)} signals from "
@@ -569,6 +572,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if truck:
         print(f"  and a J1939 bus 'truck': an engine (0x00) and a transmission (0x03) sending "
               f"{len({e.db_message.name for e in truck})} parameter groups and DM1s (BAM)")
+    io = [s for s in t.signal_list if s.bus == DEMO_CANOPEN_BUS]
+    if io:
+        print(f"  and a CANopen bus {DEMO_CANOPEN_BUS!r}: I/O module io1 (node 3) from canbridge/demo/io_module.eds, "
+              f"{len(io)} signals (TPDO1, RPDO1, heartbeat, EMCY, SDO); writable: "
+              f"{', '.join(s.name for s in io if s.writable)}")
     print(f"  state (certificates, register map, audit log): {state}")
     if not plugins:
         print("  no northbound plugins (--no-plugins): the core runs alone")

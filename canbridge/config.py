@@ -186,7 +186,8 @@ class BusConfig(Strict):
             seen = [getattr(n, attr) for n in self.nodes]
             dup = sorted({str(v) for v in seen if seen.count(v) > 1})
             if dup:
-                raise ValueError(f"nodes: duplicate node {attr} {', '.join(dup)}")
+                who = ", ".join(f"{n.name} ({n.eds})" for n in self.nodes if str(getattr(n, attr)) in dup)
+                raise ValueError(f"nodes: duplicate node {attr} {', '.join(dup)} on bus {self.name}: {who}")
         if self.interface == "replay" and self.replay is None:
             raise ValueError("interface 'replay' needs a 'replay: {file: ...}' section")
         if self.replay is not None and self.interface != "replay":
@@ -293,7 +294,8 @@ class WaveProfile(Strict):
 class SimulatorConfig(Strict):
     """An in-process ECU simulator (used by the demo)."""
 
-    bus: str = Field(description="name of a configured bus whose received messages it plays")
+    bus: str = Field(description="name of a configured bus whose received messages it plays; the bus's CANopen "
+                     "nodes play themselves from their EDS/DCF (heartbeat, TPDOs, SDO server; docs/canopen.md)")
     follow: dict[str, str] = Field(
         default_factory=dict, description="status signal -> command signal whose value it shows (Message.Signal)"
     )

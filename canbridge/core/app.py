@@ -71,13 +71,34 @@ def demo_truck(channel: str) -> dict[str, Any]:
     }
 
 
+DEMO_EDS = DEMO_DBC.parent / "io_module.eds"
+DEMO_CANOPEN_BUS = "canopen"
+DEMO_CANOPEN_NODE: dict[str, Any] = {
+    "id": 3, "name": "io1", "eds": str(DEMO_EDS),
+    # the objects worth showing by SDO (the file's PDO and communication parameters are not)
+    "sdo": ["Device_type", "Identity_object.*", "Producer_heartbeat_time", "Supply_voltage",
+            "Write_analogue_output_16_bit.Analogue_output_1"],
+    "writable": ["Write_output_8_bit.Digital_outputs_1_8", "Write_analogue_output_16_bit.Analogue_output_1"],
+    "poll_ms": {"Supply_voltage": 1000},
+    "nmt": True,
+}
+
+
 def demo_config(channel: str | None = None, plugins: dict[str, Any] | None = None,
-                state_dir: Path | None = None, truck: bool = False) -> dict[str, Any]:
+                state_dir: Path | None = None, *, truck: bool = False, canopen: bool = False) -> dict[str, Any]:
     """The demo: a virtual bus with the demo DBC, MotorCommand writable and sent every 100 ms; with
-    ``truck``, a second virtual bus of J1939 traffic (``canbridge demo``; tests leave it out)."""
+    ``truck``, a second virtual bus of J1939 traffic; with ``canopen``, a CANopen bus with a simulated I/O
+    module from its EDS (``canbridge demo`` has both; tests leave them out)."""
+    buses: list[dict[str, Any]] = [{"name": "demo", "interface": "virtual", "channel": channel or "canbridge-demo",
+                                    "bitrate": 500000}]
+    sims: list[dict[str, Any]] = []
+    if canopen:
+        buses.append({"name": DEMO_CANOPEN_BUS, "interface": "virtual",
+                      "channel": f"{channel or 'canbridge-demo'}-canopen", "bitrate": 250000,
+                      "nodes": [dict(DEMO_CANOPEN_NODE)]})
+        sims.append({"bus": DEMO_CANOPEN_BUS})  # the node plays itself from its EDS (core/simulator_canopen.py)
     data: dict[str, Any] = {
-        "buses": [{"name": "demo", "interface": "virtual", "channel": channel or "canbridge-demo",
-                   "bitrate": 500000}],
+        "buses": buses,
         "mappings": [{
             "bus": "demo", "dbc": str(DEMO_DBC), "writable": ["MotorCommand.*"],
             "transmit": {"MotorCommand": {"period_ms": 100}}, "write_rate": 20,
@@ -91,7 +112,7 @@ def demo_config(channel: str | None = None, plugins: dict[str, Any] | None = Non
             "constants": {"MotorStatus.MotorState": 2, "Diagnostics.FirmwareMajor": 2, "Diagnostics.FirmwareMinor": 7,
                           "Diagnostics.ErrorCount": 0, "Diagnostics.LastErrorCode": 0},
             "counters": {"Diagnostics.UptimeSeconds": 1.0, "VehicleInfo.Odometer": 0.02},
-        }],
+        }, *sims],
         "plugins": plugins or {},
         **({"state_dir": str(state_dir)} if state_dir else {}),
     }

@@ -14,6 +14,7 @@ from typing import Any
 import can
 
 from canbridge.core.mapping.table import MappingTable, MessageEntry, frame_key
+from canbridge.core.simulator_canopen import CanopenNodes
 from canbridge.core.simulator_j1939 import J1939Ecus
 
 log = logging.getLogger("canbridge.simulator")
@@ -37,7 +38,8 @@ class Simulator:
         self.waves = dict(waves or {})
         self.constants = dict(constants or {})
         self.counters = dict(counters or {})
-        entries = table.messages_of(bus_name)
+        self.canopen = CanopenNodes(table, bus_name, bus)  # the bus's CANopen nodes play themselves
+        entries = [e for e in table.messages_of(bus_name) if not self.canopen.owns(e)]
         self.played = [e for e in entries if e.info.direction == "rx"]
         self.heard = {frame_key(e.info.frame_id, e.info.extended): e for e in entries if e.info.direction == "tx"}
         self.commands: dict[str, Any] = {}  # "Message.Signal" -> last value the bridge sent
@@ -123,7 +125,8 @@ class Simulator:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        notifier = can.Notifier(self.bus, [self._on_message], loop=loop)
+        notifier = can.Notifier(self.bus, [self._on_message, *self.canopen.listeners], loop=loop)
+        nodes = asyncio.create_task(self.canopen.run(self._stop), name=f"simulator-{self.bus_name}-canopen")
         t0 = self._t0 = time.monotonic()
         next_due = {e.info.name: 0.0 for e in self.played}
         j1939 = self.j1939
@@ -155,9 +158,11 @@ class Simulator:
                 except TimeoutError:
                     pass
         finally:
+            self._stop.set()
             if j1939 is not None and ecus is not None:
                 j1939.stop()
                 await asyncio.gather(ecus, return_exceptions=True)
+            await nodes
             notifier.stop(timeout=1)
 
     def stop(self) -> None:

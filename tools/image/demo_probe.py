@@ -67,6 +67,15 @@ def truck_dm1() -> bool:
     return status == 200 and {"0x00", "0x03"} <= set(json.loads(body).get("dm1", {}))
 
 
+CANOPEN_SIGNAL = "canopen.io1.Read_analogue_input_16_bit.Analogue_input_1"
+
+
+def canopen_live() -> bool:
+    """The demo's CANopen node is operational (heartbeat) and its TPDO value good."""
+    values = [json.loads(http_get(f"/api/v1/signals/{n}")[1]) for n in ("canopen.io1.NMT_state", CANOPEN_SIGNAL)]
+    return all(v.get("quality") == "good" for v in values) and values[0].get("value") in (5, "operational")
+
+
 def probe_plugins(proc: subprocess.Popen[bytes], deadline: float) -> None:
     # Readiness, not a start-up banner: the banner's wording is for people and changes.
     wait_for("GET /readyz = 200", ready, proc, deadline)
@@ -85,6 +94,9 @@ def probe_plugins(proc: subprocess.Popen[bytes], deadline: float) -> None:
     print(f"demo_probe: REST ok (dashboard, static, {name})")
     wait_for("the J1939 bus truck: DM1 of the engine and the transmission", truck_dm1, proc, deadline)
     print("demo_probe: J1939 ok (bus truck: DM1 of 0x00 and 0x03 by BAM)")
+    # the CANopen bus: the simulated I/O module boots, sends its heartbeat and TPDO1 (canbridge/demo/io_module.eds)
+    wait_for(f"{CANOPEN_SIGNAL} good", canopen_live, proc, deadline)
+    print(f"demo_probe: CANopen ok ({CANOPEN_SIGNAL} good, node operational)")
     for plugin in ("opcua", "modbus"):
         port = PORTS[plugin]
         wait_for(f"{plugin} port {port}", functools.partial(port_busy, port), proc, deadline)

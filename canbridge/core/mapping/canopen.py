@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,38 @@ _DUMMY = range(0x0001, 0x0008)  # dummy mapping entries (data type indices): gap
 SDO_REQUEST = 0x600  # client -> server COB-ID base: the "frame id" shown for an object served by SDO
 WRITABLE_ACCESS = ("rw", "wo", "rww", "rwr")
 READABLE_ACCESS = ("ro", "rw", "rww", "rwr", "const")
+# CiA 301's restricted CAN-IDs (7.3.5) plus SYNC and the default EMCY range: no PDO may use them
+_RESTRICTED: tuple[tuple[int, int, str], ...] = (
+    (0x000, 0x000, "NMT"), (0x001, 0x07F, "reserved"), (0x080, 0x080, "SYNC"), (0x081, 0x0FF, "EMCY"),
+    (0x101, 0x180, "reserved"), (0x581, 0x5FF, "SDO server to client"), (0x601, 0x67F, "SDO client to server"),
+    (0x6E0, 0x6FF, "reserved"), (0x701, 0x77F, "heartbeat / boot-up"), (0x780, 0x7FF, "reserved (LSS)"),
+)
+
+
+def restricted_use(cob_id: int) -> str | None:
+    """What CiA 301 reserves a standard CAN-ID for, when a PDO may not use it (None: free for PDOs)."""
+    return next((what for lo, hi, what in _RESTRICTED if lo <= cob_id <= hi), None)
+
+
+def reserved_ids(nodes: Sequence[CanopenNodeConfig]) -> dict[int, str]:
+    """The standard ids a bus with CANopen nodes keeps for them beyond their mapped messages (heartbeat and
+    EMCY are mapped messages already): NMT, SYNC and each node's two SDO channels."""
+    if not nodes:
+        return {}
+    out = {0x000: "CANopen NMT id", 0x080: "CANopen SYNC id"}
+    for n in nodes:
+        out[0x580 + n.id] = f"SDO answer id of CANopen node {n.name}"
+        out[0x600 + n.id] = f"SDO request id of CANopen node {n.name}"
+    return out
+
+
+class NodeFileError(MappingError):
+    """Every problem found in one node's file (each a MappingError), so that ``check`` lists them all."""
+
+    def __init__(self, errors: list[MappingError]) -> None:
+        first = errors[0]
+        super().__init__(first.detail, first.file, first.line)
+        self.errors = errors
 
 
 def part_name(text: str) -> str:
@@ -104,6 +137,7 @@ class NodeDescription:
     sdo: dict[str, SdoObject] = field(default_factory=dict)  # message name (<node>.SDO.<object>) -> object
     nmt: str | None = None  # the message name of the node's NMT commands (<node>.NMT), when enabled
     rpdo: dict[str, frozenset[str]] = field(default_factory=dict)  # RPDO message name -> its writable signals
+    file: Path | None = None  # the EDS/DCF it was read from (the simulator plays the node from it)
 
 
 def _value(var: Any) -> Any:
@@ -129,7 +163,20 @@ def load_od(path: Path, node_id: int) -> Any:
     try:
         return canopen.objectdictionary.import_od(str(path), node_id)
     except Exception as e:  # configparser, ValueError, KeyError: a broken file, not a crash
-        raise MappingError(f"cannot read EDS/DCF: {type(e).__name__}: {e}", file=str(path)) from e
+        line = _error_line(e)
+        text = str(e).splitlines()[0] if line is not None and str(e) else str(e)
+        raise MappingError(f"cannot read EDS/DCF: {type(e).__name__}: {text}", file=str(path), line=line) from e
+
+
+def _error_line(e: Exception) -> int | None:
+    """The line the INI parser names (configparser's errors carry it), None where it gives none."""
+    lineno = getattr(e, "lineno", None)
+    if isinstance(lineno, int):
+        return lineno
+    errors = getattr(e, "errors", None)  # configparser.ParsingError: [(lineno, line), ...]
+    if errors and isinstance(errors[0], tuple) and isinstance(errors[0][0], int):
+        return int(errors[0][0])
+    return None
 
 
 def describe_node(path: Path, node_id: int, node: str, sdo: list[str] | None = None,
@@ -144,9 +191,15 @@ def describe_node(path: Path, node_id: int, node: str, sdo: list[str] | None = N
                              **{f"EMCY.{n}": "the EMCY message" for n in _EMCY_FIELDS}}
     rpdo: dict[str, frozenset[str]] = {}
     wanted = writable or []
+    errors: list[MappingError] = []  # every PDO's problems, not only the first one's
     for label, comm_base, map_base in (("TPDO", TPDO_COMM, TPDO_MAP), ("RPDO", RPDO_COMM, RPDO_MAP)):
         for n in range(PDO_COUNT):
-            layout = _pdo(od, path, comm_base + n, map_base + n, f"{label}{n + 1}", owner, objects, label == "RPDO")
+            try:
+                layout = _pdo(od, path, comm_base + n, map_base + n, f"{label}{n + 1}", owner, objects,
+                              label == "RPDO")
+            except MappingError as e:
+                errors.append(e)
+                continue
             if layout is None:
                 continue
             cob, signals, bits = layout
@@ -167,6 +220,8 @@ def describe_node(path: Path, node_id: int, node: str, sdo: list[str] | None = N
                 length=(bits + 7) // 8, signals=signals, is_extended_frame=bool(cob & COB_EXTENDED),
                 cycle_time=cycle or None, comment=f"CANopen {pdo} of node {node_id}", strict=True,
             ))
+    if errors:
+        raise NodeFileError(errors)
     messages.append(heartbeat_message(node_id, node))
     messages.append(emcy_message(node_id, node))
     sdo_objects = _sdo_messages(od, path, node_id, node, sdo or [], writable or [], objects, owner, messages)
@@ -174,7 +229,8 @@ def describe_node(path: Path, node_id: int, node: str, sdo: list[str] | None = N
         messages.append(nmt_message(node_id, node))
     hb = _sub(od, PRODUCER_HEARTBEAT, 0)
     heartbeat = int(_value(hb) or 0) if hb is not None else None
-    return NodeDescription(messages, objects, heartbeat or None, sdo_objects, f"{node}.NMT" if nmt else None, rpdo)
+    return NodeDescription(messages, objects, heartbeat or None, sdo_objects, f"{node}.NMT" if nmt else None, rpdo,
+                           path)
 
 
 def _pdo(od: Any, path: Path, comm: int, mapping: int, pdo: str, owner: dict[str, str],
@@ -191,6 +247,9 @@ def _pdo(od: Any, path: Path, comm: int, mapping: int, pdo: str, owner: dict[str
     if cob & COB_INVALID or count == 0:
         return None
     where = f"{pdo} (0x{mapping:04X})"
+    if not cob & COB_EXTENDED and (use := restricted_use(cob & 0x7FF)) is not None:
+        raise MappingError(f"{pdo} COB-ID 0x{cob & 0x7FF:03X} (0x{comm:04X}sub1) is reserved by CiA 301 for {use}",
+                           file=str(path))
     signals: list[Signal] = []
     start = 0
     for k in range(1, count + 1):
@@ -205,6 +264,9 @@ def _pdo(od: Any, path: Path, comm: int, mapping: int, pdo: str, owner: dict[str
         var = _sub(od, index, sub)
         if var is None:
             raise MappingError(f"{where}: maps 0x{index:04X}sub{sub}, which is not in the dictionary", file=str(path))
+        if not var.pdo_mappable:
+            raise MappingError(f"{where}: maps 0x{index:04X}sub{sub} ({var.name}), which the dictionary does not "
+                               "allow in a PDO (PDOMapping=0)", file=str(path))
         kind = _NUMERIC.get(var.data_type)
         if kind is None:
             raise MappingError(f"{where}: 0x{index:04X}sub{sub} has data type 0x{var.data_type:04X}, which "

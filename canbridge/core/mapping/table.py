@@ -15,7 +15,7 @@ from canbridge._model import MessageInfo, SignalInfo, physical_range
 from canbridge._plugin import MappingFormat
 from canbridge.config import CanopenNodeConfig, Config, MappingConfig, TransmitConfig
 from canbridge.core.gcpause import gc_paused
-from canbridge.core.mapping.canopen import NodeDescription, SdoObject, canopen_jobs, describe
+from canbridge.core.mapping.canopen import NodeDescription, SdoObject, canopen_jobs, describe, reserved_ids
 from canbridge.core.mapping.codec import Decoder, SignalEncoder, compile_decoder, compile_encoder, initial_payload
 from canbridge.core.mapping.j1939 import (
     NULL_ADDRESS,
@@ -164,6 +164,7 @@ def _build_table(
     jobs: list[tuple[int, MappingConfig, CanopenNodeConfig | None]] = [
         (mi, mc, None) for mi, mc in enumerate(config.mappings)]
     node_locs = canopen_jobs(config, jobs)  # job index -> ("buses", b, "nodes", n) of a CANopen node
+    reserved = {b.name: reserved_ids(b.nodes) for b in config.buses}  # CANopen ids no DBC message may take
 
     def where(i: int, *key: str | int) -> tuple[int | None, str]:
         base = node_locs.get(i, ("mappings", i))
@@ -186,8 +187,11 @@ def _build_table(
                 rpdo = described.rpdo
                 canopen.setdefault(mc.bus, []).append((node, described))
         except MappingError as e:
-            if node is not None:  # a CANopen node's file: name the file and point at the node entry
-                problems.append(Problem(f"node {node.name}: {e.detail}: {e.file}", file, *where(mi, "eds")))
+            if node is not None:  # a CANopen node's file: name the bus, node and file; point at the node entry
+                for sub in getattr(e, "errors", [e]):
+                    at = f"{sub.file}:{sub.line}" if sub.line is not None else sub.file
+                    problems.append(Problem(f"bus {mc.bus}, node {node.name} (id {node.id}): {sub.detail}: {at}",
+                                            file, *where(mi, "eds")))
             elif e.line is None:  # about the file as a whole (missing, unknown type): point at the config entry
                 ln, p = where(mi, "dbc" if mc.dbc is not None else "signals")
                 problems.append(Problem(f"{e.detail}: {e.file}", file, ln, p))
@@ -241,8 +245,12 @@ def _build_table(
             if not shared and key in by_bus[mc.bus]:
                 other = by_bus[mc.bus][key].info.name
                 problems.append(Problem(
-                    f"frame id 0x{frame_id:X} of {m.name} is already mapped by {other}", file,
-                    where(mi)[0], where(mi)[1]))
+                    f"{_origin(mc.bus, node, m.name)}frame id 0x{frame_id:X} of {m.name} is already mapped by {other}",
+                    file, where(mi)[0], where(mi)[1]))
+                continue
+            if node is None and not m.is_extended_frame and (use := reserved[mc.bus].get(frame_id)):
+                problems.append(Problem(f"frame id 0x{frame_id:X} of {m.name} is the {use} on bus {mc.bus}",
+                                        file, *where(mi)))
                 continue
             if pgn_key is not None and pgn_key in j1939.get(mc.bus, {}):
                 other = j1939[mc.bus][pgn_key].info.name
@@ -410,6 +418,16 @@ def _instances(mc: MappingConfig, selected: Sequence[Any],
             name = f"{mc.bus}.{m.name}" if len(sources) == 1 else f"{mc.bus}.{source}.{m.name}"
             out.append((m, name, fid, match_key(fid)))
     return out, ""
+
+
+def _origin(bus: str, node: CanopenNodeConfig | None, message: str) -> str:
+    """For a CANopen node's message, the bus, node, file and object that a problem is about."""
+    if node is None:
+        return ""
+    pdo = message.rsplit(".", 1)[-1]
+    comm = {"TPDO": 0x1800, "RPDO": 0x1400}.get(pdo[:4])
+    obj = f", COB-ID in 0x{comm + int(pdo[4:]) - 1:04X}sub1" if comm is not None and pdo[4:].isdigit() else ""
+    return f"bus {bus}, node {node.name} (id {node.id}, {node.eds}{obj}): "
 
 
 def _is_j1939(mc: MappingConfig, message: Any) -> bool:

@@ -129,7 +129,7 @@ def test_write_and_transmit_options_on_nodes_are_refused(key: str) -> None:
 
 def test_a_missing_file_names_the_node_and_the_file(tmp_path: Path) -> None:
     text = problems(drive(eds=tmp_path / "nope.eds"))
-    assert "node drive1: EDS/DCF file not found" in text and "nope.eds" in text
+    assert "bus line, node drive1 (id 5): EDS/DCF file not found" in text and "nope.eds" in text
     assert "buses[0].nodes[0].eds" in text
 
 
