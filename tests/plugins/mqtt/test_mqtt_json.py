@@ -31,8 +31,10 @@ REPLAY_LOG = Path(__file__).resolve().parents[2] / "data" / "replay" / "demo.log
 class Sub:
     """mosquitto_sub -v: (topic, payload text) pairs as they arrive."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, probe: str) -> None:
         self.proc = proc
+        self.probe = probe  # the topic that shows the subscription is in place; not in ``seen``
+        self.probed = False
         self.seen: list[tuple[str, str]] = []
         self._task = asyncio.create_task(self._read())
 
@@ -40,7 +42,10 @@ class Sub:
         assert self.proc.stdout is not None
         while raw := await self.proc.stdout.readline():
             topic, _, payload = raw.decode().rstrip("\n").partition(" ")
-            self.seen.append((topic, payload))
+            if topic == self.probe:
+                self.probed = True
+            else:
+                self.seen.append((topic, payload))
 
     def values(self, topic: str) -> list[dict[str, Any]]:
         return [json.loads(p) for t, p in self.seen if t == topic]
@@ -54,12 +59,12 @@ async def sub(port: int, topic: str = "cb/#") -> AsyncIterator[Sub]:
     proc = await asyncio.create_subprocess_exec(
         "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-v", "-q", "1", "-t", topic, "-t", probe,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    s = Sub(proc)
+    s = Sub(proc, probe)
     try:
         for _ in range(100):  # a probe until one arrives: the subscription is in place
             await pub(port, probe, "probe")
             with contextlib.suppress(AssertionError):
-                await until(lambda: any(t == probe for t, _ in s.seen), 0.2, what="the probe")
+                await until(lambda: s.probed, 0.2, what="the probe")
                 break
         else:
             raise AssertionError(f"mosquitto_sub on port {port} never received a probe")
