@@ -193,12 +193,6 @@ class EdgeNode:
             return b""
         return sp.queued_metric(d.datatype, self.shown(d, value), quality, ts)
 
-    def ddata_queued(self, device: str, rows: Iterable[tuple[str, bytes]]) -> tuple[bytes | None, int]:
-        """Historical DDATA from queued metrics (``queued_metric``), without decoding them: each gets the
-        alias of the running mapping in front. Returns the payload (None when no metric is left) and how many
-        rows were skipped: a signal no longer published, or one whose datatype changed since it was queued."""
-        return self.ddata_chunks(device, [QueuedRow(0, 1, name, blob, None) for name, blob in rows])
-
     def _reframe(self, device: str, name: str, body: bytes) -> bytes | None:
         """A queued metric body framed with this mapping's alias; None if the signal is not published on
         ``device`` any more or its datatype changed since it was queued."""

@@ -265,12 +265,6 @@ def _quality_field(quality: Quality) -> bytes:
     return field
 
 
-def concat_payload(timestamp: int, seq: int, metric_bodies: Iterable[bytes]) -> bytes:
-    """A payload from already encoded ``Metric`` bodies: protobuf parses a repeated message field written as
-    one length-delimited record per element, in any place of the message, exactly like ``metrics.add()``."""
-    return framed_payload(timestamp, seq, [frame_metric(b) for b in metric_bodies])
-
-
 def frame_metric(body: bytes) -> bytes:
     """One element of the payload's repeated ``metrics`` field: key, length, the encoded ``Metric``."""
     return _METRICS_KEY + varint(len(body)) + body

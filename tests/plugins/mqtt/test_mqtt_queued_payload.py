@@ -1,4 +1,4 @@
-"""The replay path that sends queued metric bytes without decoding them (``EdgeNode.ddata_queued``) gives
+"""The replay path that sends queued metric bytes without decoding them (``EdgeNode.ddata_chunks``) gives
 the same payload, decoded, as building the historical DDATA from the changes (``EdgeNode.ddata``)."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_queued_bytes_decode_like_the_payload_built_from_the_changes() -> None:
     for choices_as_text in (False, True):
         old, new = nodes(choices_as_text)
         expected = old.ddata("b", CHANGES, True, None)
-        got, skipped = new.ddata_queued("b", [(c[0], new.queued_metric(c)) for c in CHANGES])
+        got, skipped = new.ddata_chunks("b", single_rows(new, CHANGES))
         assert got is not None and skipped == 0
         assert decoded(got) == decoded(expected)  # every field of every metric, in order
         p = Payload()
@@ -81,6 +81,11 @@ def test_chunks_decode_like_the_payload_built_from_the_changes() -> None:
         got, skipped = new.ddata_chunks("b", [as_row(1, chunks[0])])
         assert got is not None and skipped == 0
         assert decoded(got) == decoded(expected)
+
+
+def single_rows(node: EdgeNode, changes: list[Change]) -> list[QueuedRow]:
+    """Changes as an earlier version queued them: a row each with its metric's bytes, no alias, no epoch."""
+    return [QueuedRow(i, 1, c[0], node.queued_metric(c), None) for i, c in enumerate(changes)]
 
 
 def as_row(rid: int, chunk: Chunk) -> QueuedRow:
@@ -184,11 +189,11 @@ async def test_a_full_queue_of_chunks_drops_whole_chunks_oldest_first_and_counts
 
 def test_a_mapping_changed_since_queueing_skips_and_counts_instead_of_sending_a_wrong_type() -> None:
     queued_by = EdgeNode("g", "n", SIGNALS, [])
-    blobs = [(c[0], queued_by.queued_metric(c)) for c in CHANGES[:3]]
+    rows = single_rows(queued_by, CHANGES[:3])
     # after a restart: Speed is now a float signal, Flag no longer published, aliases moved
     now = EdgeNode("g", "n", [signal_info("b.M.Speed", index=0, value_type=float, scale=0.5),
                               signal_info("b.M.Temp", index=1, bit_length=12, minimum=-2048, signed=True)], [])
-    got, skipped = now.ddata_queued("b", blobs)
+    got, skipped = now.ddata_chunks("b", rows)
     assert skipped == 2 and got is not None
     (m,) = decoded(got)
     assert m.alias == now.by_signal["b.M.Temp"].alias and m.is_historical and m.timestamp == 1002
