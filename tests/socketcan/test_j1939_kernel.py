@@ -48,20 +48,28 @@ def vxcan() -> Iterator[None]:
     ip("link", "del", "dev", PEER, check=False)
 
 
-@pytest.fixture
-async def bridge(vxcan: None, tmp_path: Path) -> AsyncIterator[Any]:
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, bus: dict[str, Any], mapping: dict[str, Any]) -> AsyncIterator[Any]:
+    """The bridge on the vxcan end ``BRIDGE`` with the example J1939 DBC; ``bus``/``mapping``: more keys."""
     from canbridge.core.app import runtime_from_data
     from canbridge.core.host import load_registry
 
     _, registry = load_registry(load_entry_points=False)
-    cfg = {"buses": [{"name": "truck", "interface": "socketcan", "channel": BRIDGE}],
-           "mappings": [{"bus": "truck", "dbc": str(DBC)}], "state_dir": str(tmp_path), "gc_freeze": False}
+    cfg = {"buses": [{"name": "truck", "interface": "socketcan", "channel": BRIDGE, **bus}],
+           "mappings": [{"bus": "truck", "dbc": str(DBC), **mapping}], "state_dir": str(tmp_path),
+           "gc_freeze": False}
     rt = runtime_from_data(cfg, registry=registry)
     await rt.start()
     try:
         yield rt
     finally:
         await rt.stop()
+
+
+@pytest.fixture
+async def bridge(vxcan: None, tmp_path: Path) -> AsyncIterator[Any]:
+    async with running(tmp_path, {}, {}) as rt:
+        yield rt
 
 
 async def j1939cat(tmp: Path, payload: bytes, *args: str) -> None:
@@ -126,20 +134,9 @@ async def test_a_dm2_by_bam_from_j1939cat_is_decoded_through_the_kernel_socket(b
 
 @pytest.fixture
 async def claiming_bridge(vxcan: None, tmp_path: Path) -> AsyncIterator[Any]:
-    from canbridge.core.app import runtime_from_data
-    from canbridge.core.host import load_registry
-
-    _, registry = load_registry(load_entry_points=False)
-    cfg = {"buses": [{"name": "truck", "interface": "socketcan", "channel": BRIDGE,
-                      "j1939": {"name": 0x0000_1000_0000_0050, "address": 0x80}}],
-           "mappings": [{"bus": "truck", "dbc": str(DBC), "sources": {0x00: "engine"}}],
-           "state_dir": str(tmp_path), "gc_freeze": False}
-    rt = runtime_from_data(cfg, registry=registry)
-    await rt.start()
-    try:
+    async with running(tmp_path, {"j1939": {"name": 0x0000_1000_0000_0050, "address": 0x80}},
+                       {"sources": {0x00: "engine"}}) as rt:
         yield rt
-    finally:
-        await rt.stop()
 
 
 async def test_a_request_from_the_bridge_is_answered_by_can_utils_and_the_multi_packet_answer_decoded(
